@@ -1,0 +1,241 @@
+//! The crypto metadata of a file (FORMAT.md §3): the `__cryptotensors__`
+//! envelope in `__metadata__`, the canonical header that the MAC and the
+//! signature cover, and the trailer of segment tags and digests after the
+//! last tensor.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Algorithm, TAG_LEN};
+use crate::error::{Error, Result};
+use crate::header::{Header, TensorInfo};
+use crate::keys::{b64d, Recipient};
+
+/// Metadata key of the envelope (a JSON string).
+pub const ENVELOPE_KEY: &str = "__cryptotensors__";
+/// Metadata key of the header MAC (base64url).
+pub const MAC_KEY: &str = "__cryptotensors_mac__";
+/// Metadata key of the detached JWS signature.
+pub const SIGNATURE_KEY: &str = "__cryptotensors_signature__";
+/// Metadata keys with this prefix are reserved to the format.
+pub const RESERVED_PREFIX: &str = "__cryptotensors";
+/// The format version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// The per-segment digest of plaintext tensors.
+pub const DIGEST_SHA256: &str = "SHA-256";
+/// Length of a SHA-256 digest.
+pub const DIGEST_LEN: usize = 32;
+/// Domain separator that starts the canonical header.
+pub const CANONICAL_DOMAIN: &[u8] = b"cryptotensors/v1 canonical header\0";
+
+/// The envelope, as stored (JSON) in `__metadata__["__cryptotensors__"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// Format version, [`VERSION`].
+    pub version: u32,
+    /// Segment size in bytes, a power of two.
+    pub segment_size: usize,
+    /// Digest of plaintext segments, [`DIGEST_SHA256`].
+    pub digest: String,
+    /// Present when some tensors are encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// Length of the trailer in bytes.
+    pub trailer_length: u64,
+    /// SHA-256 of the trailer, base64url.
+    pub trailer_sha256: String,
+}
+
+/// How the encrypted tensors are keyed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// `AES-256-GCM` or `ChaCha20-Poly1305`.
+    pub algorithm: String,
+    /// 32-byte HKDF salt, base64url.
+    pub salt: String,
+    /// 32-byte key commitment, base64url.
+    pub key_commitment: String,
+    /// Wrapped copies of the data key.
+    pub recipients: Vec<Recipient>,
+    /// Names of the encrypted tensors, sorted.
+    pub tensors: Vec<String>,
+}
+
+/// How one tensor's segments are protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// AEAD-sealed; the trailer holds one tag per segment.
+    Encrypted,
+    /// Plaintext; the trailer holds one SHA-256 per segment.
+    Digested,
+}
+
+/// A validated envelope with its per-tensor trailer positions.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The envelope as parsed.
+    pub envelope: Envelope,
+    /// Parsed encryption parameters, if any.
+    pub encryption: Option<EncryptionParams>,
+    /// Per tensor in file order: protection and trailer offset.
+    pub entries: Vec<(Protection, usize)>,
+    /// Trailer length.
+    pub trailer_len: usize,
+    /// Decoded trailer digest.
+    pub trailer_sha256: [u8; DIGEST_LEN],
+}
+
+/// Decoded encryption parameters.
+#[derive(Debug, Clone)]
+pub struct EncryptionParams {
+    /// AEAD.
+    pub algorithm: Algorithm,
+    /// HKDF salt.
+    pub salt: [u8; crypto::SALT_LEN],
+    /// Key commitment.
+    pub commitment: [u8; crypto::KEY_LEN],
+}
+
+fn bad(why: impl Into<String>) -> Error {
+    Error::InvalidEnvelope(why.into())
+}
+
+fn decode32(field: &str, s: &str) -> Result<[u8; 32]> {
+    b64d(field, s)
+        .map_err(|_| bad(format!("{field} is not base64url")))?
+        .try_into()
+        .map_err(|_| bad(format!("{field} must be 32 bytes")))
+}
+
+/// Trailer bytes that one tensor needs.
+pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> Result<usize> {
+    let per = match p {
+        Protection::Encrypted => TAG_LEN,
+        Protection::Digested => DIGEST_LEN,
+    };
+    usize::try_from(crypto::segment_count(info.len(), segment_size))
+        .ok()
+        .and_then(|n| n.checked_mul(per))
+        .ok_or(Error::ValidationOverflow)
+}
+
+/// Checks that a segment size is one the format allows.
+pub fn check_segment_size(s: usize) -> Result<()> {
+    if !s.is_power_of_two() || !(crypto::MIN_SEGMENT_SIZE..=crypto::MAX_SEGMENT_SIZE).contains(&s) {
+        return Err(Error::InvalidArgument(format!(
+            "segment size must be a power of two between {} and {} bytes, got {s}",
+            crypto::MIN_SEGMENT_SIZE,
+            crypto::MAX_SEGMENT_SIZE
+        )));
+    }
+    Ok(())
+}
+
+impl Layout {
+    /// Reads and validates the envelope of a header, if it has one.
+    pub fn from_header(header: &Header) -> Result<Option<Layout>> {
+        let Some(text) = header.metadata_value(ENVELOPE_KEY) else {
+            if header.metadata().is_some_and(|m| m.contains_key(MAC_KEY) || m.contains_key(SIGNATURE_KEY)) {
+                return Err(bad("a MAC or signature without an envelope"));
+            }
+            return Ok(None);
+        };
+        let envelope: Envelope = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if envelope.version != VERSION {
+            return Err(Error::Unsupported(format!(
+                "cryptotensors format version {} (this build reads version {VERSION})",
+                envelope.version
+            )));
+        }
+        check_segment_size(envelope.segment_size).map_err(|e| bad(e.to_string()))?;
+        if envelope.digest != DIGEST_SHA256 {
+            return Err(Error::Unsupported(format!("digest {:?}", envelope.digest)));
+        }
+        let encryption = match &envelope.encryption {
+            None => None,
+            Some(enc) => {
+                if enc.recipients.is_empty() {
+                    return Err(bad("encrypted file lists no recipients"));
+                }
+                if enc.tensors.is_empty() {
+                    return Err(bad("encryption section lists no tensors"));
+                }
+                if enc.tensors.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(bad("encrypted tensor names must be sorted and unique"));
+                }
+                for name in &enc.tensors {
+                    header.tensor(name).map_err(|_| bad(format!("encrypted tensor {name:?} is not in the header")))?;
+                }
+                Some(EncryptionParams {
+                    algorithm: Algorithm::parse(&enc.algorithm)?,
+                    salt: decode32("salt", &enc.salt)?,
+                    commitment: decode32("key_commitment", &enc.key_commitment)?,
+                })
+            }
+        };
+        let encrypted = |name: &str| {
+            envelope
+                .encryption
+                .as_ref()
+                .is_some_and(|e| e.tensors.binary_search_by(|n| n.as_str().cmp(name)).is_ok())
+        };
+        let mut offset = 0usize;
+        let mut entries = Vec::with_capacity(header.tensors().len());
+        for (name, info) in header.tensors() {
+            let p = if encrypted(name) { Protection::Encrypted } else { Protection::Digested };
+            entries.push((p, offset));
+            offset = offset
+                .checked_add(trailer_bytes(p, info, envelope.segment_size)?)
+                .ok_or(Error::ValidationOverflow)?;
+        }
+        if envelope.trailer_length != offset as u64 {
+            return Err(bad("trailer length does not match the tensors"));
+        }
+        let trailer_sha256 = decode32("trailer_sha256", &envelope.trailer_sha256)?;
+        Ok(Some(Layout { envelope, encryption, entries, trailer_len: offset, trailer_sha256 }))
+    }
+
+    /// Recipients of the data key.
+    pub fn recipients(&self) -> &[Recipient] {
+        self.envelope.encryption.as_ref().map(|e| e.recipients.as_slice()).unwrap_or(&[])
+    }
+}
+
+/// The canonical header (FORMAT.md §3.4): every metadata entry except those
+/// in `exclude`, sorted by key, then every tensor in file order, each field
+/// length-prefixed, so that no two headers share an encoding.
+pub fn canonical(header: &Header, exclude: &[&str]) -> Vec<u8> {
+    let mut out = CANONICAL_DOMAIN.to_vec();
+    let entries: Vec<(&String, &String)> = header
+        .metadata()
+        .map(|m| m.iter().filter(|(k, _)| !exclude.contains(&k.as_str())).collect())
+        .unwrap_or_default();
+    crypto::put_u64(&mut out, entries.len() as u64);
+    for (k, v) in entries {
+        crypto::put_bytes(&mut out, k.as_bytes());
+        crypto::put_bytes(&mut out, v.as_bytes());
+    }
+    crypto::put_u64(&mut out, header.tensors().len() as u64);
+    for (name, info) in header.tensors() {
+        crypto::put_bytes(&mut out, name.as_bytes());
+        crypto::put_bytes(&mut out, info.dtype.name().as_bytes());
+        crypto::put_u64(&mut out, info.shape.len() as u64);
+        for &d in &info.shape {
+            crypto::put_u64(&mut out, d as u64);
+        }
+        crypto::put_u64(&mut out, info.data_offsets.0 as u64);
+        crypto::put_u64(&mut out, info.data_offsets.1 as u64);
+    }
+    out
+}
+
+/// The bytes the header MAC covers.
+pub fn mac_input(header: &Header) -> Vec<u8> {
+    canonical(header, &[MAC_KEY, SIGNATURE_KEY])
+}
+
+/// The bytes the signature covers (the MAC included).
+pub fn signature_input(header: &Header) -> Vec<u8> {
+    canonical(header, &[SIGNATURE_KEY])
+}

@@ -1,0 +1,619 @@
+//! JOSE keys (RFC 7517, 7518, 8037) and the recipient stanzas that wrap a
+//! file's data key. See FORMAT.md §6.
+//!
+//! - `kty: "oct"` keys wrap with `A256GCMKW` (RFC 7518 §4.7).
+//! - `kty: "OKP", crv: "X25519"` keys wrap with HPKE base mode (RFC 9180):
+//!   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
+//! - `kty: "OKP", crv: "Ed25519"` keys sign (see `sign`).
+//!
+//! A file names its recipients by `kid`; the loader decides which keys it
+//! holds. A kid never selects a key outside the loader's own key ring.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::{digest, hkdf, hmac};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::{fill_random, DataKey, SecretBytes};
+use crate::error::{Error, Result};
+
+/// JWE algorithm of symmetric recipients.
+pub const ALG_A256GCMKW: &str = "A256GCMKW";
+/// Recipient algorithm of X25519 keys: RFC 9180 base mode with
+/// DHKEM(X25519, HKDF-SHA256) (0x0020), HKDF-SHA256 (0x0001) and
+/// ChaCha20-Poly1305 (0x0003).
+pub const ALG_HPKE: &str = "HPKE-Base-X25519-SHA256-ChaCha20Poly1305";
+/// JWS algorithm of Ed25519 signing keys.
+pub const ALG_EDDSA: &str = "EdDSA";
+/// The HPKE `info` string, which binds wrapped keys to this format.
+pub const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
+
+/// Decodes base64url without padding, the only encoding JOSE allows.
+pub fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| Error::InvalidKey(format!("member {field:?} is not base64url without padding")))
+}
+
+/// Encodes base64url without padding.
+pub fn b64e(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What a key is for, from its `kty` and `crv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Symmetric 256-bit key-encryption key.
+    Oct,
+    /// X25519 key agreement key.
+    X25519,
+    /// Ed25519 signing key.
+    Ed25519,
+}
+
+impl KeyKind {
+    /// Parses the names accepted by `generate_key`.
+    pub fn parse(s: &str) -> Result<KeyKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "oct" => Ok(KeyKind::Oct),
+            "x25519" => Ok(KeyKind::X25519),
+            "ed25519" => Ok(KeyKind::Ed25519),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown key kind {s:?}: expected \"oct\", \"X25519\" or \"Ed25519\""
+            ))),
+        }
+    }
+
+    fn alg(self) -> &'static str {
+        match self {
+            KeyKind::Oct => ALG_A256GCMKW,
+            KeyKind::X25519 => ALG_HPKE,
+            KeyKind::Ed25519 => ALG_EDDSA,
+        }
+    }
+}
+
+/// A parsed JWK. Secret members are wiped on drop and never printed.
+#[derive(Clone)]
+pub struct Jwk {
+    kind: KeyKind,
+    /// The secret: `k` for oct, `d` for OKP keys.
+    secret: Option<SecretBytes>,
+    /// The public `x` of OKP keys.
+    public: [u8; 32],
+    kid: String,
+    thumbprint: String,
+}
+
+impl std::fmt::Debug for Jwk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Jwk({:?}, kid={:?}, {})",
+            self.kind,
+            self.kid,
+            if self.secret.is_some() { "private" } else { "public" }
+        )
+    }
+}
+
+#[derive(Deserialize, Serialize, Default)]
+struct RawJwk {
+    kty: Option<String>,
+    crv: Option<String>,
+    kid: Option<String>,
+    alg: Option<String>,
+    k: Option<String>,
+    d: Option<String>,
+    x: Option<String>,
+}
+
+impl Drop for RawJwk {
+    fn drop(&mut self) {
+        self.k.zeroize();
+        self.d.zeroize();
+    }
+}
+
+impl Jwk {
+    /// Parses one JWK from JSON text.
+    pub fn parse(json: &str) -> Result<Jwk> {
+        let raw: RawJwk = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidKey(format!("not a JWK object ({:?} error)", e.classify())))?;
+        Jwk::from_raw(&raw)
+    }
+
+    /// Parses a JWK, a JSON list of JWKs, or a JWKS (`{"keys": [...]}`).
+    pub fn parse_set(json: &str) -> Result<Vec<Jwk>> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidKey(format!("not JSON ({:?} error)", e.classify())))?;
+        let items = match v {
+            serde_json::Value::Array(items) => items,
+            serde_json::Value::Object(mut o) if o.contains_key("keys") => match o.remove("keys") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => return Err(Error::InvalidKey("JWKS member \"keys\" must be a list".into())),
+            },
+            v @ serde_json::Value::Object(_) => vec![v],
+            _ => return Err(Error::InvalidKey("expected a JWK, a list of JWKs or a JWKS".into())),
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                let raw: RawJwk = serde_json::from_value(item)
+                    .map_err(|_| Error::InvalidKey("a key is not a JWK object".into()))?;
+                Jwk::from_raw(&raw)
+            })
+            .collect()
+    }
+
+    fn from_raw(raw: &RawJwk) -> Result<Jwk> {
+        let kty = raw.kty.as_deref().ok_or_else(|| Error::InvalidKey("missing \"kty\"".into()))?;
+        let (kind, secret, public) = match kty {
+            "oct" => {
+                let k = raw.k.as_deref().ok_or_else(|| {
+                    Error::InvalidKey("symmetric (oct) key has no \"k\" member".into())
+                })?;
+                let bytes = Zeroizing::new(b64d("k", k)?);
+                let secret = SecretBytes::from_slice(&bytes).ok_or_else(|| {
+                    Error::InvalidKey(format!("oct key must be 256 bits, got {} bits", bytes.len() * 8))
+                })?;
+                (KeyKind::Oct, Some(secret), [0u8; 32])
+            }
+            "OKP" => {
+                let kind = match raw.crv.as_deref() {
+                    Some("X25519") => KeyKind::X25519,
+                    Some("Ed25519") => KeyKind::Ed25519,
+                    Some(c) => return Err(Error::InvalidKey(format!("unsupported OKP curve {c:?}"))),
+                    None => return Err(Error::InvalidKey("OKP key has no \"crv\"".into())),
+                };
+                let x = raw.x.as_deref().ok_or_else(|| Error::InvalidKey("OKP key has no \"x\"".into()))?;
+                let public: [u8; 32] = b64d("x", x)?
+                    .try_into()
+                    .map_err(|_| Error::InvalidKey("\"x\" must be 32 bytes".into()))?;
+                let secret = match raw.d.as_deref() {
+                    None => None,
+                    Some(d) => {
+                        let bytes = Zeroizing::new(b64d("d", d)?);
+                        let s = SecretBytes::from_slice(&bytes)
+                            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))?;
+                        if derive_public(kind, &s) != public {
+                            return Err(Error::InvalidKey("\"x\" does not match \"d\"".into()));
+                        }
+                        Some(s)
+                    }
+                };
+                (kind, secret, public)
+            }
+            other => return Err(Error::InvalidKey(format!("unsupported kty {other:?}"))),
+        };
+        if let Some(alg) = raw.alg.as_deref() {
+            if alg != kind.alg() {
+                return Err(Error::InvalidKey(format!(
+                    "key declares alg {alg:?}, but a {kind:?} key is used with {:?}",
+                    kind.alg()
+                )));
+            }
+        }
+        let mut jwk = Jwk { kind, secret, public, kid: String::new(), thumbprint: String::new() };
+        jwk.thumbprint = jwk.compute_thumbprint();
+        jwk.kid = raw.kid.clone().unwrap_or_else(|| jwk.thumbprint.clone());
+        Ok(jwk)
+    }
+
+    /// A fresh private key of `kind`, with its thumbprint as `kid`.
+    pub fn generate(kind: KeyKind) -> Result<Jwk> {
+        let secret = SecretBytes::random()?;
+        let public = match kind {
+            KeyKind::Oct => [0u8; 32],
+            _ => derive_public(kind, &secret),
+        };
+        let mut jwk = Jwk { kind, secret: Some(secret), public, kid: String::new(), thumbprint: String::new() };
+        jwk.thumbprint = jwk.compute_thumbprint();
+        jwk.kid = jwk.thumbprint.clone();
+        Ok(jwk)
+    }
+
+    /// RFC 7638 thumbprint: SHA-256 over the required members in
+    /// lexicographic order, base64url.
+    fn compute_thumbprint(&self) -> String {
+        let canonical = Zeroizing::new(match self.kind {
+            KeyKind::Oct => format!(
+                r#"{{"k":"{}","kty":"oct"}}"#,
+                b64e(self.secret.as_ref().expect("oct keys are secret").expose())
+            ),
+            KeyKind::X25519 | KeyKind::Ed25519 => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                if self.kind == KeyKind::X25519 { "X25519" } else { "Ed25519" },
+                b64e(&self.public)
+            ),
+        });
+        b64e(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// What the key is for.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The key id: the JWK's `kid`, or its thumbprint.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The RFC 7638 thumbprint.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// Whether the key holds its secret part.
+    pub fn is_private(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The public key bytes of an OKP key.
+    pub fn public_bytes(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    pub(crate) fn secret(&self) -> Option<&SecretBytes> {
+        self.secret.as_ref()
+    }
+
+    /// Whether this key answers to a recipient or signer id.
+    pub fn matches(&self, kid: &str) -> bool {
+        self.kid == kid || self.thumbprint == kid
+    }
+
+    /// The JWK as JSON text. With `private`, secret members are included
+    /// (callers writing it to disk must protect the file).
+    pub fn to_json(&self, private: bool) -> Result<String> {
+        if self.kind == KeyKind::Oct && !private {
+            return Err(Error::InvalidKey("a symmetric (oct) key has no public part".into()));
+        }
+        let mut raw = RawJwk::default();
+        raw.kid = Some(self.kid.clone());
+        raw.alg = Some(self.kind.alg().into());
+        match self.kind {
+            KeyKind::Oct => {
+                raw.kty = Some("oct".into());
+                raw.k = self.secret.as_ref().map(|s| b64e(s.expose()));
+            }
+            KeyKind::X25519 | KeyKind::Ed25519 => {
+                raw.kty = Some("OKP".into());
+                raw.crv = Some(if self.kind == KeyKind::X25519 { "X25519" } else { "Ed25519" }.into());
+                raw.x = Some(b64e(&self.public));
+                if private {
+                    raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
+                }
+            }
+        }
+        let v = serde_json::to_value(&raw).expect("JWK serializes");
+        let obj: serde_json::Map<String, serde_json::Value> = v
+            .as_object()
+            .expect("object")
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(serde_json::to_string(&obj).expect("JSON"))
+    }
+
+    /// The public half of an OKP key.
+    pub fn public(&self) -> Result<Jwk> {
+        if self.kind == KeyKind::Oct {
+            return Err(Error::InvalidKey("a symmetric (oct) key has no public part".into()));
+        }
+        let mut p = self.clone();
+        p.secret = None;
+        Ok(p)
+    }
+}
+
+fn derive_public(kind: KeyKind, secret: &SecretBytes) -> [u8; 32] {
+    match kind {
+        KeyKind::X25519 => {
+            let s = x25519_dalek::StaticSecret::from(*secret.expose());
+            x25519_dalek::PublicKey::from(&s).to_bytes()
+        }
+        KeyKind::Ed25519 => {
+            use ring::signature::KeyPair;
+            let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret.expose())
+                .expect("32-byte seed");
+            kp.public_key().as_ref().try_into().expect("32-byte public key")
+        }
+        KeyKind::Oct => [0u8; 32],
+    }
+}
+
+/// One recipient of a file: a wrapped copy of the data key (FORMAT.md §6.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    /// The recipient key's id.
+    pub kid: String,
+    /// `A256GCMKW` or [`ALG_HPKE`].
+    pub alg: String,
+    /// A256GCMKW: the 96-bit IV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iv: Option<String>,
+    /// A256GCMKW: the 128-bit tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// HPKE: the encapsulated key (the ephemeral X25519 public key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<String>,
+    /// The wrapped data key (HPKE: ciphertext and tag).
+    pub encrypted_key: String,
+}
+
+fn gcm_key(key: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"))
+}
+
+fn decode_field(r: &Recipient, name: &str, v: &Option<String>) -> Result<Vec<u8>> {
+    let s = v
+        .as_deref()
+        .ok_or_else(|| Error::InvalidEnvelope(format!("recipient {:?} lacks {name:?}", r.kid)))?;
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| Error::InvalidEnvelope(format!("recipient {:?}: {name:?} is not base64url", r.kid)))
+}
+
+/// Wraps a data key for one recipient key.
+pub fn wrap(data_key: &DataKey, to: &Jwk) -> Result<Recipient> {
+    match to.kind {
+        KeyKind::Oct => {
+            let kek = to.secret.as_ref().expect("oct keys are secret");
+            let mut iv = [0u8; 12];
+            fill_random(&mut iv)?;
+            let mut ct = Zeroizing::new(data_key.0.expose().to_vec());
+            let tag = gcm_key(kek.expose())
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut ct)
+                .map_err(|_| Error::Integrity)?;
+            Ok(Recipient {
+                kid: to.kid.clone(),
+                alg: ALG_A256GCMKW.into(),
+                iv: Some(b64e(&iv)),
+                tag: Some(b64e(tag.as_ref())),
+                enc: None,
+                encrypted_key: b64e(&ct),
+            })
+        }
+        KeyKind::X25519 => {
+            let ephemeral = SecretBytes::random()?;
+            let (enc, ct) = hpke::seal(&to.public, &ephemeral, HPKE_INFO, b"", data_key.0.expose())?;
+            Ok(Recipient {
+                kid: to.kid.clone(),
+                alg: ALG_HPKE.into(),
+                iv: None,
+                tag: None,
+                enc: Some(b64e(&enc)),
+                encrypted_key: b64e(&ct),
+            })
+        }
+        KeyKind::Ed25519 => Err(Error::InvalidKey(
+            "an Ed25519 key signs; it cannot be an encryption recipient".into(),
+        )),
+    }
+}
+
+/// Tries to unwrap a recipient stanza with one key. `None`: not this key's
+/// stanza. `Some(Err(Integrity))`: this key's stanza, but it does not open.
+pub fn unwrap(r: &Recipient, key: &Jwk) -> Option<Result<DataKey>> {
+    if !key.matches(&r.kid) || r.alg != key.kind.alg() {
+        return None;
+    }
+    let secret = key.secret.as_ref()?;
+    Some(unwrap_with(r, key, secret))
+}
+
+fn unwrap_with(r: &Recipient, key: &Jwk, secret: &SecretBytes) -> Result<DataKey> {
+    let mut ct = Zeroizing::new(decode_field(r, "encrypted_key", &Some(r.encrypted_key.clone()))?);
+    let plain: Zeroizing<Vec<u8>> = match key.kind {
+        KeyKind::Oct => {
+            let iv: [u8; 12] = decode_field(r, "iv", &r.iv)?.try_into().map_err(|_| Error::Integrity)?;
+            let tag = aead::Tag::try_from(decode_field(r, "tag", &r.tag)?.as_slice()).map_err(|_| Error::Integrity)?;
+            gcm_key(secret.expose())
+                .open_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), tag, &mut ct, 0..)
+                .map_err(|_| Error::Integrity)?;
+            Zeroizing::new(ct.to_vec())
+        }
+        KeyKind::X25519 => {
+            let enc: [u8; 32] = decode_field(r, "enc", &r.enc)?.try_into().map_err(|_| Error::Integrity)?;
+            hpke::open(secret, &key.public, &enc, HPKE_INFO, b"", &ct)?
+        }
+        KeyKind::Ed25519 => return Err(Error::Integrity),
+    };
+    SecretBytes::from_slice(&plain).map(DataKey).ok_or(Error::Integrity)
+}
+
+/// RFC 9180 base mode, single shot, for DHKEM(X25519, HKDF-SHA256),
+/// HKDF-SHA256 and ChaCha20-Poly1305. Only what wrapping a key needs.
+pub(crate) mod hpke {
+    use super::*;
+
+    const KEM_ID: u16 = 0x0020;
+    const KDF_ID: u16 = 0x0001;
+    const AEAD_ID: u16 = 0x0003;
+
+    fn kem_suite() -> Vec<u8> {
+        let mut s = b"KEM".to_vec();
+        s.extend_from_slice(&KEM_ID.to_be_bytes());
+        s
+    }
+
+    fn hpke_suite() -> Vec<u8> {
+        let mut s = b"HPKE".to_vec();
+        for id in [KEM_ID, KDF_ID, AEAD_ID] {
+            s.extend_from_slice(&id.to_be_bytes());
+        }
+        s
+    }
+
+    /// LabeledExtract: HMAC-SHA256(salt, "HPKE-v1" || suite || label || ikm).
+    fn labeled_extract(salt: &[u8], suite: &[u8], label: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
+        let mut ctx = hmac::Context::with_key(&key);
+        for part in [b"HPKE-v1".as_slice(), suite, label, ikm] {
+            ctx.update(part);
+        }
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+
+    /// LabeledExpand: HKDF-Expand(prk, I2OSP(L, 2) || "HPKE-v1" || suite || label || info, L).
+    fn labeled_expand(prk: &[u8], suite: &[u8], label: &[u8], info: &[u8], out: &mut [u8]) {
+        let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, prk);
+        let l = (out.len() as u16).to_be_bytes();
+        prk.expand(&[&l, b"HPKE-v1", suite, label, info], Len(out.len()))
+            .and_then(|okm| okm.fill(out))
+            .expect("short HKDF output");
+    }
+
+    fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+        // RFC 7748 §6.1: an all-zero shared secret means a low-order point.
+        if dh.iter().all(|&b| b == 0) {
+            return Err(Error::Integrity);
+        }
+        let suite = kem_suite();
+        let eae_prk = labeled_extract(b"", &suite, b"eae_prk", dh);
+        let mut kem_context = [0u8; 64];
+        kem_context[..32].copy_from_slice(enc);
+        kem_context[32..].copy_from_slice(pk_r);
+        let mut ss = Zeroizing::new([0u8; 32]);
+        labeled_expand(eae_prk.as_ref(), &suite, b"shared_secret", &kem_context, ss.as_mut());
+        Ok(ss)
+    }
+
+    fn key_schedule(ss: &[u8; 32], info: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
+        let suite = hpke_suite();
+        let psk_id_hash = labeled_extract(b"", &suite, b"psk_id_hash", b"");
+        let info_hash = labeled_extract(b"", &suite, b"info_hash", info);
+        let mut context = Vec::with_capacity(65);
+        context.push(0u8); // mode_base
+        context.extend_from_slice(psk_id_hash.as_ref());
+        context.extend_from_slice(info_hash.as_ref());
+        let secret = labeled_extract(ss, &suite, b"secret", b"");
+        let mut key = Zeroizing::new([0u8; 32]);
+        labeled_expand(secret.as_ref(), &suite, b"key", &context, key.as_mut());
+        let mut nonce = [0u8; 12];
+        labeled_expand(secret.as_ref(), &suite, b"base_nonce", &context, &mut nonce);
+        (key, nonce)
+    }
+
+    fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(&aead::CHACHA20_POLY1305, key).expect("32-byte key"))
+    }
+
+    /// Encapsulates to `pk_r` with the ephemeral secret `sk_e` and seals
+    /// `plaintext` as the first message. Returns `(enc, ciphertext || tag)`.
+    pub fn seal(pk_r: &[u8; 32], sk_e: &SecretBytes, info: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<([u8; 32], Vec<u8>)> {
+        let sk = x25519_dalek::StaticSecret::from(*sk_e.expose());
+        let enc = x25519_dalek::PublicKey::from(&sk).to_bytes();
+        let dh = Zeroizing::new(sk.diffie_hellman(&x25519_dalek::PublicKey::from(*pk_r)).to_bytes());
+        let ss = shared_secret(&dh, &enc, pk_r)?;
+        let (key, nonce) = key_schedule(&ss, info);
+        let mut ct = plaintext.to_vec();
+        aead_key(&key)
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut ct)
+            .map_err(|_| Error::Integrity)?;
+        Ok((enc, ct))
+    }
+
+    /// Decapsulates `enc` with the recipient's secret and opens `ct`.
+    pub fn open(sk_r: &SecretBytes, pk_r: &[u8; 32], enc: &[u8; 32], info: &[u8], aad: &[u8], ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let sk = x25519_dalek::StaticSecret::from(*sk_r.expose());
+        let dh = Zeroizing::new(sk.diffie_hellman(&x25519_dalek::PublicKey::from(*enc)).to_bytes());
+        let ss = shared_secret(&dh, enc, pk_r)?;
+        let (key, nonce) = key_schedule(&ss, info);
+        let mut buf = Zeroizing::new(ct.to_vec());
+        let n = aead_key(&key)
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| Error::Integrity)?
+            .len();
+        Ok(Zeroizing::new(buf[..n].to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn jwk_parse_rules() {
+        assert!(matches!(Jwk::parse(r#"{"kty":"oct"}"#), Err(Error::InvalidKey(m)) if m.contains("\"k\"")));
+        // Standard base64 with padding is not JOSE.
+        let std_b64 = "q".repeat(42) + "+/=";
+        let e = Jwk::parse(&format!(r#"{{"kty":"oct","k":"{std_b64}"}}"#)).unwrap_err();
+        assert!(!e.to_string().contains(&std_b64), "error text must not echo key bytes");
+        assert!(Jwk::parse(r#"{"kty":"oct","k":"AAAA"}"#).is_err(), "short key");
+        let k = Jwk::generate(KeyKind::Oct).unwrap();
+        let text = k.to_json(true).unwrap();
+        assert_eq!(Jwk::parse(&text).unwrap().kid(), k.kid());
+        assert!(!format!("{k:?}").contains(&b64e(k.secret().unwrap().expose())));
+    }
+
+    #[test]
+    fn okp_public_must_match_private() {
+        let a = Jwk::generate(KeyKind::X25519).unwrap();
+        let b = Jwk::generate(KeyKind::X25519).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&a.to_json(true).unwrap()).unwrap();
+        v["x"] = serde_json::Value::String(b64e(b.public_bytes()));
+        assert!(Jwk::parse(&v.to_string()).is_err());
+    }
+
+    #[test]
+    fn rfc7638_thumbprint_example() {
+        // RFC 8037 appendix A.3: thumbprint of the Ed25519 example key.
+        let k = Jwk::parse(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#).unwrap();
+        assert_eq!(k.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    #[test]
+    fn wrap_unwrap_both_kinds() {
+        for kind in [KeyKind::Oct, KeyKind::X25519] {
+            let key = Jwk::generate(kind).unwrap();
+            let dk = DataKey::generate().unwrap();
+            let to = if kind == KeyKind::Oct { key.clone() } else { key.public().unwrap() };
+            let r = wrap(&dk, &to).unwrap();
+            let got = unwrap(&r, &key).unwrap().unwrap();
+            assert_eq!(got.0, dk.0);
+            assert!(unwrap(&r, &Jwk::generate(kind).unwrap()).is_none(), "other kid");
+            let mut bad = r.clone();
+            let mut ct = b64d("x", &bad.encrypted_key).unwrap();
+            ct[0] ^= 1;
+            bad.encrypted_key = b64e(&ct);
+            assert!(matches!(unwrap(&bad, &key), Some(Err(Error::Integrity))));
+        }
+    }
+
+    #[test]
+    fn hpke_rfc9180_a2_vector() {
+        // RFC 9180 A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305, base mode.
+        let info = unhex("4f6465206f6e2061204772656369616e2055726e");
+        let sk_e = SecretBytes::from_slice(&unhex("f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600")).unwrap();
+        let sk_r = SecretBytes::from_slice(&unhex("8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb")).unwrap();
+        let pk_r: [u8; 32] = unhex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a").try_into().unwrap();
+        let pt = unhex("4265617574792069732074727574682c20747275746820626561757479");
+        let aad = b"Count-0";
+        let (enc, ct) = hpke::seal(&pk_r, &sk_e, &info, aad, &pt).unwrap();
+        assert_eq!(enc.to_vec(), unhex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a"));
+        assert_eq!(ct, unhex("1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b60b4db21993c62ce81883d2dd1b51a28"));
+        let back = hpke::open(&sk_r, &pk_r, &enc, &info, aad, &ct).unwrap();
+        assert_eq!(&back[..], &pt[..]);
+    }
+}

@@ -1,0 +1,338 @@
+//! Opening a file: header, envelope, trailer, signature, key unwrapping, and
+//! reads of whole tensors or slices straight into caller-owned memory.
+//!
+//! Every check on the header happens in [`Reader::open`]; a `Reader` that
+//! exists has a verified header and, for an encrypted file, a [`PayloadKey`].
+//! Reads then authenticate each segment as it is copied, into the caller's
+//! buffer, so the bytes checked are the bytes returned (no re-read of a
+//! mapping that might change underneath).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use ring::digest;
+
+use crate::crypto::{Binding, DataKey, PayloadKey, TAG_LEN};
+use crate::envelope::{self, Layout, Protection, DIGEST_LEN, SIGNATURE_KEY, MAC_KEY};
+use crate::error::{Error, Result, SignatureFailure};
+use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
+use crate::keys::{self, Jwk};
+use crate::slice::SliceRuns;
+use crate::{sign, Source};
+
+/// What the loader brings: keys, trust and requirements.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Keys that may unwrap the file's data key.
+    pub keys: Vec<Jwk>,
+    /// Public keys whose signatures the loader trusts. When non-empty, every
+    /// file must carry a valid signature by one of them.
+    pub trusted_signers: Vec<Jwk>,
+    /// Refuse files that are not encrypted.
+    pub require_encryption: bool,
+}
+
+/// An open file with a verified header.
+pub struct Reader {
+    source: Arc<dyn Source>,
+    header: Header,
+    data_start: u64,
+    layout: Option<Layout>,
+    trailer: Vec<u8>,
+    payload: Option<PayloadKey>,
+    signer: Option<String>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("tensors", &self.header.tensors().len())
+            .field("encrypted", &self.payload.is_some())
+            .field("signer", &self.signer)
+            .finish()
+    }
+}
+
+/// Reads and parses the header of a source, without any key or check beyond
+/// the format's own (for inspection).
+pub fn read_header(source: &dyn Source) -> Result<(Header, u64)> {
+    let len = source.len();
+    let mut prefix = [0u8; PREFIX_LEN];
+    if len < PREFIX_LEN as u64 {
+        return Err(Error::HeaderTooSmall);
+    }
+    source.read_at(0, &mut prefix)?;
+    let n = header::read_prefix(&prefix, len)?;
+    let mut json = vec![0u8; n];
+    source.read_at(PREFIX_LEN as u64, &mut json)?;
+    let header = Header::parse(&json)?;
+    Ok((header, (PREFIX_LEN + n) as u64))
+}
+
+impl Reader {
+    /// Opens and verifies a file: format, envelope, trailer digest, signature,
+    /// requirements, and for encrypted files the data key.
+    pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
+        let (header, data_start) = read_header(source.as_ref())?;
+        let layout = Layout::from_header(&header)?;
+        let trailer_len = layout.as_ref().map_or(0, |l| l.trailer_len) as u64;
+        let expected = data_start
+            .checked_add(header.data_len() as u64)
+            .and_then(|n| n.checked_add(trailer_len))
+            .ok_or(Error::ValidationOverflow)?;
+        if expected != source.len() {
+            return Err(Error::MetadataIncompleteBuffer);
+        }
+        let mut trailer = vec![0u8; trailer_len as usize];
+        if let Some(layout) = &layout {
+            source.read_at(data_start + header.data_len() as u64, &mut trailer)?;
+            let d = digest::digest(&digest::SHA256, &trailer);
+            // Digests are public values: a plain comparison is enough.
+            if d.as_ref() != layout.trailer_sha256 {
+                return Err(Error::Integrity);
+            }
+        }
+        let signer = match header.metadata_value(SIGNATURE_KEY) {
+            Some(jws) => Some(sign::verify(jws, &envelope::signature_input(&header), &opts.trusted_signers)?),
+            None if !opts.trusted_signers.is_empty() => {
+                return Err(Error::Signature(SignatureFailure::Missing))
+            }
+            None => None,
+        };
+        let encryption = layout.as_ref().and_then(|l| l.encryption.clone());
+        if opts.require_encryption && encryption.is_none() {
+            return Err(Error::EncryptionRequired);
+        }
+        let payload = match (&layout, encryption) {
+            (Some(layout), Some(params)) => {
+                let mac = header
+                    .metadata_value(MAC_KEY)
+                    .ok_or_else(|| Error::InvalidEnvelope("encrypted file has no header MAC".into()))?;
+                let mac = keys::b64d("mac", mac).map_err(|_| Error::Integrity)?;
+                let mac_input = envelope::mac_input(&header);
+                let unlock = |dk: &DataKey| {
+                    PayloadKey::verify(
+                        dk,
+                        params.algorithm,
+                        layout.envelope.segment_size,
+                        &params.salt,
+                        &params.commitment,
+                        &mac_input,
+                        &mac,
+                    )
+                };
+                Some(unlock_with(layout.recipients(), &opts.keys, unlock)?)
+            }
+            _ => None,
+        };
+        Ok(Reader { source, header, data_start, layout, trailer, payload, signer })
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The validated crypto layout, if the file has one.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
+    /// The kid of the verified signer, if the file is signed.
+    pub fn signer(&self) -> Option<&str> {
+        self.signer.as_deref()
+    }
+
+    /// Whether a tensor is encrypted.
+    pub fn is_encrypted(&self, name: &str) -> bool {
+        self.protection(name) == Some(Protection::Encrypted)
+    }
+
+    fn protection(&self, name: &str) -> Option<Protection> {
+        let pos = self.header.position(name)?;
+        Some(self.layout.as_ref()?.entries[pos].0)
+    }
+
+    /// Absolute file offset of a tensor whose bytes can be used as stored
+    /// (no encryption and no digests to check), for zero-copy mapping.
+    pub fn raw_offset(&self, name: &str) -> Result<Option<u64>> {
+        let info = self.header.tensor(name)?;
+        Ok(self.layout.is_none().then(|| self.data_start + info.data_offsets.0 as u64))
+    }
+
+    /// The source the file is read from.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
+    }
+
+    /// Reads a whole tensor into `out`, decrypting or verifying each segment
+    /// in parallel on the current rayon pool. On error `out` is wiped.
+    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        let info = self.header.tensor(name)?;
+        if out.len() != info.len() {
+            return Err(Error::InvalidArgument(format!(
+                "output buffer is {} bytes, tensor {name:?} is {}",
+                out.len(),
+                info.len()
+            )));
+        }
+        let base = self.data_start + info.data_offsets.0 as u64;
+        let Some(seal) = self.sealer(name, info)? else {
+            const CHUNK: usize = 1 << 22;
+            return out
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .try_for_each(|(i, c)| self.source.read_at(base + (i * CHUNK) as u64, c));
+        };
+        let seg = seal.segment_size;
+        let result = if out.is_empty() {
+            seal.check(0, &mut [])
+        } else {
+            out.par_chunks_mut(seg).enumerate().try_for_each(|(i, chunk)| {
+                self.source.read_at(base + (i * seg) as u64, chunk)?;
+                seal.check(i, chunk)
+            })
+        };
+        if result.is_err() {
+            out.fill(0);
+        }
+        result
+    }
+
+    /// Reads the selection `runs` of a tensor into `out` (`runs.len` bytes).
+    /// Only the segments that the runs touch are read and authenticated.
+    pub fn read_slice_into(&self, name: &str, runs: &SliceRuns, out: &mut [u8]) -> Result<()> {
+        let info = self.header.tensor(name)?;
+        if out.len() != runs.len {
+            return Err(Error::InvalidArgument("output buffer does not match the slice".into()));
+        }
+        if runs.runs.iter().any(|&(o, l)| o.checked_add(l).is_none_or(|e| e > info.len())) {
+            return Err(Error::InvalidSlice("slice runs past the tensor".into()));
+        }
+        let base = self.data_start + info.data_offsets.0 as u64;
+        let Some(seal) = self.sealer(name, info)? else {
+            let mut pos = 0;
+            for &(off, len) in &runs.runs {
+                self.source.read_at(base + off as u64, &mut out[pos..pos + len])?;
+                pos += len;
+            }
+            return Ok(());
+        };
+        let seg = seal.segment_size;
+        let mut touched: Vec<usize> = Vec::new();
+        for &(off, len) in &runs.runs {
+            for s in off / seg..(off + len).div_ceil(seg) {
+                if touched.last() != Some(&s) {
+                    touched.push(s);
+                }
+            }
+        }
+        let mut scratch = vec![0u8; touched.len() * seg];
+        let seg_len = |s: usize| seg.min(info.len() - s * seg);
+        let result = scratch.par_chunks_mut(seg).zip(&touched).try_for_each(|(buf, &s)| {
+            let buf = &mut buf[..seg_len(s)];
+            self.source.read_at(base + (s * seg) as u64, buf)?;
+            seal.check(s, buf)
+        });
+        if let Err(e) = result {
+            out.fill(0);
+            return Err(e);
+        }
+        let mut pos = 0;
+        let mut t = 0;
+        for &(off, len) in &runs.runs {
+            let mut done = 0;
+            while done < len {
+                let at = off + done;
+                let s = at / seg;
+                while touched[t] != s {
+                    t += 1;
+                }
+                let within = at - s * seg;
+                let n = (seg_len(s) - within).min(len - done);
+                out[pos..pos + n].copy_from_slice(&scratch[t * seg + within..t * seg + within + n]);
+                pos += n;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn sealer(&self, name: &str, info: &TensorInfo) -> Result<Option<Sealer<'_>>> {
+        let Some(layout) = &self.layout else {
+            return Ok(None);
+        };
+        let pos = self.header.position(name).ok_or_else(|| Error::TensorNotFound(name.into()))?;
+        let (protection, offset) = layout.entries[pos];
+        let key = match protection {
+            Protection::Encrypted => {
+                let payload = self.payload.as_ref().ok_or(Error::Integrity)?;
+                Some(payload.tensor_key(&Binding {
+                    name,
+                    dtype: info.dtype,
+                    shape: &info.shape,
+                    offsets: info.data_offsets,
+                }))
+            }
+            Protection::Digested => None,
+        };
+        let len = envelope::trailer_bytes(protection, info, layout.envelope.segment_size)?;
+        Ok(Some(Sealer {
+            key,
+            table: &self.trailer[offset..offset + len],
+            segment_size: layout.envelope.segment_size,
+        }))
+    }
+}
+
+/// Checks segments of one tensor against its slice of the trailer.
+struct Sealer<'a> {
+    key: Option<crate::crypto::TensorKey>,
+    table: &'a [u8],
+    segment_size: usize,
+}
+
+impl Sealer<'_> {
+    /// Decrypts (encrypted tensors) or verifies (plain ones) segment `i` in place.
+    fn check(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        match &self.key {
+            Some(key) => key.open(i as u64, &self.table[i * TAG_LEN..(i + 1) * TAG_LEN], buf),
+            None => {
+                let d = digest::digest(&digest::SHA256, buf);
+                if d.as_ref() != &self.table[i * DIGEST_LEN..(i + 1) * DIGEST_LEN] {
+                    buf.fill(0);
+                    return Err(Error::Integrity);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Finds a key among `keys` that unwraps a recipient and passes `verify`.
+/// Not-my-key stanzas are skipped; a key that matches a stanza but fails
+/// makes the result [`Error::Integrity`] unless another key succeeds.
+fn unlock_with(
+    recipients: &[keys::Recipient],
+    keys: &[Jwk],
+    verify: impl Fn(&DataKey) -> Result<PayloadKey>,
+) -> Result<PayloadKey> {
+    let mut tried = false;
+    for r in recipients {
+        for k in keys {
+            match keys::unwrap(r, k) {
+                None => continue,
+                Some(Err(_)) => tried = true,
+                Some(Ok(dk)) => match verify(&dk) {
+                    Ok(p) => return Ok(p),
+                    Err(_) => tried = true,
+                },
+            }
+        }
+    }
+    if tried {
+        Err(Error::Integrity)
+    } else {
+        Err(Error::KeyNotFound { kids: recipients.iter().map(|r| r.kid.clone()).collect() })
+    }
+}

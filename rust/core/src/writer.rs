@@ -1,0 +1,428 @@
+//! Writing files: plain files byte-identical to safetensors 0.8, and
+//! encrypted or signed files (FORMAT.md §8).
+//!
+//! A protected file is written in one pass: the header is laid out first
+//! with placeholders of the exact length of the values they stand for (the
+//! trailer digest, the MAC, the signature), tensors are sealed segment by
+//! segment in small parallel batches and written as they are done, the
+//! trailer follows, and then the final header overwrites the placeholder
+//! in place. Extra memory is one batch of segments, not a copy of the model.
+//! Files are written to a temporary file that is renamed over the target.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use ring::digest;
+
+use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
+use crate::dtype::Dtype;
+use crate::envelope::{
+    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, ENVELOPE_KEY, MAC_KEY, RESERVED_PREFIX,
+    SIGNATURE_KEY, VERSION,
+};
+use crate::error::{Error, Result};
+use crate::header::{self, Entry, Header, Metadata, TensorInfo};
+use crate::keys::{self, b64e, Jwk, KeyKind};
+use crate::sign;
+
+/// One tensor to write; `data` is its raw little-endian bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorData<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: &'a [usize],
+    /// Bytes, exactly `dtype.byte_size(shape)` long.
+    pub data: &'a [u8],
+}
+
+/// Encryption settings of a save.
+#[derive(Debug, Clone)]
+pub struct EncryptOptions {
+    /// Keys the data key is wrapped for: oct keys, or X25519 public keys.
+    pub recipients: Vec<Jwk>,
+    /// Names of the tensors to encrypt; `None` for all.
+    pub tensors: Option<BTreeSet<String>>,
+    /// AEAD of the segments.
+    pub algorithm: Algorithm,
+}
+
+/// Options of a save.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// User metadata.
+    pub metadata: Option<Metadata>,
+    /// Encrypt, and for whom.
+    pub encrypt: Option<EncryptOptions>,
+    /// Sign the header with this Ed25519 private key.
+    pub sign_with: Option<Jwk>,
+    /// Segment size; 0 for the default.
+    pub segment_size: usize,
+    /// Extra header bytes kept free for in-place header rewrites.
+    pub reserve: usize,
+    /// fsync the file before renaming it.
+    pub fsync: bool,
+}
+
+/// Header room reserved in protected files, so that recipients can be added
+/// later without rewriting the data.
+pub const DEFAULT_RESERVE: usize = 4096;
+
+/// Where the bytes go.
+trait Sink: Sync {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()>;
+}
+
+impl Sink for File {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        Ok(self.write_all_at(bytes, offset)?)
+    }
+}
+
+/// An in-memory output with interior mutability for the sequential writer.
+struct VecSink(std::sync::Mutex<Vec<u8>>);
+
+impl Sink for VecSink {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let mut v = self.0.lock().expect("not poisoned");
+        let o = offset as usize;
+        v[o..o + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A save, validated and laid out.
+struct Plan<'a> {
+    tensors: Vec<(TensorData<'a>, TensorInfo)>,
+    metadata: Option<Metadata>,
+    protected: Option<Protected>,
+}
+
+/// The crypto half of a plan.
+struct Protected {
+    segment_size: usize,
+    protections: Vec<Protection>,
+    trailer_len: usize,
+    payload: Option<(DataKey, PayloadKey, [u8; SALT_LEN])>,
+    sign_with: Option<Jwk>,
+    envelope: Envelope,
+    reserve: usize,
+}
+
+fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>> {
+    if let Some(m) = &opts.metadata {
+        if let Some(k) = m.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+            return Err(Error::InvalidArgument(format!("metadata key {k:?} is reserved for the format")));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for t in tensors {
+        if !seen.insert(t.name) {
+            return Err(Error::InvalidArgument(format!("tensor {:?} given twice", t.name)));
+        }
+        if t.dtype.byte_size(t.shape)? != t.data.len() {
+            return Err(Error::TensorInvalidInfo(t.name.to_owned()));
+        }
+    }
+    let entries = tensors
+        .iter()
+        .map(|t| Entry { name: t.name.to_owned(), dtype: t.dtype, shape: t.shape.to_vec() })
+        .collect();
+    let laid = header::layout(entries)?;
+    let by_name: std::collections::HashMap<&str, &TensorData> = tensors.iter().map(|t| (t.name, t)).collect();
+    let ordered: Vec<(TensorData, TensorInfo)> = laid.into_iter().map(|(e, i)| (*by_name[e.name.as_str()], i)).collect();
+    if opts.encrypt.is_none() && opts.sign_with.is_none() {
+        return Ok(Plan { tensors: ordered, metadata: opts.metadata.clone(), protected: None });
+    }
+    let segment_size = if opts.segment_size == 0 { crypto::DEFAULT_SEGMENT_SIZE } else { opts.segment_size };
+    envelope::check_segment_size(segment_size)?;
+    if let Some(k) = &opts.sign_with {
+        if k.kind() != KeyKind::Ed25519 || !k.is_private() {
+            return Err(Error::InvalidKey("sign_with needs a private Ed25519 JWK".into()));
+        }
+    }
+    let (encryption, payload, encrypted) = match &opts.encrypt {
+        None => (None, None, BTreeSet::new()),
+        Some(enc) => {
+            if enc.recipients.is_empty() {
+                return Err(Error::InvalidArgument("encrypt_for lists no recipient".into()));
+            }
+            let names: BTreeSet<String> = match &enc.tensors {
+                None => ordered.iter().map(|(t, _)| t.name.to_owned()).collect(),
+                Some(sel) => {
+                    if let Some(missing) = sel.iter().find(|n| !by_name.contains_key(n.as_str())) {
+                        return Err(Error::InvalidArgument(format!("encrypted_tensors names {missing:?}, which is not saved")));
+                    }
+                    sel.clone()
+                }
+            };
+            if names.is_empty() {
+                return Err(Error::InvalidArgument("encrypted_tensors selects no tensor".into()));
+            }
+            let data_key = DataKey::generate()?;
+            let mut salt = [0u8; SALT_LEN];
+            crypto::fill_random(&mut salt)?;
+            let recipients = enc.recipients.iter().map(|r| keys::wrap(&data_key, r)).collect::<Result<Vec<_>>>()?;
+            let section = Encryption {
+                algorithm: enc.algorithm.name().into(),
+                salt: b64e(&salt),
+                key_commitment: b64e(&data_key.commitment(&salt)),
+                recipients,
+                tensors: names.iter().cloned().collect(),
+            };
+            let payload = PayloadKey::for_writing(&data_key, enc.algorithm, segment_size, &salt);
+            (Some(section), Some((data_key, payload, salt)), names)
+        }
+    };
+    let mut protections = Vec::with_capacity(ordered.len());
+    let mut trailer_len = 0usize;
+    for (t, info) in &ordered {
+        let p = if encrypted.contains(t.name) { Protection::Encrypted } else { Protection::Digested };
+        trailer_len = trailer_len
+            .checked_add(envelope::trailer_bytes(p, info, segment_size)?)
+            .ok_or(Error::ValidationOverflow)?;
+        protections.push(p);
+    }
+    let envelope = Envelope {
+        version: VERSION,
+        segment_size,
+        digest: DIGEST_SHA256.into(),
+        encryption,
+        trailer_length: trailer_len as u64,
+        trailer_sha256: b64e(&[0u8; DIGEST_LEN]),
+    };
+    Ok(Plan {
+        tensors: ordered,
+        metadata: opts.metadata.clone(),
+        protected: Some(Protected {
+            segment_size,
+            protections,
+            trailer_len,
+            payload,
+            sign_with: opts.sign_with.clone(),
+            envelope,
+            reserve: opts.reserve,
+        }),
+    })
+}
+
+impl Plan<'_> {
+    fn data_len(&self) -> usize {
+        self.tensors.last().map_or(0, |(_, i)| i.data_offsets.1)
+    }
+
+    fn infos(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
+        self.tensors.iter().map(|(t, i)| (t.name, i))
+    }
+
+    /// The header bytes. With `trailer_sha` `None`, placeholders of the
+    /// final length stand in for the trailer digest, MAC and signature.
+    fn header(&self, trailer_sha: Option<&[u8]>) -> Result<Vec<u8>> {
+        let Some(p) = &self.protected else {
+            return header::encode(self.metadata.as_ref(), self.infos(), 0);
+        };
+        let mut envelope = p.envelope.clone();
+        if let Some(sha) = trailer_sha {
+            envelope.trailer_sha256 = b64e(sha);
+        }
+        let mut meta = self.metadata.clone().unwrap_or_default();
+        meta.insert(ENVELOPE_KEY.into(), serde_json::to_string(&envelope).expect("JSON"));
+        let as_header = |meta: &Metadata| {
+            Header::from_parts(Some(meta.clone()), self.tensors.iter().map(|(t, i)| (t.name.to_owned(), i.clone())).collect())
+        };
+        if let Some((data_key, _, salt)) = &p.payload {
+            let mac = match trailer_sha {
+                Some(_) => crypto::header_mac(data_key, salt, &envelope::mac_input(&as_header(&meta)?)),
+                None => [0u8; crypto::KEY_LEN],
+            };
+            meta.insert(MAC_KEY.into(), b64e(&mac));
+        }
+        if let Some(k) = &p.sign_with {
+            // A placeholder signature over other bytes has the same length.
+            let input = match trailer_sha {
+                Some(_) => envelope::signature_input(&as_header(&meta)?),
+                None => Vec::new(),
+            };
+            meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
+        }
+        header::encode(Some(&meta), self.infos(), p.reserve)
+    }
+
+    /// Writes header, data and trailer to `sink`.
+    fn write(&self, sink: &dyn Sink) -> Result<()> {
+        let head = self.header(None)?;
+        let Some(p) = &self.protected else {
+            sink.write_at(0, &head)?;
+            let mut pos = head.len() as u64;
+            for (t, _) in &self.tensors {
+                sink.write_at(pos, t.data)?;
+                pos += t.data.len() as u64;
+            }
+            return Ok(());
+        };
+        let base = head.len() as u64;
+        let mut trailer = vec![0u8; p.trailer_len];
+        let mut tpos = 0usize;
+        for ((t, info), &prot) in self.tensors.iter().zip(&p.protections) {
+            let n = envelope::trailer_bytes(prot, info, p.segment_size)?;
+            let table = &mut trailer[tpos..tpos + n];
+            tpos += n;
+            let at = base + info.data_offsets.0 as u64;
+            match prot {
+                Protection::Digested => {
+                    digest_segments(t.data, p.segment_size, table);
+                    sink.write_at(at, t.data)?;
+                }
+                Protection::Encrypted => {
+                    let (_, payload, _) = p.payload.as_ref().expect("encrypted tensors have a payload key");
+                    let key = payload.tensor_key(&Binding {
+                        name: t.name,
+                        dtype: t.dtype,
+                        shape: t.shape,
+                        offsets: info.data_offsets,
+                    });
+                    seal_segments(&key, t.data, p.segment_size, table, |off, bytes| sink.write_at(at + off as u64, bytes))?;
+                }
+            }
+        }
+        sink.write_at(base + self.data_len() as u64, &trailer)?;
+        let sha = digest::digest(&digest::SHA256, &trailer);
+        let head2 = self.header(Some(sha.as_ref()))?;
+        debug_assert_eq!(head.len(), head2.len());
+        if head.len() != head2.len() {
+            return Err(Error::InvalidArgument("header length changed while writing".into()));
+        }
+        sink.write_at(0, &head2)
+    }
+
+    fn total_len(&self) -> Result<usize> {
+        let head = self.header(None)?.len();
+        let trailer = self.protected.as_ref().map_or(0, |p| p.trailer_len);
+        head.checked_add(self.data_len())
+            .and_then(|n| n.checked_add(trailer))
+            .ok_or(Error::ValidationOverflow)
+    }
+}
+
+fn digest_segments(data: &[u8], seg: usize, table: &mut [u8]) {
+    if data.is_empty() {
+        table.copy_from_slice(digest::digest(&digest::SHA256, &[]).as_ref());
+        return;
+    }
+    table
+        .par_chunks_mut(DIGEST_LEN)
+        .zip(data.par_chunks(seg))
+        .for_each(|(out, chunk)| out.copy_from_slice(digest::digest(&digest::SHA256, chunk).as_ref()));
+}
+
+/// Seals a tensor in batches of segments and hands each sealed run to `emit`
+/// in order; memory stays at one batch.
+fn seal_segments(
+    key: &crypto::TensorKey,
+    data: &[u8],
+    seg: usize,
+    table: &mut [u8],
+    mut emit: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    if data.is_empty() {
+        table.copy_from_slice(&key.seal(0, &mut [])?);
+        return Ok(());
+    }
+    let batch_segments = (rayon::current_num_threads() * 2).max(2);
+    let batch_bytes = batch_segments * seg;
+    let mut buf = vec![0u8; batch_bytes.min(data.len())];
+    for (b, chunk) in data.chunks(batch_bytes).enumerate() {
+        let out = &mut buf[..chunk.len()];
+        out.copy_from_slice(chunk);
+        let first = b * batch_segments;
+        let tags = &mut table[first * TAG_LEN..(first + chunk.len().div_ceil(seg)) * TAG_LEN];
+        out.par_chunks_mut(seg)
+            .zip(tags.par_chunks_mut(TAG_LEN))
+            .enumerate()
+            .try_for_each(|(i, (s, tag))| {
+                tag.copy_from_slice(&key.seal((first + i) as u64, s)?);
+                Ok::<(), Error>(())
+            })?;
+        emit(b * batch_bytes, out)?;
+    }
+    Ok(())
+}
+
+/// Serializes to bytes.
+pub fn serialize(tensors: &[TensorData], opts: &WriteOptions) -> Result<Vec<u8>> {
+    let plan = plan(tensors, opts)?;
+    let sink = VecSink(std::sync::Mutex::new(vec![0u8; plan.total_len()?]));
+    plan.write(&sink)?;
+    Ok(sink.0.into_inner().expect("not poisoned"))
+}
+
+/// Serializes to a file, atomically: a temporary file in the same directory
+/// is written and then renamed over `path`.
+pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Path) -> Result<()> {
+    let plan = plan(tensors, opts)?;
+    let tmp = AtomicFile::create(path)?;
+    if plan.protected.is_some() {
+        tmp.file.set_len(plan.total_len()? as u64)?;
+        plan.write(&tmp.file)?;
+    } else {
+        // Plain files stream sequentially, as safetensors does.
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
+        w.write_all(&plan.header(None)?)?;
+        for (t, _) in &plan.tensors {
+            w.write_all(t.data)?;
+        }
+        w.flush()?;
+    }
+    tmp.commit(opts.fsync)
+}
+
+/// A temporary file beside its target, removed unless committed.
+pub struct AtomicFile {
+    /// The open temporary file.
+    pub file: File,
+    tmp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl AtomicFile {
+    /// Creates a fresh temporary file in the directory of `target`.
+    pub fn create(target: &Path) -> Result<AtomicFile> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", target.display())))?;
+        let mut rnd = [0u8; 8];
+        crypto::fill_random(&mut rnd)?;
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), b64e(&rnd)));
+        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&tmp)?;
+        Ok(AtomicFile { file, tmp, target: target.to_path_buf(), done: false })
+    }
+
+    /// Flushes (and with `fsync`, syncs) the file and renames it over the target.
+    pub fn commit(mut self, fsync: bool) -> Result<()> {
+        if fsync {
+            self.file.sync_all()?;
+        }
+        fs::rename(&self.tmp, &self.target)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
