@@ -234,12 +234,25 @@ impl PayloadKey {
         let mac_key = expand32(&prk, &[LABEL_MAC]);
         let key = hmac::Key::new(hmac::HMAC_SHA256, &mac_key);
         hmac::verify(&key, canonical_header, mac).map_err(|_| Error::Integrity)?;
-        Ok(PayloadKey { prk, alg, segment_size })
+        Ok(PayloadKey {
+            prk,
+            alg,
+            segment_size,
+        })
     }
 
     /// For writers, which hold the data key they just generated.
-    pub fn for_writing(data_key: &DataKey, alg: Algorithm, segment_size: usize, salt: &[u8]) -> PayloadKey {
-        PayloadKey { prk: data_key.prk(salt), alg, segment_size }
+    pub fn for_writing(
+        data_key: &DataKey,
+        alg: Algorithm,
+        segment_size: usize,
+        salt: &[u8],
+    ) -> PayloadKey {
+        PayloadKey {
+            prk: data_key.prk(salt),
+            alg,
+            segment_size,
+        }
     }
 
     /// The AEAD of this file.
@@ -294,7 +307,12 @@ pub struct TensorKey {
 
 impl std::fmt::Debug for TensorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TensorKey({:?}, {} segments)", self.key.algorithm(), self.segments)
+        write!(
+            f,
+            "TensorKey({:?}, {} segments)",
+            self.key.algorithm(),
+            self.segments
+        )
     }
 }
 
@@ -308,7 +326,11 @@ impl TensorKey {
         if index >= self.segments {
             return Err(Error::Integrity);
         }
-        Ok(SegmentNonce { index, last: index + 1 == self.segments }.into_nonce())
+        Ok(SegmentNonce {
+            index,
+            last: index + 1 == self.segments,
+        }
+        .into_nonce())
     }
 
     /// Encrypts one segment in place and returns its tag.
@@ -344,7 +366,12 @@ mod tests {
     use super::*;
 
     fn binding<'a>(name: &'a str, shape: &'a [usize]) -> Binding<'a> {
-        Binding { name, dtype: Dtype::U8, shape, offsets: (0, shape.iter().product()) }
+        Binding {
+            name,
+            dtype: Dtype::U8,
+            shape,
+            offsets: (0, shape.iter().product()),
+        }
     }
 
     fn payload(alg: Algorithm) -> (DataKey, PayloadKey) {
@@ -363,8 +390,14 @@ mod tests {
             let mut a = vec![1u8; 16];
             let tag = k.seal(0, &mut a).unwrap();
             let mut swapped = a.clone();
-            assert!(matches!(k.open(1, &tag, &mut swapped), Err(Error::Integrity)));
-            assert!(swapped.iter().all(|&b| b == 0), "failed open wipes the buffer");
+            assert!(matches!(
+                k.open(1, &tag, &mut swapped),
+                Err(Error::Integrity)
+            ));
+            assert!(
+                swapped.iter().all(|&b| b == 0),
+                "failed open wipes the buffer"
+            );
             k.open(0, &tag, &mut a).unwrap();
             assert_eq!(a, vec![1u8; 16]);
             assert!(k.seal(3, &mut [0u8; 1]).is_err(), "index past the end");
@@ -375,12 +408,23 @@ mod tests {
     fn tensor_keys_bind_name_and_shape() {
         let (_, pk) = payload(Algorithm::Aes256Gcm);
         let mut buf = vec![9u8; 8];
-        let tag = pk.tensor_key(&binding("a", &[8])).seal(0, &mut buf).unwrap();
+        let tag = pk
+            .tensor_key(&binding("a", &[8]))
+            .seal(0, &mut buf)
+            .unwrap();
         let mut c = buf.clone();
-        assert!(pk.tensor_key(&binding("b", &[8])).open(0, &tag, &mut c).is_err());
+        assert!(pk
+            .tensor_key(&binding("b", &[8]))
+            .open(0, &tag, &mut c)
+            .is_err());
         let mut c = buf.clone();
-        assert!(pk.tensor_key(&binding("a", &[2, 4])).open(0, &tag, &mut c).is_err());
-        pk.tensor_key(&binding("a", &[8])).open(0, &tag, &mut buf).unwrap();
+        assert!(pk
+            .tensor_key(&binding("a", &[2, 4]))
+            .open(0, &tag, &mut c)
+            .is_err());
+        pk.tensor_key(&binding("a", &[8]))
+            .open(0, &tag, &mut buf)
+            .unwrap();
     }
 
     #[test]
@@ -391,9 +435,13 @@ mod tests {
         let mac = header_mac(&dk, &salt, b"header");
         let alg = Algorithm::Aes256Gcm;
         assert!(PayloadKey::verify(&dk, alg, MIN_SEGMENT_SIZE, &salt, &c, b"header", &mac).is_ok());
-        assert!(PayloadKey::verify(&dk, alg, MIN_SEGMENT_SIZE, &salt, &c, b"headex", &mac).is_err());
+        assert!(
+            PayloadKey::verify(&dk, alg, MIN_SEGMENT_SIZE, &salt, &c, b"headex", &mac).is_err()
+        );
         let other = DataKey::generate().unwrap();
-        assert!(PayloadKey::verify(&other, alg, MIN_SEGMENT_SIZE, &salt, &c, b"header", &mac).is_err());
+        assert!(
+            PayloadKey::verify(&other, alg, MIN_SEGMENT_SIZE, &salt, &c, b"header", &mac).is_err()
+        );
     }
 
     #[test]

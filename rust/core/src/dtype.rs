@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(Dtype::F32.byte_size(&[2, 3]).unwrap(), 24);
         assert_eq!(Dtype::F32.byte_size(&[]).unwrap(), 4);
         assert_eq!(Dtype::F4.byte_size(&[2]).unwrap(), 1);
-        assert!(matches!(Dtype::F4.byte_size(&[3]), Err(Error::MisalignedSlice)));
+        assert!(matches!(
+            Dtype::F4.byte_size(&[3]),
+            Err(Error::MisalignedSlice)
+        ));
         assert!(matches!(
             Dtype::F64.byte_size(&[usize::MAX, 2]),
             Err(Error::ValidationOverflow)

@@ -136,7 +136,10 @@ impl Layout {
     /// Reads and validates the envelope of a header, if it has one.
     pub fn from_header(header: &Header) -> Result<Option<Layout>> {
         let Some(text) = header.metadata_value(ENVELOPE_KEY) else {
-            if header.metadata().is_some_and(|m| m.contains_key(MAC_KEY) || m.contains_key(SIGNATURE_KEY)) {
+            if header
+                .metadata()
+                .is_some_and(|m| m.contains_key(MAC_KEY) || m.contains_key(SIGNATURE_KEY))
+            {
                 return Err(bad("a MAC or signature without an envelope"));
             }
             return Ok(None);
@@ -165,7 +168,9 @@ impl Layout {
                     return Err(bad("encrypted tensor names must be sorted and unique"));
                 }
                 for name in &enc.tensors {
-                    header.tensor(name).map_err(|_| bad(format!("encrypted tensor {name:?} is not in the header")))?;
+                    header.tensor(name).map_err(|_| {
+                        bad(format!("encrypted tensor {name:?} is not in the header"))
+                    })?;
                 }
                 Some(EncryptionParams {
                     algorithm: Algorithm::parse(&enc.algorithm)?,
@@ -183,7 +188,11 @@ impl Layout {
         let mut offset = 0usize;
         let mut entries = Vec::with_capacity(header.tensors().len());
         for (name, info) in header.tensors() {
-            let p = if encrypted(name) { Protection::Encrypted } else { Protection::Digested };
+            let p = if encrypted(name) {
+                Protection::Encrypted
+            } else {
+                Protection::Digested
+            };
             entries.push((p, offset));
             offset = offset
                 .checked_add(trailer_bytes(p, info, envelope.segment_size)?)
@@ -193,12 +202,22 @@ impl Layout {
             return Err(bad("trailer length does not match the tensors"));
         }
         let trailer_sha256 = decode32("trailer_sha256", &envelope.trailer_sha256)?;
-        Ok(Some(Layout { envelope, encryption, entries, trailer_len: offset, trailer_sha256 }))
+        Ok(Some(Layout {
+            envelope,
+            encryption,
+            entries,
+            trailer_len: offset,
+            trailer_sha256,
+        }))
     }
 
     /// Recipients of the data key.
     pub fn recipients(&self) -> &[Recipient] {
-        self.envelope.encryption.as_ref().map(|e| e.recipients.as_slice()).unwrap_or(&[])
+        self.envelope
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -209,7 +228,11 @@ pub fn canonical(header: &Header, exclude: &[&str]) -> Vec<u8> {
     let mut out = CANONICAL_DOMAIN.to_vec();
     let entries: Vec<(&String, &String)> = header
         .metadata()
-        .map(|m| m.iter().filter(|(k, _)| !exclude.contains(&k.as_str())).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !exclude.contains(&k.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
     crypto::put_u64(&mut out, entries.len() as u64);
     for (k, v) in entries {

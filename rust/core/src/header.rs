@@ -179,7 +179,10 @@ impl<'de> Deserialize<'de> for RawHeader {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object of tensor entries")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<RawHeader, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
                 let mut metadata = None;
                 let mut tensors = HashMap::new();
                 // Duplicate keys: the last one wins, as in safetensors 0.8.
@@ -258,7 +261,8 @@ pub fn encode<'a>(
             json.push(b',');
         }
         first = false;
-        serde_json::to_writer(&mut json, name).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        serde_json::to_writer(&mut json, name)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         json.extend_from_slice(b":{\"dtype\":\"");
         json.extend_from_slice(info.dtype.name().as_bytes());
         json.extend_from_slice(b"\",\"shape\":");
@@ -296,18 +300,33 @@ mod tests {
 
     #[test]
     fn prefix_errors() {
-        assert!(matches!(read_prefix(b"1234", 4), Err(Error::HeaderTooSmall)));
+        assert!(matches!(
+            read_prefix(b"1234", 4),
+            Err(Error::HeaderTooSmall)
+        ));
         let big = (MAX_HEADER_SIZE as u64 + 1).to_le_bytes();
-        assert!(matches!(read_prefix(&big, u64::MAX), Err(Error::HeaderTooLarge)));
+        assert!(matches!(
+            read_prefix(&big, u64::MAX),
+            Err(Error::HeaderTooLarge)
+        ));
         let n = 100u64.to_le_bytes();
-        assert!(matches!(read_prefix(&n, 50), Err(Error::InvalidHeaderLength)));
+        assert!(matches!(
+            read_prefix(&n, 50),
+            Err(Error::InvalidHeaderLength)
+        ));
         assert_eq!(read_prefix(&n, 108).unwrap(), 100);
     }
 
     #[test]
     fn parse_errors() {
-        assert!(matches!(Header::parse(b"\xff{}"), Err(Error::InvalidHeader)));
-        assert!(matches!(parse("[]"), Err(Error::InvalidHeaderDeserialization(_))));
+        assert!(matches!(
+            Header::parse(b"\xff{}"),
+            Err(Error::InvalidHeader)
+        ));
+        assert!(matches!(
+            parse("[]"),
+            Err(Error::InvalidHeaderDeserialization(_))
+        ));
         assert!(matches!(
             parse(r#"{"a":{"dtype":"X","shape":[],"data_offsets":[0,4]}}"#),
             Err(Error::InvalidHeaderDeserialization(_))
@@ -345,8 +364,16 @@ mod tests {
     #[test]
     fn encode_pads_and_orders() {
         let entries = vec![
-            Entry { name: "b".into(), dtype: Dtype::U8, shape: vec![3] },
-            Entry { name: "a".into(), dtype: Dtype::F32, shape: vec![1] },
+            Entry {
+                name: "b".into(),
+                dtype: Dtype::U8,
+                shape: vec![3],
+            },
+            Entry {
+                name: "a".into(),
+                dtype: Dtype::F32,
+                shape: vec![1],
+            },
         ];
         let laid = layout(entries).unwrap();
         assert_eq!(laid[0].0.name, "a");

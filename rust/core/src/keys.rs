@@ -32,9 +32,9 @@ pub const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
 
 /// Decodes base64url without padding, the only encoding JOSE allows.
 pub fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| Error::InvalidKey(format!("member {field:?} is not base64url without padding")))
+    URL_SAFE_NO_PAD.decode(s).map_err(|_| {
+        Error::InvalidKey(format!("member {field:?} is not base64url without padding"))
+    })
 }
 
 /// Encodes base64url without padding.
@@ -94,7 +94,11 @@ impl std::fmt::Debug for Jwk {
             "Jwk({:?}, kid={:?}, {})",
             self.kind,
             self.kid,
-            if self.secret.is_some() { "private" } else { "public" }
+            if self.secret.is_some() {
+                "private"
+            } else {
+                "public"
+            }
         )
     }
 }
@@ -120,8 +124,9 @@ impl Drop for RawJwk {
 impl Jwk {
     /// Parses one JWK from JSON text.
     pub fn parse(json: &str) -> Result<Jwk> {
-        let raw: RawJwk = serde_json::from_str(json)
-            .map_err(|e| Error::InvalidKey(format!("not a JWK object ({:?} error)", e.classify())))?;
+        let raw: RawJwk = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidKey(format!("not a JWK object ({:?} error)", e.classify()))
+        })?;
         Jwk::from_raw(&raw)
     }
 
@@ -133,10 +138,18 @@ impl Jwk {
             serde_json::Value::Array(items) => items,
             serde_json::Value::Object(mut o) if o.contains_key("keys") => match o.remove("keys") {
                 Some(serde_json::Value::Array(items)) => items,
-                _ => return Err(Error::InvalidKey("JWKS member \"keys\" must be a list".into())),
+                _ => {
+                    return Err(Error::InvalidKey(
+                        "JWKS member \"keys\" must be a list".into(),
+                    ))
+                }
             },
             v @ serde_json::Value::Object(_) => vec![v],
-            _ => return Err(Error::InvalidKey("expected a JWK, a list of JWKs or a JWKS".into())),
+            _ => {
+                return Err(Error::InvalidKey(
+                    "expected a JWK, a list of JWKs or a JWKS".into(),
+                ))
+            }
         };
         items
             .into_iter()
@@ -149,7 +162,10 @@ impl Jwk {
     }
 
     fn from_raw(raw: &RawJwk) -> Result<Jwk> {
-        let kty = raw.kty.as_deref().ok_or_else(|| Error::InvalidKey("missing \"kty\"".into()))?;
+        let kty = raw
+            .kty
+            .as_deref()
+            .ok_or_else(|| Error::InvalidKey("missing \"kty\"".into()))?;
         let (kind, secret, public) = match kty {
             "oct" => {
                 let k = raw.k.as_deref().ok_or_else(|| {
@@ -157,7 +173,10 @@ impl Jwk {
                 })?;
                 let bytes = Zeroizing::new(b64d("k", k)?);
                 let secret = SecretBytes::from_slice(&bytes).ok_or_else(|| {
-                    Error::InvalidKey(format!("oct key must be 256 bits, got {} bits", bytes.len() * 8))
+                    Error::InvalidKey(format!(
+                        "oct key must be 256 bits, got {} bits",
+                        bytes.len() * 8
+                    ))
                 })?;
                 (KeyKind::Oct, Some(secret), [0u8; 32])
             }
@@ -165,10 +184,15 @@ impl Jwk {
                 let kind = match raw.crv.as_deref() {
                     Some("X25519") => KeyKind::X25519,
                     Some("Ed25519") => KeyKind::Ed25519,
-                    Some(c) => return Err(Error::InvalidKey(format!("unsupported OKP curve {c:?}"))),
+                    Some(c) => {
+                        return Err(Error::InvalidKey(format!("unsupported OKP curve {c:?}")))
+                    }
                     None => return Err(Error::InvalidKey("OKP key has no \"crv\"".into())),
                 };
-                let x = raw.x.as_deref().ok_or_else(|| Error::InvalidKey("OKP key has no \"x\"".into()))?;
+                let x = raw
+                    .x
+                    .as_deref()
+                    .ok_or_else(|| Error::InvalidKey("OKP key has no \"x\"".into()))?;
                 let public: [u8; 32] = b64d("x", x)?
                     .try_into()
                     .map_err(|_| Error::InvalidKey("\"x\" must be 32 bytes".into()))?;
@@ -196,7 +220,13 @@ impl Jwk {
                 )));
             }
         }
-        let mut jwk = Jwk { kind, secret, public, kid: String::new(), thumbprint: String::new() };
+        let mut jwk = Jwk {
+            kind,
+            secret,
+            public,
+            kid: String::new(),
+            thumbprint: String::new(),
+        };
         jwk.thumbprint = jwk.compute_thumbprint();
         jwk.kid = raw.kid.clone().unwrap_or_else(|| jwk.thumbprint.clone());
         Ok(jwk)
@@ -209,7 +239,13 @@ impl Jwk {
             KeyKind::Oct => [0u8; 32],
             _ => derive_public(kind, &secret),
         };
-        let mut jwk = Jwk { kind, secret: Some(secret), public, kid: String::new(), thumbprint: String::new() };
+        let mut jwk = Jwk {
+            kind,
+            secret: Some(secret),
+            public,
+            kid: String::new(),
+            thumbprint: String::new(),
+        };
         jwk.thumbprint = jwk.compute_thumbprint();
         jwk.kid = jwk.thumbprint.clone();
         Ok(jwk)
@@ -225,7 +261,11 @@ impl Jwk {
             ),
             KeyKind::X25519 | KeyKind::Ed25519 => format!(
                 r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
-                if self.kind == KeyKind::X25519 { "X25519" } else { "Ed25519" },
+                if self.kind == KeyKind::X25519 {
+                    "X25519"
+                } else {
+                    "Ed25519"
+                },
                 b64e(&self.public)
             ),
         });
@@ -270,7 +310,9 @@ impl Jwk {
     /// (callers writing it to disk must protect the file).
     pub fn to_json(&self, private: bool) -> Result<String> {
         if self.kind == KeyKind::Oct && !private {
-            return Err(Error::InvalidKey("a symmetric (oct) key has no public part".into()));
+            return Err(Error::InvalidKey(
+                "a symmetric (oct) key has no public part".into(),
+            ));
         }
         let mut raw = RawJwk::default();
         raw.kid = Some(self.kid.clone());
@@ -282,7 +324,14 @@ impl Jwk {
             }
             KeyKind::X25519 | KeyKind::Ed25519 => {
                 raw.kty = Some("OKP".into());
-                raw.crv = Some(if self.kind == KeyKind::X25519 { "X25519" } else { "Ed25519" }.into());
+                raw.crv = Some(
+                    if self.kind == KeyKind::X25519 {
+                        "X25519"
+                    } else {
+                        "Ed25519"
+                    }
+                    .into(),
+                );
                 raw.x = Some(b64e(&self.public));
                 if private {
                     raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
@@ -303,7 +352,9 @@ impl Jwk {
     /// The public half of an OKP key.
     pub fn public(&self) -> Result<Jwk> {
         if self.kind == KeyKind::Oct {
-            return Err(Error::InvalidKey("a symmetric (oct) key has no public part".into()));
+            return Err(Error::InvalidKey(
+                "a symmetric (oct) key has no public part".into(),
+            ));
         }
         let mut p = self.clone();
         p.secret = None;
@@ -321,7 +372,10 @@ fn derive_public(kind: KeyKind, secret: &SecretBytes) -> [u8; 32] {
             use ring::signature::KeyPair;
             let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret.expose())
                 .expect("32-byte seed");
-            kp.public_key().as_ref().try_into().expect("32-byte public key")
+            kp.public_key()
+                .as_ref()
+                .try_into()
+                .expect("32-byte public key")
         }
         KeyKind::Oct => [0u8; 32],
     }
@@ -356,9 +410,9 @@ fn decode_field(r: &Recipient, name: &str, v: &Option<String>) -> Result<Vec<u8>
     let s = v
         .as_deref()
         .ok_or_else(|| Error::InvalidEnvelope(format!("recipient {:?} lacks {name:?}", r.kid)))?;
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| Error::InvalidEnvelope(format!("recipient {:?}: {name:?} is not base64url", r.kid)))
+    URL_SAFE_NO_PAD.decode(s).map_err(|_| {
+        Error::InvalidEnvelope(format!("recipient {:?}: {name:?} is not base64url", r.kid))
+    })
 }
 
 /// Wraps a data key for one recipient key.
@@ -383,7 +437,8 @@ pub fn wrap(data_key: &DataKey, to: &Jwk) -> Result<Recipient> {
         }
         KeyKind::X25519 => {
             let ephemeral = SecretBytes::random()?;
-            let (enc, ct) = hpke::seal(&to.public, &ephemeral, HPKE_INFO, b"", data_key.0.expose())?;
+            let (enc, ct) =
+                hpke::seal(&to.public, &ephemeral, HPKE_INFO, b"", data_key.0.expose())?;
             Ok(Recipient {
                 kid: to.kid.clone(),
                 alg: ALG_HPKE.into(),
@@ -410,23 +465,40 @@ pub fn unwrap(r: &Recipient, key: &Jwk) -> Option<Result<DataKey>> {
 }
 
 fn unwrap_with(r: &Recipient, key: &Jwk, secret: &SecretBytes) -> Result<DataKey> {
-    let mut ct = Zeroizing::new(decode_field(r, "encrypted_key", &Some(r.encrypted_key.clone()))?);
+    let mut ct = Zeroizing::new(decode_field(
+        r,
+        "encrypted_key",
+        &Some(r.encrypted_key.clone()),
+    )?);
     let plain: Zeroizing<Vec<u8>> = match key.kind {
         KeyKind::Oct => {
-            let iv: [u8; 12] = decode_field(r, "iv", &r.iv)?.try_into().map_err(|_| Error::Integrity)?;
-            let tag = aead::Tag::try_from(decode_field(r, "tag", &r.tag)?.as_slice()).map_err(|_| Error::Integrity)?;
+            let iv: [u8; 12] = decode_field(r, "iv", &r.iv)?
+                .try_into()
+                .map_err(|_| Error::Integrity)?;
+            let tag = aead::Tag::try_from(decode_field(r, "tag", &r.tag)?.as_slice())
+                .map_err(|_| Error::Integrity)?;
             gcm_key(secret.expose())
-                .open_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), tag, &mut ct, 0..)
+                .open_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::empty(),
+                    tag,
+                    &mut ct,
+                    0..,
+                )
                 .map_err(|_| Error::Integrity)?;
             Zeroizing::new(ct.to_vec())
         }
         KeyKind::X25519 => {
-            let enc: [u8; 32] = decode_field(r, "enc", &r.enc)?.try_into().map_err(|_| Error::Integrity)?;
+            let enc: [u8; 32] = decode_field(r, "enc", &r.enc)?
+                .try_into()
+                .map_err(|_| Error::Integrity)?;
             hpke::open(secret, &key.public, &enc, HPKE_INFO, b"", &ct)?
         }
         KeyKind::Ed25519 => return Err(Error::Integrity),
     };
-    SecretBytes::from_slice(&plain).map(DataKey).ok_or(Error::Integrity)
+    SecretBytes::from_slice(&plain)
+        .map(DataKey)
+        .ok_or(Error::Integrity)
 }
 
 /// RFC 9180 base mode, single shot, for DHKEM(X25519, HKDF-SHA256),
@@ -480,7 +552,11 @@ pub(crate) mod hpke {
             .expect("short HKDF output");
     }
 
-    fn shared_secret(dh: &[u8; 32], enc: &[u8; 32], pk_r: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    fn shared_secret(
+        dh: &[u8; 32],
+        enc: &[u8; 32],
+        pk_r: &[u8; 32],
+    ) -> Result<Zeroizing<[u8; 32]>> {
         // RFC 7748 §6.1: an all-zero shared secret means a low-order point.
         if dh.iter().all(|&b| b == 0) {
             return Err(Error::Integrity);
@@ -491,7 +567,13 @@ pub(crate) mod hpke {
         kem_context[..32].copy_from_slice(enc);
         kem_context[32..].copy_from_slice(pk_r);
         let mut ss = Zeroizing::new([0u8; 32]);
-        labeled_expand(eae_prk.as_ref(), &suite, b"shared_secret", &kem_context, ss.as_mut());
+        labeled_expand(
+            eae_prk.as_ref(),
+            &suite,
+            b"shared_secret",
+            &kem_context,
+            ss.as_mut(),
+        );
         Ok(ss)
     }
 
@@ -517,10 +599,19 @@ pub(crate) mod hpke {
 
     /// Encapsulates to `pk_r` with the ephemeral secret `sk_e` and seals
     /// `plaintext` as the first message. Returns `(enc, ciphertext || tag)`.
-    pub fn seal(pk_r: &[u8; 32], sk_e: &SecretBytes, info: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<([u8; 32], Vec<u8>)> {
+    pub fn seal(
+        pk_r: &[u8; 32],
+        sk_e: &SecretBytes,
+        info: &[u8],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>)> {
         let sk = x25519_dalek::StaticSecret::from(*sk_e.expose());
         let enc = x25519_dalek::PublicKey::from(&sk).to_bytes();
-        let dh = Zeroizing::new(sk.diffie_hellman(&x25519_dalek::PublicKey::from(*pk_r)).to_bytes());
+        let dh = Zeroizing::new(
+            sk.diffie_hellman(&x25519_dalek::PublicKey::from(*pk_r))
+                .to_bytes(),
+        );
         let ss = shared_secret(&dh, &enc, pk_r)?;
         let (key, nonce) = key_schedule(&ss, info);
         let mut ct = plaintext.to_vec();
@@ -531,14 +622,28 @@ pub(crate) mod hpke {
     }
 
     /// Decapsulates `enc` with the recipient's secret and opens `ct`.
-    pub fn open(sk_r: &SecretBytes, pk_r: &[u8; 32], enc: &[u8; 32], info: &[u8], aad: &[u8], ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn open(
+        sk_r: &SecretBytes,
+        pk_r: &[u8; 32],
+        enc: &[u8; 32],
+        info: &[u8],
+        aad: &[u8],
+        ct: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let sk = x25519_dalek::StaticSecret::from(*sk_r.expose());
-        let dh = Zeroizing::new(sk.diffie_hellman(&x25519_dalek::PublicKey::from(*enc)).to_bytes());
+        let dh = Zeroizing::new(
+            sk.diffie_hellman(&x25519_dalek::PublicKey::from(*enc))
+                .to_bytes(),
+        );
         let ss = shared_secret(&dh, enc, pk_r)?;
         let (key, nonce) = key_schedule(&ss, info);
         let mut buf = Zeroizing::new(ct.to_vec());
         let n = aead_key(&key)
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| Error::Integrity)?
             .len();
         Ok(Zeroizing::new(buf[..n].to_vec()))
@@ -550,17 +655,28 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn jwk_parse_rules() {
-        assert!(matches!(Jwk::parse(r#"{"kty":"oct"}"#), Err(Error::InvalidKey(m)) if m.contains("\"k\"")));
+        assert!(
+            matches!(Jwk::parse(r#"{"kty":"oct"}"#), Err(Error::InvalidKey(m)) if m.contains("\"k\""))
+        );
         // Standard base64 with padding is not JOSE.
         let std_b64 = "q".repeat(42) + "+/=";
         let e = Jwk::parse(&format!(r#"{{"kty":"oct","k":"{std_b64}"}}"#)).unwrap_err();
-        assert!(!e.to_string().contains(&std_b64), "error text must not echo key bytes");
-        assert!(Jwk::parse(r#"{"kty":"oct","k":"AAAA"}"#).is_err(), "short key");
+        assert!(
+            !e.to_string().contains(&std_b64),
+            "error text must not echo key bytes"
+        );
+        assert!(
+            Jwk::parse(r#"{"kty":"oct","k":"AAAA"}"#).is_err(),
+            "short key"
+        );
         let k = Jwk::generate(KeyKind::Oct).unwrap();
         let text = k.to_json(true).unwrap();
         assert_eq!(Jwk::parse(&text).unwrap().kid(), k.kid());
@@ -579,8 +695,14 @@ mod tests {
     #[test]
     fn rfc7638_thumbprint_example() {
         // RFC 8037 appendix A.3: thumbprint of the Ed25519 example key.
-        let k = Jwk::parse(r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#).unwrap();
-        assert_eq!(k.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        let k = Jwk::parse(
+            r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            k.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     #[test]
@@ -588,11 +710,18 @@ mod tests {
         for kind in [KeyKind::Oct, KeyKind::X25519] {
             let key = Jwk::generate(kind).unwrap();
             let dk = DataKey::generate().unwrap();
-            let to = if kind == KeyKind::Oct { key.clone() } else { key.public().unwrap() };
+            let to = if kind == KeyKind::Oct {
+                key.clone()
+            } else {
+                key.public().unwrap()
+            };
             let r = wrap(&dk, &to).unwrap();
             let got = unwrap(&r, &key).unwrap().unwrap();
             assert_eq!(got.0, dk.0);
-            assert!(unwrap(&r, &Jwk::generate(kind).unwrap()).is_none(), "other kid");
+            assert!(
+                unwrap(&r, &Jwk::generate(kind).unwrap()).is_none(),
+                "other kid"
+            );
             let mut bad = r.clone();
             let mut ct = b64d("x", &bad.encrypted_key).unwrap();
             ct[0] ^= 1;
@@ -605,13 +734,25 @@ mod tests {
     fn hpke_rfc9180_a2_vector() {
         // RFC 9180 A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305, base mode.
         let info = unhex("4f6465206f6e2061204772656369616e2055726e");
-        let sk_e = SecretBytes::from_slice(&unhex("f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600")).unwrap();
-        let sk_r = SecretBytes::from_slice(&unhex("8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb")).unwrap();
-        let pk_r: [u8; 32] = unhex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a").try_into().unwrap();
+        let sk_e = SecretBytes::from_slice(&unhex(
+            "f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600",
+        ))
+        .unwrap();
+        let sk_r = SecretBytes::from_slice(&unhex(
+            "8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb",
+        ))
+        .unwrap();
+        let pk_r: [u8; 32] =
+            unhex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a")
+                .try_into()
+                .unwrap();
         let pt = unhex("4265617574792069732074727574682c20747275746820626561757479");
         let aad = b"Count-0";
         let (enc, ct) = hpke::seal(&pk_r, &sk_e, &info, aad, &pt).unwrap();
-        assert_eq!(enc.to_vec(), unhex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a"));
+        assert_eq!(
+            enc.to_vec(),
+            unhex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a")
+        );
         assert_eq!(ct, unhex("1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b60b4db21993c62ce81883d2dd1b51a28"));
         let back = hpke::open(&sk_r, &pk_r, &enc, &info, aad, &ct).unwrap();
         assert_eq!(&back[..], &pt[..]);

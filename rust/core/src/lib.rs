@@ -41,7 +41,10 @@ pub trait Source: Send + Sync {
 }
 
 fn out_of_range() -> Error {
-    Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the file"))
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "read past the end of the file",
+    ))
 }
 
 impl Source for [u8] {
@@ -88,7 +91,10 @@ impl Source for PreadFile {
         self.len
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.len) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.len)
+        {
             return Err(out_of_range());
         }
         Ok(self.file.read_exact_at(buf, offset)?)
@@ -105,7 +111,10 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R 
         return f();
     }
     let pool = {
-        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let mut pools = POOLS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         pools
             .entry(threads)
             .or_insert_with(|| {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use ring::digest;
 
 use crate::crypto::{Binding, DataKey, PayloadKey, TAG_LEN};
-use crate::envelope::{self, Layout, Protection, DIGEST_LEN, SIGNATURE_KEY, MAC_KEY};
+use crate::envelope::{self, Layout, Protection, DIGEST_LEN, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
 use crate::keys::{self, Jwk};
@@ -93,7 +93,11 @@ impl Reader {
             }
         }
         let signer = match header.metadata_value(SIGNATURE_KEY) {
-            Some(jws) => Some(sign::verify(jws, &envelope::signature_input(&header), &opts.trusted_signers)?),
+            Some(jws) => Some(sign::verify(
+                jws,
+                &envelope::signature_input(&header),
+                &opts.trusted_signers,
+            )?),
             None if !opts.trusted_signers.is_empty() => {
                 return Err(Error::Signature(SignatureFailure::Missing))
             }
@@ -105,9 +109,9 @@ impl Reader {
         }
         let payload = match (&layout, encryption) {
             (Some(layout), Some(params)) => {
-                let mac = header
-                    .metadata_value(MAC_KEY)
-                    .ok_or_else(|| Error::InvalidEnvelope("encrypted file has no header MAC".into()))?;
+                let mac = header.metadata_value(MAC_KEY).ok_or_else(|| {
+                    Error::InvalidEnvelope("encrypted file has no header MAC".into())
+                })?;
                 let mac = keys::b64d("mac", mac).map_err(|_| Error::Integrity)?;
                 let mac_input = envelope::mac_input(&header);
                 let unlock = |dk: &DataKey| {
@@ -125,7 +129,15 @@ impl Reader {
             }
             _ => None,
         };
-        Ok(Reader { source, header, data_start, layout, trailer, payload, signer })
+        Ok(Reader {
+            source,
+            header,
+            data_start,
+            layout,
+            trailer,
+            payload,
+            signer,
+        })
     }
 
     /// The parsed header.
@@ -157,7 +169,10 @@ impl Reader {
     /// (no encryption and no digests to check), for zero-copy mapping.
     pub fn raw_offset(&self, name: &str) -> Result<Option<u64>> {
         let info = self.header.tensor(name)?;
-        Ok(self.layout.is_none().then(|| self.data_start + info.data_offsets.0 as u64))
+        Ok(self
+            .layout
+            .is_none()
+            .then(|| self.data_start + info.data_offsets.0 as u64))
     }
 
     /// The source the file is read from.
@@ -188,10 +203,12 @@ impl Reader {
         let result = if out.is_empty() {
             seal.check(0, &mut [])
         } else {
-            out.par_chunks_mut(seg).enumerate().try_for_each(|(i, chunk)| {
-                self.source.read_at(base + (i * seg) as u64, chunk)?;
-                seal.check(i, chunk)
-            })
+            out.par_chunks_mut(seg)
+                .enumerate()
+                .try_for_each(|(i, chunk)| {
+                    self.source.read_at(base + (i * seg) as u64, chunk)?;
+                    seal.check(i, chunk)
+                })
         };
         if result.is_err() {
             out.fill(0);
@@ -204,16 +221,23 @@ impl Reader {
     pub fn read_slice_into(&self, name: &str, runs: &SliceRuns, out: &mut [u8]) -> Result<()> {
         let info = self.header.tensor(name)?;
         if out.len() != runs.len {
-            return Err(Error::InvalidArgument("output buffer does not match the slice".into()));
+            return Err(Error::InvalidArgument(
+                "output buffer does not match the slice".into(),
+            ));
         }
-        if runs.runs.iter().any(|&(o, l)| o.checked_add(l).is_none_or(|e| e > info.len())) {
+        if runs
+            .runs
+            .iter()
+            .any(|&(o, l)| o.checked_add(l).is_none_or(|e| e > info.len()))
+        {
             return Err(Error::InvalidSlice("slice runs past the tensor".into()));
         }
         let base = self.data_start + info.data_offsets.0 as u64;
         let Some(seal) = self.sealer(name, info)? else {
             let mut pos = 0;
             for &(off, len) in &runs.runs {
-                self.source.read_at(base + off as u64, &mut out[pos..pos + len])?;
+                self.source
+                    .read_at(base + off as u64, &mut out[pos..pos + len])?;
                 pos += len;
             }
             return Ok(());
@@ -229,11 +253,14 @@ impl Reader {
         }
         let mut scratch = vec![0u8; touched.len() * seg];
         let seg_len = |s: usize| seg.min(info.len() - s * seg);
-        let result = scratch.par_chunks_mut(seg).zip(&touched).try_for_each(|(buf, &s)| {
-            let buf = &mut buf[..seg_len(s)];
-            self.source.read_at(base + (s * seg) as u64, buf)?;
-            seal.check(s, buf)
-        });
+        let result = scratch
+            .par_chunks_mut(seg)
+            .zip(&touched)
+            .try_for_each(|(buf, &s)| {
+                let buf = &mut buf[..seg_len(s)];
+                self.source.read_at(base + (s * seg) as u64, buf)?;
+                seal.check(s, buf)
+            });
         if let Err(e) = result {
             out.fill(0);
             return Err(e);
@@ -262,7 +289,10 @@ impl Reader {
         let Some(layout) = &self.layout else {
             return Ok(None);
         };
-        let pos = self.header.position(name).ok_or_else(|| Error::TensorNotFound(name.into()))?;
+        let pos = self
+            .header
+            .position(name)
+            .ok_or_else(|| Error::TensorNotFound(name.into()))?;
         let (protection, offset) = layout.entries[pos];
         let key = match protection {
             Protection::Encrypted => {
@@ -333,6 +363,8 @@ fn unlock_with(
     if tried {
         Err(Error::Integrity)
     } else {
-        Err(Error::KeyNotFound { kids: recipients.iter().map(|r| r.kid.clone()).collect() })
+        Err(Error::KeyNotFound {
+            kids: recipients.iter().map(|r| r.kid.clone()).collect(),
+        })
     }
 }

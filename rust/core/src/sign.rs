@@ -22,13 +22,22 @@ struct Protected {
 /// with its payload detached (`protected..signature`).
 pub fn sign(payload: &[u8], key: &Jwk) -> Result<String> {
     if key.kind() != KeyKind::Ed25519 {
-        return Err(Error::InvalidKey("signing needs an Ed25519 (OKP) key".into()));
+        return Err(Error::InvalidKey(
+            "signing needs an Ed25519 (OKP) key".into(),
+        ));
     }
-    let seed = key.secret().ok_or_else(|| Error::InvalidKey("signing needs the private key (\"d\")".into()))?;
+    let seed = key
+        .secret()
+        .ok_or_else(|| Error::InvalidKey("signing needs the private key (\"d\")".into()))?;
     let pair = Ed25519KeyPair::from_seed_and_public_key(seed.expose(), key.public_bytes())
         .map_err(|_| Error::InvalidKey("Ed25519 key pair is inconsistent".into()))?;
-    let public: serde_json::Value = serde_json::from_str(&key.public()?.to_json(false)?).expect("JSON");
-    let protected = Protected { alg: ALG_EDDSA.into(), kid: key.kid().into(), jwk: public };
+    let public: serde_json::Value =
+        serde_json::from_str(&key.public()?.to_json(false)?).expect("JSON");
+    let protected = Protected {
+        alg: ALG_EDDSA.into(),
+        kid: key.kid().into(),
+        jwk: public,
+    };
     let protected = b64e(serde_json::to_string(&protected).expect("JSON").as_bytes());
     let input = signing_input(&protected, payload);
     let sig = pair.sign(input.as_bytes());
@@ -52,7 +61,9 @@ pub fn signer_hint(jws: &str) -> Option<String> {
 pub fn verify(jws: &str, payload: &[u8], trusted: &[Jwk]) -> Result<String> {
     let invalid = Error::Signature(SignatureFailure::Invalid);
     let mut parts = jws.split('.');
-    let (Some(protected), Some(""), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(protected), Some(""), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(invalid);
     };
     let header: Protected = b64d("protected", protected)
@@ -73,7 +84,9 @@ pub fn verify(jws: &str, payload: &[u8], trusted: &[Jwk]) -> Result<String> {
     if let Some(k) = trusted.iter().find(|k| check(k)) {
         return Ok(k.kid().to_owned());
     }
-    let hinted = Jwk::parse(&header.jwk.to_string()).ok().filter(|k| check(k));
+    let hinted = Jwk::parse(&header.jwk.to_string())
+        .ok()
+        .filter(|k| check(k));
     match (hinted, trusted.is_empty()) {
         (Some(k), true) => Ok(k.kid().to_owned()),
         (Some(_), false) => Err(Error::Signature(SignatureFailure::Untrusted)),
@@ -101,7 +114,10 @@ mod tests {
             verify(&jws, b"headeX", &[pk.clone()]),
             Err(Error::Signature(SignatureFailure::Invalid))
         ));
-        assert!(matches!(verify("a.b.c", b"header", &[pk]), Err(Error::Signature(SignatureFailure::Invalid))));
+        assert!(matches!(
+            verify("a.b.c", b"header", &[pk]),
+            Err(Error::Signature(SignatureFailure::Invalid))
+        ));
         assert_eq!(signer_hint(&jws).unwrap(), sk.kid());
     }
 
@@ -112,7 +128,11 @@ mod tests {
             r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
         )
         .unwrap();
-        let pair = Ed25519KeyPair::from_seed_and_public_key(sk.secret().unwrap().expose(), sk.public_bytes()).unwrap();
+        let pair = Ed25519KeyPair::from_seed_and_public_key(
+            sk.secret().unwrap().expose(),
+            sk.public_bytes(),
+        )
+        .unwrap();
         let sig = pair.sign(b"eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc");
         assert_eq!(
             b64e(sig.as_ref()),

@@ -48,9 +48,14 @@ pub struct SliceRuns {
 }
 
 fn resolve(index: &[Index], shape: &[usize]) -> Result<Vec<Dim>> {
-    let ellipses = index.iter().filter(|i| matches!(i, Index::Ellipsis)).count();
+    let ellipses = index
+        .iter()
+        .filter(|i| matches!(i, Index::Ellipsis))
+        .count();
     if ellipses > 1 {
-        return Err(Error::InvalidSlice("an index can only have a single ellipsis".into()));
+        return Err(Error::InvalidSlice(
+            "an index can only have a single ellipsis".into(),
+        ));
     }
     let named = index.len() - ellipses;
     if named > shape.len() {
@@ -63,13 +68,24 @@ fn resolve(index: &[Index], shape: &[usize]) -> Result<Vec<Dim>> {
     let mut expanded = Vec::with_capacity(shape.len());
     for ix in index {
         if let Index::Ellipsis = ix {
-            expanded.extend(std::iter::repeat(Index::Range { start: None, stop: None, step: 1 }).take(shape.len() - named));
+            expanded.extend(
+                std::iter::repeat(Index::Range {
+                    start: None,
+                    stop: None,
+                    step: 1,
+                })
+                .take(shape.len() - named),
+            );
         } else {
             expanded.push(*ix);
         }
     }
     while expanded.len() < shape.len() {
-        expanded.push(Index::Range { start: None, stop: None, step: 1 });
+        expanded.push(Index::Range {
+            start: None,
+            stop: None,
+            step: 1,
+        });
     }
     expanded
         .iter()
@@ -89,11 +105,18 @@ fn resolve_one(ix: Index, len: usize, axis: usize) -> Result<Dim> {
                     "index {i} is out of bounds for axis {axis} with size {len}"
                 )));
             }
-            Ok(Dim { start: p as usize, count: 1, step: 1, keep: false })
+            Ok(Dim {
+                start: p as usize,
+                count: 1,
+                step: 1,
+                keep: false,
+            })
         }
         Index::Range { start, stop, step } => {
             if step < 1 {
-                return Err(Error::InvalidSlice(format!("slice step must be positive, got {step}")));
+                return Err(Error::InvalidSlice(format!(
+                    "slice step must be positive, got {step}"
+                )));
             }
             // Python's slice.indices for a positive step: clamp into [0, n].
             let clamp = |v: Option<i64>, default: i64| -> i64 {
@@ -105,8 +128,17 @@ fn resolve_one(ix: Index, len: usize, axis: usize) -> Result<Dim> {
             };
             let s = clamp(start, 0);
             let e = clamp(stop, n);
-            let count = if e > s { ((e - s - 1) / step + 1) as usize } else { 0 };
-            Ok(Dim { start: s as usize, count, step: step as usize, keep: true })
+            let count = if e > s {
+                ((e - s - 1) / step + 1) as usize
+            } else {
+                0
+            };
+            Ok(Dim {
+                start: s as usize,
+                count,
+                step: step as usize,
+                keep: true,
+            })
         }
         Index::Ellipsis => unreachable!("ellipsis expanded before resolving"),
     }
@@ -128,7 +160,11 @@ impl SliceRuns {
         };
         let len = to_bytes(total)?;
         if total == 0 {
-            return Ok(SliceRuns { shape: out_shape, runs: Vec::new(), len: 0 });
+            return Ok(SliceRuns {
+                shape: out_shape,
+                runs: Vec::new(),
+                len: 0,
+            });
         }
         // Element strides of the source.
         let mut strides = vec![1usize; shape.len()];
@@ -137,7 +173,11 @@ impl SliceRuns {
         }
         // Trailing dimensions taken whole merge into one contiguous block.
         let mut k = dims.len();
-        while k > 0 && dims[k - 1].start == 0 && dims[k - 1].step == 1 && dims[k - 1].count == shape[k - 1] {
+        while k > 0
+            && dims[k - 1].start == 0
+            && dims[k - 1].step == 1
+            && dims[k - 1].count == shape[k - 1]
+        {
             k -= 1;
         }
         let mut block: usize = shape[k..].iter().product();
@@ -169,7 +209,11 @@ impl SliceRuns {
             let mut axis = outer.len();
             loop {
                 if axis == 0 {
-                    return Ok(SliceRuns { shape: out_shape, runs, len });
+                    return Ok(SliceRuns {
+                        shape: out_shape,
+                        runs,
+                        len,
+                    });
                 }
                 axis -= 1;
                 counter[axis] += 1;
@@ -209,7 +253,10 @@ mod tests {
     fn columns_and_steps() {
         let s = SliceRuns::new(Dtype::U8, &[3, 4], &[Ellipsis, r(None, None, 2)]).unwrap();
         assert_eq!(s.shape, vec![3, 2]);
-        assert_eq!(s.runs, vec![(0, 1), (2, 1), (4, 1), (6, 1), (8, 1), (10, 1)]);
+        assert_eq!(
+            s.runs,
+            vec![(0, 1), (2, 1), (4, 1), (6, 1), (8, 1), (10, 1)]
+        );
         let s = SliceRuns::new(Dtype::U8, &[3, 4], &[Select(-1), Select(1)]).unwrap();
         assert!(s.shape.is_empty());
         assert_eq!(s.runs, vec![(9, 1)]);

@@ -21,8 +21,8 @@ use ring::digest;
 use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::envelope::{
-    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, ENVELOPE_KEY, MAC_KEY, RESERVED_PREFIX,
-    SIGNATURE_KEY, VERSION,
+    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, ENVELOPE_KEY, MAC_KEY,
+    RESERVED_PREFIX, SIGNATURE_KEY, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
@@ -118,13 +118,18 @@ struct Protected {
 fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>> {
     if let Some(m) = &opts.metadata {
         if let Some(k) = m.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
-            return Err(Error::InvalidArgument(format!("metadata key {k:?} is reserved for the format")));
+            return Err(Error::InvalidArgument(format!(
+                "metadata key {k:?} is reserved for the format"
+            )));
         }
     }
     let mut seen = BTreeSet::new();
     for t in tensors {
         if !seen.insert(t.name) {
-            return Err(Error::InvalidArgument(format!("tensor {:?} given twice", t.name)));
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?} given twice",
+                t.name
+            )));
         }
         if t.dtype.byte_size(t.shape)? != t.data.len() {
             return Err(Error::TensorInvalidInfo(t.name.to_owned()));
@@ -132,43 +137,71 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
     }
     let entries = tensors
         .iter()
-        .map(|t| Entry { name: t.name.to_owned(), dtype: t.dtype, shape: t.shape.to_vec() })
+        .map(|t| Entry {
+            name: t.name.to_owned(),
+            dtype: t.dtype,
+            shape: t.shape.to_vec(),
+        })
         .collect();
     let laid = header::layout(entries)?;
-    let by_name: std::collections::HashMap<&str, &TensorData> = tensors.iter().map(|t| (t.name, t)).collect();
-    let ordered: Vec<(TensorData, TensorInfo)> = laid.into_iter().map(|(e, i)| (*by_name[e.name.as_str()], i)).collect();
+    let by_name: std::collections::HashMap<&str, &TensorData> =
+        tensors.iter().map(|t| (t.name, t)).collect();
+    let ordered: Vec<(TensorData, TensorInfo)> = laid
+        .into_iter()
+        .map(|(e, i)| (*by_name[e.name.as_str()], i))
+        .collect();
     if opts.encrypt.is_none() && opts.sign_with.is_none() {
-        return Ok(Plan { tensors: ordered, metadata: opts.metadata.clone(), protected: None });
+        return Ok(Plan {
+            tensors: ordered,
+            metadata: opts.metadata.clone(),
+            protected: None,
+        });
     }
-    let segment_size = if opts.segment_size == 0 { crypto::DEFAULT_SEGMENT_SIZE } else { opts.segment_size };
+    let segment_size = if opts.segment_size == 0 {
+        crypto::DEFAULT_SEGMENT_SIZE
+    } else {
+        opts.segment_size
+    };
     envelope::check_segment_size(segment_size)?;
     if let Some(k) = &opts.sign_with {
         if k.kind() != KeyKind::Ed25519 || !k.is_private() {
-            return Err(Error::InvalidKey("sign_with needs a private Ed25519 JWK".into()));
+            return Err(Error::InvalidKey(
+                "sign_with needs a private Ed25519 JWK".into(),
+            ));
         }
     }
     let (encryption, payload, encrypted) = match &opts.encrypt {
         None => (None, None, BTreeSet::new()),
         Some(enc) => {
             if enc.recipients.is_empty() {
-                return Err(Error::InvalidArgument("encrypt_for lists no recipient".into()));
+                return Err(Error::InvalidArgument(
+                    "encrypt_for lists no recipient".into(),
+                ));
             }
             let names: BTreeSet<String> = match &enc.tensors {
                 None => ordered.iter().map(|(t, _)| t.name.to_owned()).collect(),
                 Some(sel) => {
                     if let Some(missing) = sel.iter().find(|n| !by_name.contains_key(n.as_str())) {
-                        return Err(Error::InvalidArgument(format!("encrypted_tensors names {missing:?}, which is not saved")));
+                        return Err(Error::InvalidArgument(format!(
+                            "encrypted_tensors names {missing:?}, which is not saved"
+                        )));
                     }
                     sel.clone()
                 }
             };
             if names.is_empty() {
-                return Err(Error::InvalidArgument("encrypted_tensors selects no tensor".into()));
+                return Err(Error::InvalidArgument(
+                    "encrypted_tensors selects no tensor".into(),
+                ));
             }
             let data_key = DataKey::generate()?;
             let mut salt = [0u8; SALT_LEN];
             crypto::fill_random(&mut salt)?;
-            let recipients = enc.recipients.iter().map(|r| keys::wrap(&data_key, r)).collect::<Result<Vec<_>>>()?;
+            let recipients = enc
+                .recipients
+                .iter()
+                .map(|r| keys::wrap(&data_key, r))
+                .collect::<Result<Vec<_>>>()?;
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
                 salt: b64e(&salt),
@@ -183,7 +216,11 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
     let mut protections = Vec::with_capacity(ordered.len());
     let mut trailer_len = 0usize;
     for (t, info) in &ordered {
-        let p = if encrypted.contains(t.name) { Protection::Encrypted } else { Protection::Digested };
+        let p = if encrypted.contains(t.name) {
+            Protection::Encrypted
+        } else {
+            Protection::Digested
+        };
         trailer_len = trailer_len
             .checked_add(envelope::trailer_bytes(p, info, segment_size)?)
             .ok_or(Error::ValidationOverflow)?;
@@ -232,13 +269,24 @@ impl Plan<'_> {
             envelope.trailer_sha256 = b64e(sha);
         }
         let mut meta = self.metadata.clone().unwrap_or_default();
-        meta.insert(ENVELOPE_KEY.into(), serde_json::to_string(&envelope).expect("JSON"));
+        meta.insert(
+            ENVELOPE_KEY.into(),
+            serde_json::to_string(&envelope).expect("JSON"),
+        );
         let as_header = |meta: &Metadata| {
-            Header::from_parts(Some(meta.clone()), self.tensors.iter().map(|(t, i)| (t.name.to_owned(), i.clone())).collect())
+            Header::from_parts(
+                Some(meta.clone()),
+                self.tensors
+                    .iter()
+                    .map(|(t, i)| (t.name.to_owned(), i.clone()))
+                    .collect(),
+            )
         };
         if let Some((data_key, _, salt)) = &p.payload {
             let mac = match trailer_sha {
-                Some(_) => crypto::header_mac(data_key, salt, &envelope::mac_input(&as_header(&meta)?)),
+                Some(_) => {
+                    crypto::header_mac(data_key, salt, &envelope::mac_input(&as_header(&meta)?))
+                }
                 None => [0u8; crypto::KEY_LEN],
             };
             meta.insert(MAC_KEY.into(), b64e(&mac));
@@ -280,14 +328,19 @@ impl Plan<'_> {
                     sink.write_at(at, t.data)?;
                 }
                 Protection::Encrypted => {
-                    let (_, payload, _) = p.payload.as_ref().expect("encrypted tensors have a payload key");
+                    let (_, payload, _) = p
+                        .payload
+                        .as_ref()
+                        .expect("encrypted tensors have a payload key");
                     let key = payload.tensor_key(&Binding {
                         name: t.name,
                         dtype: t.dtype,
                         shape: t.shape,
                         offsets: info.data_offsets,
                     });
-                    seal_segments(&key, t.data, p.segment_size, table, |off, bytes| sink.write_at(at + off as u64, bytes))?;
+                    seal_segments(&key, t.data, p.segment_size, table, |off, bytes| {
+                        sink.write_at(at + off as u64, bytes)
+                    })?;
                 }
             }
         }
@@ -296,7 +349,9 @@ impl Plan<'_> {
         let head2 = self.header(Some(sha.as_ref()))?;
         debug_assert_eq!(head.len(), head2.len());
         if head.len() != head2.len() {
-            return Err(Error::InvalidArgument("header length changed while writing".into()));
+            return Err(Error::InvalidArgument(
+                "header length changed while writing".into(),
+            ));
         }
         sink.write_at(0, &head2)
     }
@@ -318,7 +373,9 @@ fn digest_segments(data: &[u8], seg: usize, table: &mut [u8]) {
     table
         .par_chunks_mut(DIGEST_LEN)
         .zip(data.par_chunks(seg))
-        .for_each(|(out, chunk)| out.copy_from_slice(digest::digest(&digest::SHA256, chunk).as_ref()));
+        .for_each(|(out, chunk)| {
+            out.copy_from_slice(digest::digest(&digest::SHA256, chunk).as_ref())
+        });
 }
 
 /// Seals a tensor in batches of segments and hands each sealed run to `emit`
@@ -398,14 +455,23 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file path", target.display())))?;
+        let name = target.file_name().ok_or_else(|| {
+            Error::InvalidArgument(format!("{} is not a file path", target.display()))
+        })?;
         let mut rnd = [0u8; 8];
         crypto::fill_random(&mut rnd)?;
         let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), b64e(&rnd)));
-        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&tmp)?;
-        Ok(AtomicFile { file, tmp, target: target.to_path_buf(), done: false })
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&tmp)?;
+        Ok(AtomicFile {
+            file,
+            tmp,
+            target: target.to_path_buf(),
+            done: false,
+        })
     }
 
     /// Flushes (and with `fsync`, syncs) the file and renames it over the target.

@@ -1,0 +1,151 @@
+"""serialize, serialize_file, deserialize and TensorSpec, with the save and
+load options shared by every framework module."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import _core, _keys
+from ._core import SafetensorError
+
+# Constructor-style dtype names accepted by TensorSpec, as in safetensors 0.8.
+_SPEC_DTYPES = {
+    "bool": "BOOL", "int8": "I8", "uint8": "U8", "int16": "I16", "uint16": "U16",
+    "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64",
+    "float16": "F16", "float32": "F32", "float64": "F64", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2": "F8_E5M2",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
+    "float4_e2m1fn_x2": "F4", "complex64": "C64",
+}
+
+
+class TensorSpec:
+    """One tensor for serialize(): its dtype (constructor-style name such as
+    "float32"), shape, and the address and length of its contiguous bytes.
+
+    The caller keeps the memory at `data_ptr` alive during serialization."""
+
+    __slots__ = ("_dtype", "_shape", "_data_ptr", "_data_len")
+
+    def __init__(self, *, dtype: str, shape: Sequence[int], data_ptr: int, data_len: int):
+        try:
+            code = _SPEC_DTYPES[dtype]
+        except (KeyError, TypeError):
+            raise SafetensorError(
+                f"Unknown dtype {dtype!r}. Supported dtypes: {', '.join(_SPEC_DTYPES)}"
+            ) from None
+        shape = [int(d) for d in shape]
+        if any(d < 0 for d in shape):
+            raise SafetensorError(f"negative dimension in shape {shape}")
+        if code == "F4":
+            # float4_e2m1fn_x2 packs two values: the header counts elements.
+            if not shape:
+                raise SafetensorError("float4_e2m1fn_x2 tensors need at least one dimension")
+            shape[-1] *= 2
+        if data_ptr < 0 or data_len < 0:
+            raise SafetensorError("data_ptr and data_len must be non-negative")
+        self._dtype, self._shape, self._data_ptr, self._data_len = code, shape, int(data_ptr), int(data_len)
+
+    dtype = property(lambda self: self._dtype, doc="The dtype's format code, e.g. 'F32'.")
+    shape = property(lambda self: list(self._shape), doc="The logical (header) shape.")
+    data_ptr = property(lambda self: self._data_ptr, doc="Address of the bytes.")
+    data_len = property(lambda self: self._data_len, doc="Length of the bytes.")
+
+    def __repr__(self):
+        return f"TensorSpec(dtype={self._dtype!r}, shape={self._shape}, data_ptr={self._data_ptr}, data_len={self._data_len})"
+
+
+def _key_text(value: Any) -> Optional[str]:
+    items = _keys._as_list(value)
+    return json.dumps(items) if items else None
+
+
+def save_options(
+    names: Sequence[str],
+    encrypt_for: Any = None,
+    encrypted_tensors: Any = None,
+    algorithm: Optional[str] = None,
+    segment_size: Optional[int] = None,
+    sign_with: Any = None,
+    num_threads: Optional[int] = None,
+) -> dict:
+    """Keyword arguments for the core serializer from the public save options."""
+    opts: Dict[str, Any] = {"threads": _keys.threads(num_threads)}
+    if segment_size is not None:
+        opts["segment_size"] = int(segment_size)
+    if sign_with is not None:
+        signers = _keys._as_list(sign_with)
+        if len(signers) != 1:
+            raise SafetensorError("sign_with takes exactly one private Ed25519 JWK")
+        opts["sign_with"] = json.dumps(signers[0])
+    if encrypt_for is None:
+        if encrypted_tensors is not None or algorithm is not None:
+            raise SafetensorError("encrypted_tensors and algorithm need encrypt_for= (the recipients)")
+        return opts
+    recipients = _key_text(encrypt_for)
+    if recipients is None:
+        raise SafetensorError("encrypt_for lists no recipient key")
+    opts["recipients"] = recipients
+    opts["algorithm"] = algorithm or "AES-256-GCM"
+    if encrypted_tensors is not None:
+        if isinstance(encrypted_tensors, (str, re.Pattern)):
+            pattern = re.compile(encrypted_tensors)
+            selected = {n for n in names if pattern.search(n)}
+        else:
+            selected = set(encrypted_tensors)
+        opts["encrypted"] = selected
+    return opts
+
+
+def _records(tensor_dict) -> List[tuple]:
+    if not isinstance(tensor_dict, dict):
+        raise TypeError("tensor_dict must be a dict of str to TensorSpec")
+    records = []
+    for name, spec in tensor_dict.items():
+        if not isinstance(spec, TensorSpec):
+            raise TypeError(f"tensor {name!r} must be a TensorSpec, got {type(spec).__name__}")
+        records.append((name, spec.dtype, spec.shape, spec.data_ptr, spec.data_len))
+    return records
+
+
+def serialize(tensor_dict: Dict[str, TensorSpec], metadata: Optional[Dict[str, str]] = None, **options) -> bytes:
+    """Serializes tensors (and optional string metadata) to bytes.
+
+    Options: encrypt_for, encrypted_tensors, algorithm, segment_size, sign_with, num_threads."""
+    records = _records(tensor_dict)
+    return _core.serialize(records, metadata, None, **save_options([r[0] for r in records], **options))
+
+
+def serialize_file(
+    tensor_dict: Dict[str, TensorSpec], filename, metadata: Optional[Dict[str, str]] = None, **options
+) -> None:
+    """Serializes tensors to a file, atomically (temporary file, then rename)."""
+    records = _records(tensor_dict)
+    _core.serialize(records, metadata, os.fspath(filename), **save_options([r[0] for r in records], **options))
+
+
+def open_bytes(data: bytes, keys: Any = None, trusted_signers: Any = None, require_encryption: bool = False, num_threads: Optional[int] = None):
+    """A core handle over serialized bytes, with the loader's keys and trust."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("data must be bytes")
+    return _core.Handle.from_bytes(
+        bytes(data), _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads)
+    )
+
+
+def deserialize(data: bytes, **load_options) -> list:
+    """Returns [(name, {"shape", "dtype", "data"})] in file order. Encrypted
+    tensors are decrypted and authenticated; nothing unauthenticated is returned."""
+    from ._frameworks import bytes_buffer
+
+    h = open_bytes(data, **load_options)
+    out = []
+    for name in h.offset_keys():
+        dtype, shape, nbytes, _, _ = h.info(name)
+        buf, ptr = bytes_buffer(nbytes)
+        h.read_into(name, ptr, nbytes)
+        out.append((name, {"shape": list(shape), "dtype": dtype, "data": bytes(buf)}))
+    return out

@@ -1,0 +1,74 @@
+"""numpy save and load, as safetensors.numpy, with encryption options."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from ._core import SafetensorError
+from ._frameworks import Framework
+from ._open import safe_open
+from ._serialize import TensorSpec, open_bytes, serialize, serialize_file
+
+_NAMES = {
+    np.dtype(np.float64): "float64", np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
+    np.dtype(np.int64): "int64", np.dtype(np.uint64): "uint64", np.dtype(np.int32): "int32",
+    np.dtype(np.uint32): "uint32", np.dtype(np.int16): "int16", np.dtype(np.uint16): "uint16",
+    np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
+    np.dtype(np.complex64): "complex64",
+}
+
+
+def _specs(tensor_dict: Dict[str, np.ndarray]):
+    """Contiguous little-endian arrays and their TensorSpecs; the arrays are
+    returned so that the caller keeps them alive while serializing."""
+    keep, specs = [], {}
+    for name, arr in tensor_dict.items():
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"Key `{name}` is invalid, expected np.ndarray but received {type(arr)}")
+        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(arr)
+        try:
+            dtype = _NAMES[np.dtype(arr.dtype).newbyteorder("=")]
+        except KeyError:
+            raise SafetensorError(f"dtype {arr.dtype} cannot be saved") from None
+        keep.append(arr)
+        specs[name] = TensorSpec(dtype=dtype, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+    return keep, specs
+
+
+def save(tensor_dict: Dict[str, np.ndarray], metadata: Optional[Dict[str, str]] = None, **options) -> bytes:
+    """Saves arrays to bytes. Options: encrypt_for, encrypted_tensors, algorithm, segment_size, sign_with."""
+    keep, specs = _specs(tensor_dict)
+    out = serialize(specs, metadata=metadata, **options)
+    del keep
+    return out
+
+
+def save_file(tensor_dict: Dict[str, np.ndarray], filename, metadata: Optional[Dict[str, str]] = None, **options) -> None:
+    """Saves arrays to a file, atomically."""
+    keep, specs = _specs(tensor_dict)
+    serialize_file(specs, filename, metadata=metadata, **options)
+    del keep
+
+
+def load(data: bytes, **load_options) -> Dict[str, np.ndarray]:
+    """Loads arrays from bytes. Options: keys, trusted_signers, require_encryption, num_threads."""
+    h = open_bytes(data, **load_options)
+    fw = Framework()
+    out = {}
+    for name in h.offset_keys():
+        dtype, shape, nbytes, _, _ = h.info(name)
+        arr, ptr, _ = fw.empty(dtype, shape)
+        h.read_into(name, ptr, nbytes)
+        out[name] = arr
+    return out
+
+
+def load_file(filename, **load_options) -> Dict[str, np.ndarray]:
+    """Loads every array of a file."""
+    with safe_open(os.fspath(filename), framework="np", **load_options) as f:
+        return f.get_tensors()

@@ -1,0 +1,257 @@
+"""torch save and load, as safetensors.torch, with encryption options.
+
+Also the helpers that other libraries import from safetensors.torch:
+storage_ptr, storage_size, _find_shared_tensors, _remove_duplicate_names, _TYPES.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+
+from ._core import SafetensorError
+from ._open import safe_open
+from ._serialize import TensorSpec, open_bytes, serialize, serialize_file
+
+_TYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+for _code, _attr in [
+    ("F8_E4M3", "float8_e4m3fn"), ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2", "float8_e5m2"),
+    ("F8_E5M2FNUZ", "float8_e5m2fnuz"), ("C64", "complex64"), ("U64", "uint64"), ("U32", "uint32"),
+    ("U16", "uint16"),
+]:
+    if hasattr(torch, _attr):
+        _TYPES[_code] = getattr(torch, _attr)
+
+# Dtypes torch can load that safetensors.torch._TYPES does not list.
+_EXTRA_TYPES = {code: getattr(torch, attr) for code, attr in [("F8_E8M0", "float8_e8m0fnu"), ("F4", "float4_e2m1fn_x2")] if hasattr(torch, attr)}
+
+_SIZE = {dtype: dtype.itemsize for dtype in list(_TYPES.values()) + list(_EXTRA_TYPES.values())}
+
+
+def _getdtype(dtype_str: str) -> torch.dtype:
+    dtype = _TYPES.get(dtype_str) or _EXTRA_TYPES.get(dtype_str)
+    if dtype is None:
+        raise SafetensorError(f"Dtype not understood: {dtype_str}")
+    return dtype
+
+
+def storage_ptr(tensor: torch.Tensor) -> int:
+    """Address of the tensor's storage (0 where it has none, e.g. meta tensors)."""
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except Exception:
+        try:
+            return tensor.storage().data_ptr()
+        except NotImplementedError:
+            return 0
+
+
+def _end_ptr(tensor: torch.Tensor) -> int:
+    if tensor.nelement():
+        return tensor.view(-1)[-1].data_ptr() + tensor.element_size()
+    return tensor.data_ptr()
+
+
+def storage_size(tensor: torch.Tensor) -> int:
+    """Bytes of the tensor's storage."""
+    try:
+        return tensor.untyped_storage().nbytes()
+    except AttributeError:
+        try:
+            return tensor.storage().size() * tensor.element_size()
+        except NotImplementedError:
+            return tensor.nelement() * tensor.element_size()
+
+
+def _filter_shared_not_shared(tensors: List[Set[str]], state_dict: Dict[str, torch.Tensor]) -> List[Set[str]]:
+    """Splits groups of one storage into groups whose byte ranges overlap."""
+    out = []
+    for names in tensors:
+        if len(names) < 2:
+            out.append(names)
+            continue
+        spans = sorted((state_dict[n].data_ptr(), _end_ptr(state_dict[n]), n) for n in names)
+        current: Set[str] = {spans[0][2]}
+        end = spans[0][1]
+        for start, stop, name in spans[1:]:
+            if start >= end:
+                out.append(current)
+                current, end = {name}, stop
+            else:
+                current.add(name)
+                end = max(end, stop)
+        out.append(current)
+    return out
+
+
+def _find_shared_tensors(state_dict: Dict[str, torch.Tensor]) -> List[Set[str]]:
+    """Groups of names whose tensors share memory."""
+    groups = defaultdict(set)
+    for k, v in state_dict.items():
+        if v.device != torch.device("meta") and storage_ptr(v) != 0 and storage_size(v) != 0:
+            groups[(v.device, storage_ptr(v), storage_size(v))].add(k)
+    return _filter_shared_not_shared(list(sorted(groups.values())), state_dict)
+
+
+def _is_complete(tensor: torch.Tensor) -> bool:
+    return tensor.data_ptr() == storage_ptr(tensor) and tensor.nelement() * tensor.element_size() == storage_size(tensor)
+
+
+def _remove_duplicate_names(
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    preferred_names: Optional[List[str]] = None,
+    discard_names: Optional[List[str]] = None,
+) -> Dict[str, List[str]]:
+    """For each group of shared tensors, picks one name to keep (a complete
+    tensor, preferring `preferred_names`, avoiding `discard_names`) and maps it
+    to the names to drop."""
+    preferred = set(preferred_names or [])
+    discard = set(discard_names or [])
+    to_remove = defaultdict(list)
+    for shared in _find_shared_tensors(state_dict):
+        if len(shared) < 2:
+            continue
+        complete = {n for n in shared if _is_complete(state_dict[n])}
+        if not complete:
+            raise RuntimeError(
+                f"Error while trying to find names to remove to save state dict, but found no suitable name to keep"
+                f" for saving amongst: {shared}. None is covering the entire storage. Refusing to save/load the model"
+                " since you could be storing much more memory than needed. Please refer to"
+                " https://huggingface.co/docs/safetensors/torch_shared_tensors for more information. Or open an issue."
+            )
+        keep = sorted(complete)[0]
+        kept_candidates = complete - discard
+        if kept_candidates:
+            keep = sorted(kept_candidates)[0]
+        if preferred & complete:
+            keep = sorted(preferred & complete)[0]
+        for name in sorted(shared):
+            if name != keep:
+                to_remove[keep].append(name)
+    return to_remove
+
+
+def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec]]:
+    """Dense contiguous CPU tensors and their TensorSpecs; the tensors are
+    returned so that the caller keeps them alive while serializing."""
+    if not isinstance(tensors, dict):
+        raise ValueError(f"Expected a dict of [str, torch.Tensor] but received {type(tensors)}")
+    invalid = {k for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
+    if invalid:
+        raise ValueError(f"Key `{sorted(invalid)[0]}` is invalid, expected torch.Tensor but received {type(tensors[sorted(invalid)[0]])}")
+    sparse = {k for k, v in tensors.items() if v.layout != torch.strided}
+    if sparse:
+        raise ValueError(f"You are trying to save a sparse tensors: `{sparse}` which this library does not support.")
+    shared = [names for names in _find_shared_tensors(tensors) if len(names) > 1]
+    if shared:
+        raise RuntimeError(
+            f"Some tensors share memory, this will lead to duplicate memory on disk and potential differences when"
+            f" loading them again: {shared}.\nA potential way to correctly save your model is to use `save_model`.\n"
+            "More information at https://huggingface.co/docs/safetensors/torch_shared_tensors"
+        )
+    keep, specs = [], {}
+    for name, t in tensors.items():
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        t = t.contiguous()
+        keep.append(t)
+        nbytes = t.nelement() * t.element_size()
+        specs[name] = TensorSpec(dtype=str(t.dtype).split(".")[-1], shape=list(t.shape), data_ptr=t.data_ptr() if nbytes else 0, data_len=nbytes)
+    return keep, specs
+
+
+def save(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None, **options) -> bytes:
+    """Saves tensors to bytes. Options: encrypt_for, encrypted_tensors, algorithm, segment_size, sign_with."""
+    keep, specs = _specs(tensors)
+    out = serialize(specs, metadata=metadata, **options)
+    del keep
+    return out
+
+
+def save_file(
+    tensors: Dict[str, torch.Tensor], filename: Union[str, os.PathLike], metadata: Optional[Dict[str, str]] = None, **options
+) -> None:
+    """Saves tensors to a file, atomically (temporary file, then rename)."""
+    keep, specs = _specs(tensors)
+    serialize_file(specs, filename, metadata=metadata, **options)
+    del keep
+
+
+def load_file(filename: Union[str, os.PathLike], device: Union[str, int] = "cpu", **load_options) -> Dict[str, torch.Tensor]:
+    """Loads every tensor of a file. Options: backend, keys, trusted_signers, require_encryption, num_threads."""
+    with safe_open(filename, framework="pt", device=device, **load_options) as f:
+        return f.get_tensors()
+
+
+def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
+    """Loads tensors from bytes; encrypted tensors are authenticated before they are returned."""
+    from ._frameworks import Torch
+
+    h = open_bytes(data, **load_options)
+    fw = Torch()
+    out = {}
+    for name in h.offset_keys():
+        dtype, shape, nbytes, _, _ = h.info(name)
+        t, ptr, _ = fw.empty(dtype, shape)
+        h.read_into(name, ptr, nbytes)
+        out[name] = t
+    return out
+
+
+def save_model(
+    model: torch.nn.Module, filename: str, metadata: Optional[Dict[str, str]] = None, force_contiguous: bool = False, **options
+) -> None:
+    """Saves a model's state dict, dropping the duplicate names of shared tensors."""
+    state_dict = model.state_dict()
+    to_removes = _remove_duplicate_names(state_dict)
+    for kept_name, to_remove_group in to_removes.items():
+        for to_remove in to_remove_group:
+            if metadata is None:
+                metadata = {}
+            if to_remove not in metadata:
+                metadata[to_remove] = kept_name
+            del state_dict[to_remove]
+    if force_contiguous:
+        state_dict = {k: v.contiguous() for k, v in state_dict.items()}
+    try:
+        save_file(state_dict, filename, metadata=metadata, **options)
+    except ValueError as e:
+        raise ValueError(f"{e}. Tensors must be contiguous to be saved; use `force_contiguous=True`.") from e
+
+
+def load_model(
+    model: torch.nn.Module, filename: Union[str, os.PathLike], strict: bool = True, device: Union[str, int] = "cpu", **load_options
+) -> Tuple[List[str], List[str]]:
+    """Loads a file saved by save_model into `model`; returns (missing, unexpected)."""
+    state_dict = load_file(filename, device=device, **load_options)
+    model_state_dict = model.state_dict()
+    to_removes = _remove_duplicate_names(model_state_dict, preferred_names=list(state_dict.keys()))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = set(missing)
+    for to_remove_group in to_removes.values():
+        for to_remove in to_remove_group:
+            if to_remove not in missing:
+                unexpected.append(to_remove)
+            else:
+                missing.remove(to_remove)
+    if strict and (missing or unexpected):
+        missing_keys = ", ".join(f'"{k}"' for k in sorted(missing))
+        unexpected_keys = ", ".join(f'"{k}"' for k in sorted(unexpected))
+        error = f"Error(s) in loading state_dict for {model.__class__.__name__}:"
+        if missing:
+            error += f"\n    Missing key(s) in state_dict: {missing_keys}"
+        if unexpected:
+            error += f"\n    Unexpected key(s) in state_dict: {unexpected_keys}"
+        raise RuntimeError(error)
+    return list(missing), unexpected
+
+
+__all__ = ["save", "save_file", "load", "load_file", "save_model", "load_model", "storage_ptr", "storage_size"]

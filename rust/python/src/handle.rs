@@ -1,0 +1,257 @@
+//! An open file, shared between Python threads. Closing drops the handle's
+//! reference; slices and reads already started keep their own.
+
+use std::fs::File;
+use std::sync::{Arc, RwLock};
+
+use cryptotensors::envelope::RESERVED_PREFIX;
+use cryptotensors::keys::Jwk;
+use cryptotensors::reader::{LoadOptions, Reader};
+use cryptotensors::slice::{Index, SliceRuns};
+use cryptotensors::{with_threads, Error, PreadFile, Source};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::buffer::out_slice;
+use crate::errors::{IntoPy, SafetensorError};
+use crate::mmap::MmapSource;
+
+#[pyclass(frozen, module = "cryptotensors._core")]
+pub struct Handle {
+    reader: RwLock<Option<Arc<Reader>>>,
+    threads: usize,
+}
+
+fn parse_keys(json: Option<&str>) -> cryptotensors::Result<Vec<Jwk>> {
+    json.map_or(Ok(Vec::new()), Jwk::parse_set)
+}
+
+fn options(
+    keys: Option<&str>,
+    trusted: Option<&str>,
+    require_encryption: bool,
+) -> cryptotensors::Result<LoadOptions> {
+    Ok(LoadOptions {
+        keys: parse_keys(keys)?,
+        trusted_signers: parse_keys(trusted)?,
+        require_encryption,
+    })
+}
+
+/// Converts a Python index description (built by the Python layer) into
+/// core indices: `("i", n)`, `("s", start, stop, step)` or `("e",)`.
+fn parse_index(items: &Bound<'_, PyList>) -> PyResult<Vec<Index>> {
+    items
+        .iter()
+        .map(|item| {
+            let t = item.downcast::<PyTuple>()?;
+            let tag: String = t.get_item(0)?.extract()?;
+            Ok(match tag.as_str() {
+                "i" => Index::Select(t.get_item(1)?.extract()?),
+                "s" => Index::Range {
+                    start: t.get_item(1)?.extract()?,
+                    stop: t.get_item(2)?.extract()?,
+                    step: t.get_item(3)?.extract()?,
+                },
+                "e" => Index::Ellipsis,
+                _ => return Err(SafetensorError::new_err("invalid index kind")),
+            })
+        })
+        .collect()
+}
+
+impl Handle {
+    fn get(&self) -> PyResult<Arc<Reader>> {
+        self.reader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| SafetensorError::new_err("File is closed"))
+    }
+
+    fn open_source(
+        py: Python<'_>,
+        source: Arc<dyn Source>,
+        opts: LoadOptions,
+        threads: usize,
+    ) -> PyResult<Handle> {
+        let reader = py.allow_threads(|| Reader::open(source, &opts)).py_err()?;
+        Ok(Handle {
+            reader: RwLock::new(Some(Arc::new(reader))),
+            threads,
+        })
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Opens a file with the "mmap" or "pread" backend.
+    #[staticmethod]
+    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0))]
+    fn open(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        backend: &str,
+        keys: Option<&str>,
+        trusted: Option<&str>,
+        require_encryption: bool,
+        threads: usize,
+    ) -> PyResult<Handle> {
+        let opts = options(keys, trusted, require_encryption).py_err()?;
+        let source: Arc<dyn Source> = py
+            .allow_threads(|| -> cryptotensors::Result<Arc<dyn Source>> {
+                let file = File::open(&path)?;
+                Ok(match backend {
+                    "mmap" => Arc::new(MmapSource::new(&file)?),
+                    "pread" => Arc::new(PreadFile::new(file)?),
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "unknown backend {other:?}: expected \"mmap\" or \"pread\""
+                        )))
+                    }
+                })
+            })
+            .py_err()?;
+        Handle::open_source(py, source, opts, threads)
+    }
+
+    /// Opens serialized bytes (copied once).
+    #[staticmethod]
+    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0))]
+    fn from_bytes(
+        py: Python<'_>,
+        data: &[u8],
+        keys: Option<&str>,
+        trusted: Option<&str>,
+        require_encryption: bool,
+        threads: usize,
+    ) -> PyResult<Handle> {
+        let opts = options(keys, trusted, require_encryption).py_err()?;
+        Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
+    }
+
+    /// Another handle on the same open file, unaffected by `close` here.
+    fn share(&self) -> PyResult<Handle> {
+        Ok(Handle {
+            reader: RwLock::new(Some(self.get()?)),
+            threads: self.threads,
+        })
+    }
+
+    fn close(&self) {
+        *self.reader.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.reader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    /// Tensor names in file (offset) order.
+    fn offset_keys(&self) -> PyResult<Vec<String>> {
+        Ok(self
+            .get()?
+            .header()
+            .tensors()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    /// User metadata: the `__metadata__` map without the format's reserved
+    /// entries; `None` if the file has none.
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let r = self.get()?;
+        let Some(m) = r.header().metadata() else {
+            return Ok(None);
+        };
+        let user: Vec<(&String, &String)> = m
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .collect();
+        if user.is_empty() && r.layout().is_some() {
+            return Ok(None);
+        }
+        let d = PyDict::new(py);
+        for (k, v) in user {
+            d.set_item(k, v)?;
+        }
+        Ok(Some(d))
+    }
+
+    /// `(dtype, shape, nbytes, encrypted, raw_offset)` of a tensor;
+    /// `raw_offset` is the file offset when its bytes are usable as stored.
+    fn info(&self, name: &str) -> PyResult<(&'static str, Vec<usize>, usize, bool, Option<u64>)> {
+        let r = self.get()?;
+        let i = r.header().tensor(name).py_err()?;
+        Ok((
+            i.dtype.name(),
+            i.shape.clone(),
+            i.len(),
+            r.is_encrypted(name),
+            r.raw_offset(name).py_err()?,
+        ))
+    }
+
+    /// Reads a whole tensor into `len` bytes at `ptr`, without the GIL.
+    fn read_into(&self, py: Python<'_>, name: &str, ptr: usize, len: usize) -> PyResult<()> {
+        let r = self.get()?;
+        // SAFETY: the Python layer passes the data pointer of a tensor it
+        // just allocated, holds it for the call, and shares it with no one.
+        let out = unsafe { out_slice(ptr, len) };
+        py.allow_threads(|| with_threads(self.threads, || r.read_into(name, out)))
+            .py_err()
+    }
+
+    /// Output shape and byte length of an index applied to a tensor.
+    fn slice_shape(&self, name: &str, index: &Bound<'_, PyList>) -> PyResult<(Vec<usize>, usize)> {
+        let r = self.get()?;
+        let i = r.header().tensor(name).py_err()?;
+        let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
+        Ok((runs.shape, runs.len))
+    }
+
+    /// Reads an index of a tensor into `len` bytes at `ptr`, without the GIL.
+    fn read_slice_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        index: &Bound<'_, PyList>,
+        ptr: usize,
+        len: usize,
+    ) -> PyResult<()> {
+        let r = self.get()?;
+        let i = r.header().tensor(name).py_err()?;
+        let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
+        // SAFETY: as in `read_into`.
+        let out = unsafe { out_slice(ptr, len) };
+        py.allow_threads(|| with_threads(self.threads, || r.read_slice_into(name, &runs, out)))
+            .py_err()
+    }
+
+    /// File-level facts for inspection: encryption algorithm, segment size,
+    /// recipient kids, encrypted tensor names and verified signer.
+    fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let r = self.get()?;
+        let d = PyDict::new(py);
+        d.set_item("signer", r.signer())?;
+        if let Some(l) = r.layout() {
+            d.set_item("segment_size", l.envelope.segment_size)?;
+            if let Some(e) = &l.envelope.encryption {
+                d.set_item("algorithm", &e.algorithm)?;
+                d.set_item(
+                    "recipients",
+                    e.recipients
+                        .iter()
+                        .map(|r| r.kid.clone())
+                        .collect::<Vec<_>>(),
+                )?;
+                d.set_item("encrypted", e.tensors.clone())?;
+            }
+        }
+        Ok(d)
+    }
+}

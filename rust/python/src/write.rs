@@ -1,0 +1,91 @@
+//! Serialization entry point.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use cryptotensors::crypto::Algorithm;
+use cryptotensors::keys::Jwk;
+use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
+use cryptotensors::{with_threads, Dtype};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::buffer::in_slice;
+use crate::errors::IntoPy;
+
+/// Serializes `(name, dtype, shape, data_ptr, data_len)` records to bytes,
+/// or atomically to `path` (then returns `None`).
+///
+/// The Python layer keeps every object owning a `data_ptr` alive for the
+/// call. Encryption: `recipients` (JWKS JSON text) with the optional
+/// `encrypted` names, `algorithm` and `segment_size`; signing: `sign_with`.
+#[pyfunction]
+#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn serialize<'py>(
+    py: Python<'py>,
+    tensors: Vec<(String, String, Vec<usize>, usize, usize)>,
+    metadata: Option<BTreeMap<String, String>>,
+    path: Option<PathBuf>,
+    recipients: Option<&str>,
+    encrypted: Option<BTreeSet<String>>,
+    algorithm: Option<&str>,
+    segment_size: usize,
+    sign_with: Option<&str>,
+    threads: usize,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let dtypes = tensors
+        .iter()
+        .map(|t| Dtype::parse(&t.1))
+        .collect::<cryptotensors::Result<Vec<_>>>()
+        .py_err()?;
+    let data: Vec<TensorData> = tensors
+        .iter()
+        .zip(&dtypes)
+        .map(|((name, _, shape, ptr, len), &dtype)| TensorData {
+            name,
+            dtype,
+            shape,
+            // SAFETY: the Python layer holds the owner of every pointer for
+            // the whole call and does not write to it meanwhile.
+            data: unsafe { in_slice(*ptr, *len) },
+        })
+        .collect();
+    let encrypt = match recipients {
+        None => None,
+        Some(json) => Some(EncryptOptions {
+            recipients: Jwk::parse_set(json).py_err()?,
+            tensors: encrypted,
+            algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
+        }),
+    };
+    let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
+    let reserve = if encrypt.is_some() || sign_with.is_some() {
+        DEFAULT_RESERVE
+    } else {
+        0
+    };
+    let opts = WriteOptions {
+        metadata,
+        encrypt,
+        sign_with,
+        segment_size,
+        reserve,
+        fsync: std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1"),
+    };
+    match path {
+        Some(path) => {
+            py.allow_threads(|| {
+                with_threads(threads, || writer::serialize_to_file(&data, &opts, &path))
+            })
+            .py_err()?;
+            Ok(None)
+        }
+        None => {
+            let bytes = py
+                .allow_threads(|| with_threads(threads, || writer::serialize(&data, &opts)))
+                .py_err()?;
+            Ok(Some(PyBytes::new(py, &bytes)))
+        }
+    }
+}
