@@ -29,7 +29,7 @@ def _import(module: str, framework: str):
         raise SafetensorError(f"framework {framework!r} needs the {module!r} package, which is not installed") from e
 
 
-def check_device(framework: "Framework", device) -> str:
+def check_device(framework: Framework, device) -> str:
     if isinstance(device, int):
         device = f"cuda:{device}"
     if not isinstance(device, str):

@@ -130,7 +130,7 @@ class safe_open:
         """Every tensor, in file order."""
         return {k: self.get_tensor(k) for k in self.offset_keys()}
 
-    def get_slice(self, name: str) -> "PySafeSlice":
+    def get_slice(self, name: str) -> PySafeSlice:
         """A lazy view of one tensor; indexing it reads only what it needs."""
         self._handle.info(name)
         return PySafeSlice(self._handle.share(), self._framework, self._device, name)

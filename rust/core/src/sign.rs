@@ -104,14 +104,17 @@ mod tests {
         let pk = sk.public().unwrap();
         let other = Jwk::generate(KeyKind::Ed25519).unwrap().public().unwrap();
         let jws = sign(b"header", &sk).unwrap();
-        assert_eq!(verify(&jws, b"header", &[pk.clone()]).unwrap(), pk.kid());
+        assert_eq!(
+            verify(&jws, b"header", std::slice::from_ref(&pk)).unwrap(),
+            pk.kid()
+        );
         assert_eq!(verify(&jws, b"header", &[]).unwrap(), pk.kid());
         assert!(matches!(
             verify(&jws, b"header", &[other]),
             Err(Error::Signature(SignatureFailure::Untrusted))
         ));
         assert!(matches!(
-            verify(&jws, b"headeX", &[pk.clone()]),
+            verify(&jws, b"headeX", std::slice::from_ref(&pk)),
             Err(Error::Signature(SignatureFailure::Invalid))
         ));
         assert!(matches!(

@@ -65,28 +65,20 @@ fn resolve(index: &[Index], shape: &[usize]) -> Result<Vec<Dim>> {
             named
         )));
     }
+    const ALL: Index = Index::Range {
+        start: None,
+        stop: None,
+        step: 1,
+    };
     let mut expanded = Vec::with_capacity(shape.len());
     for ix in index {
         if let Index::Ellipsis = ix {
-            expanded.extend(
-                std::iter::repeat(Index::Range {
-                    start: None,
-                    stop: None,
-                    step: 1,
-                })
-                .take(shape.len() - named),
-            );
+            expanded.extend(std::iter::repeat_n(ALL, shape.len() - named));
         } else {
             expanded.push(*ix);
         }
     }
-    while expanded.len() < shape.len() {
-        expanded.push(Index::Range {
-            start: None,
-            stop: None,
-            step: 1,
-        });
-    }
+    expanded.resize(shape.len(), ALL);
     expanded
         .iter()
         .zip(shape)

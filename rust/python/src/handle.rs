@@ -16,6 +16,9 @@ use crate::buffer::out_slice;
 use crate::errors::{IntoPy, SafetensorError};
 use crate::mmap::MmapSource;
 
+/// `(dtype, shape, nbytes, encrypted, raw_offset)`, see [`Handle::info`].
+type TensorFacts = (&'static str, Vec<usize>, usize, bool, Option<u64>);
+
 #[pyclass(frozen, module = "cryptotensors._core")]
 pub struct Handle {
     reader: RwLock<Option<Arc<Reader>>>,
@@ -184,7 +187,7 @@ impl Handle {
 
     /// `(dtype, shape, nbytes, encrypted, raw_offset)` of a tensor;
     /// `raw_offset` is the file offset when its bytes are usable as stored.
-    fn info(&self, name: &str) -> PyResult<(&'static str, Vec<usize>, usize, bool, Option<u64>)> {
+    fn info(&self, name: &str) -> PyResult<TensorFacts> {
         let r = self.get()?;
         let i = r.header().tensor(name).py_err()?;
         Ok((
