@@ -14,7 +14,13 @@ import torch
 
 HERE = os.path.join(os.path.dirname(__file__), "vectors")
 VECTORS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(HERE, "*.json")))
-ERRORS = {"integrity": ct.IntegrityError, "key_not_found": ct.KeyNotFoundError, "signature": ct.SignatureError}
+ERRORS = {
+    "integrity": ct.IntegrityError,
+    "key_not_found": ct.KeyNotFoundError,
+    "signature": ct.SignatureError,
+    "unsupported": ct.SafetensorError,
+    "format": ct.SafetensorError,
+}
 
 
 def _load(name):
@@ -24,7 +30,7 @@ def _load(name):
 
 def _bytes(t):
     if isinstance(t, torch.Tensor):
-        return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     if isinstance(t, (bytes, bytearray)):
         return bytes(t)
     return np.ascontiguousarray(t).tobytes()

@@ -27,6 +27,16 @@ def generate_key(kind: str = "oct") -> dict:
     return _json.loads(_core.generate_key(kind))
 
 
+def inspect(filename) -> dict:
+    """Describes a file from its header alone, with no key: each tensor's
+    dtype, shape and whether it is encrypted; the user metadata; the
+    algorithm, segment size, recipients and the signer the file names (not
+    verified: use safe_open with trusted_signers for that)."""
+    import os
+
+    return _core.inspect(os.fspath(filename))
+
+
 def public_key(jwk) -> dict:
     """The public JWK of an X25519 or Ed25519 private JWK."""
     return _json.loads(_core.public_key(jwk if isinstance(jwk, str) else _json.dumps(jwk)))
@@ -35,5 +45,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "generate_key", "public_key", "__version__",
+    "generate_key", "public_key", "inspect", "__version__",
 ]

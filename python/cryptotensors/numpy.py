@@ -30,7 +30,8 @@ def _specs(tensor_dict: Dict[str, np.ndarray]):
             raise ValueError(f"Key `{name}` is invalid, expected np.ndarray but received {type(arr)}")
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
             arr = arr.astype(arr.dtype.newbyteorder("<"))
-        arr = np.ascontiguousarray(arr)
+        # np.ascontiguousarray would turn a 0-d array into shape (1,).
+        arr = np.require(arr, requirements="C")
         try:
             dtype = _NAMES[np.dtype(arr.dtype).newbyteorder("=")]
         except KeyError:

@@ -24,12 +24,14 @@ def tensors():
         "norm.weight": np.linspace(0, 1, 5, dtype=np.float16),
         "empty": np.zeros((0, 4), dtype=np.uint8),
         "scalar": np.array(3.5, dtype=np.float64),
+        "exact.two_segments": np.arange(2048, dtype=np.int32),  # exactly 2 x 4096 bytes
+        "empty.also": np.zeros((2, 0), dtype=np.float32),  # two empty tensors share an offset
     }
 
 
 def expected(d):
     return {
-        k: {"dtype": {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8", "float64": "F64"}[str(v.dtype)],
+        k: {"dtype": {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8", "float64": "F64", "int32": "I32"}[str(v.dtype)],
             "shape": list(v.shape), "sha256": hashlib.sha256(v.tobytes()).hexdigest()}
         for k, v in d.items()
     }
@@ -61,6 +63,30 @@ def flip_last_tag_byte(path):
         f.write(bytes([b[0] ^ 1]))
 
 
+def replace_same_length(old, new):
+    """Rewrites header bytes in place (same length, so N stays valid)."""
+    assert len(old) == len(new)
+
+    def corrupt(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        assert data.count(old) == 1, old
+        with open(path, "wb") as f:
+            f.write(data.replace(old, new))
+
+    return corrupt
+
+
+def break_signature(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    i = data.index(b"__cryptotensors_signature__")
+    j = data.index(b"..", i) + 2  # the signature's b64u, after the detached payload
+    flipped = b"B" if data[j : j + 1] != b"B" else b"C"
+    with open(path, "wb") as f:
+        f.write(data[:j] + flipped + data[j + 1 :])
+
+
 def main():
     oct_key = ct.generate_key("oct")
     x_key = ct.generate_key("X25519")
@@ -78,6 +104,14 @@ def main():
           [x_key], trusted=[ct.public_key(sign_key)])
     write("aes_oct_tampered_tag", "aes_oct with the last byte of the trailer (a tag) flipped: the trailer digest fails.",
           {"encrypt_for": oct_key, "segment_size": SEG}, [oct_key], expect="integrity", corrupt=flip_last_tag_byte)
+    write("signed_plain_bad_signature", "signed_plain with one character of the signature changed.",
+          {"sign_with": sign_key, "segment_size": SEG}, [], trusted=[ct.public_key(sign_key)],
+          expect="signature", corrupt=break_signature)
+    write("aes_oct_version_2", "aes_oct claiming envelope version 2, which a version 1 reader must refuse.",
+          {"encrypt_for": oct_key, "segment_size": SEG}, [oct_key], expect="unsupported",
+          corrupt=replace_same_length(b'\\"version\\":1', b'\\"version\\":2'))
+    write("aes_oct_key_without_kid", "aes_oct opened with the key stripped of its kid: matched by RFC 7638 thumbprint.",
+          {"encrypt_for": oct_key, "segment_size": SEG}, [{k: v for k, v in oct_key.items() if k != "kid"}])
     write("aes_oct_wrong_key", "aes_oct opened with a key whose kid is not a recipient.",
           {"encrypt_for": oct_key, "segment_size": SEG}, [ct.generate_key("oct")], expect="key_not_found")
 

@@ -144,7 +144,22 @@ impl Layout {
             }
             return Ok(None);
         };
+        if header.has_duplicate_keys() {
+            return Err(bad("a protected header repeats a JSON key"));
+        }
+        let known = [ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY];
+        if let Some(k) = header
+            .metadata()
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .find(|k| k.starts_with(RESERVED_PREFIX) && !known.contains(&k.as_str()))
+        {
+            return Err(bad(format!("unknown reserved metadata key {k:?}")));
+        }
         let envelope: Envelope = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if envelope.encryption.is_none() && header.metadata_value(SIGNATURE_KEY).is_none() {
+            return Err(bad("an envelope with neither encryption nor a signature protects nothing (a stripped file?)"));
+        }
         if envelope.version != VERSION {
             return Err(Error::Unsupported(format!(
                 "cryptotensors format version {} (this build reads version {VERSION})",

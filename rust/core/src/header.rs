@@ -57,6 +57,7 @@ pub struct Header {
     tensors: Vec<(String, TensorInfo)>,
     index: HashMap<String, usize>,
     data_len: usize,
+    duplicate_keys: bool,
 }
 
 /// Reads the length prefix and checks it against the file length.
@@ -87,7 +88,9 @@ impl Header {
         let text = std::str::from_utf8(json).map_err(|_| Error::InvalidHeader)?;
         let raw: RawHeader = serde_json::from_str(text)
             .map_err(|e| Error::InvalidHeaderDeserialization(e.to_string()))?;
-        Header::from_parts(raw.metadata, raw.tensors.into_iter().collect())
+        let mut h = Header::from_parts(raw.metadata, raw.tensors.into_iter().collect())?;
+        h.duplicate_keys = raw.duplicates;
+        Ok(h)
     }
 
     /// Builds a header from its parts, validating the offsets.
@@ -122,6 +125,7 @@ impl Header {
             tensors,
             index,
             data_len: end,
+            duplicate_keys: false,
         })
     }
 
@@ -153,6 +157,12 @@ impl Header {
         self.index.get(name).copied()
     }
 
+    /// Whether the JSON repeated a key (safetensors keeps the last one;
+    /// protected files refuse this, FORMAT.md §2).
+    pub fn has_duplicate_keys(&self) -> bool {
+        self.duplicate_keys
+    }
+
     /// End of the last tensor: the length of the data the tensors cover.
     pub fn data_len(&self) -> usize {
         self.data_len
@@ -169,6 +179,34 @@ struct RawInfo {
 struct RawHeader {
     metadata: Option<Metadata>,
     tensors: HashMap<String, TensorInfo>,
+    duplicates: bool,
+}
+
+/// A metadata map that notes whether a key appeared twice.
+struct StrictMetadata(Metadata, bool);
+
+impl<'de> Deserialize<'de> for StrictMetadata {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrictMetadata;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of string values")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<StrictMetadata, A::Error> {
+                let mut m = Metadata::new();
+                let mut duplicates = false;
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    duplicates |= m.insert(k, v).is_some();
+                }
+                Ok(StrictMetadata(m, duplicates))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawHeader {
@@ -184,24 +222,33 @@ impl<'de> Deserialize<'de> for RawHeader {
                 mut map: A,
             ) -> std::result::Result<RawHeader, A::Error> {
                 let mut metadata = None;
+                let mut seen_metadata = false;
+                let mut duplicates = false;
                 let mut tensors = HashMap::new();
-                // Duplicate keys: the last one wins, as in safetensors 0.8.
+                // Duplicate keys: the last one wins, as in safetensors 0.8;
+                // they are noted so that protected files can refuse them.
                 while let Some(key) = map.next_key::<String>()? {
                     if key == METADATA_KEY {
-                        metadata = map.next_value::<Option<Metadata>>()?;
+                        duplicates |= seen_metadata;
+                        seen_metadata = true;
+                        let m = map.next_value::<Option<StrictMetadata>>()?;
+                        duplicates |= m.as_ref().is_some_and(|m| m.1);
+                        metadata = m.map(|m| m.0);
                     } else {
                         let raw: RawInfo = map.next_value()?;
-                        tensors.insert(
-                            key,
-                            TensorInfo {
-                                dtype: raw.dtype,
-                                shape: raw.shape,
-                                data_offsets: raw.data_offsets,
-                            },
-                        );
+                        let info = TensorInfo {
+                            dtype: raw.dtype,
+                            shape: raw.shape,
+                            data_offsets: raw.data_offsets,
+                        };
+                        duplicates |= tensors.insert(key, info).is_some();
                     }
                 }
-                Ok(RawHeader { metadata, tensors })
+                Ok(RawHeader {
+                    metadata,
+                    tensors,
+                    duplicates,
+                })
             }
         }
         d.deserialize_map(V)

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::keys::{b64d, b64e, Jwk, KeyKind, ALG_EDDSA};
 
+/// The JWS protected header. Unknown members (`crit`, `b64`, ...) are
+/// rejected: they could change what the signature means.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Protected {
     alg: String,
     kid: String,

@@ -1,0 +1,70 @@
+//! Header-only inspection: no key needed, nothing decrypted.
+
+use std::fs::File;
+
+use cryptotensors::envelope::{Layout, RESERVED_PREFIX, SIGNATURE_KEY};
+use cryptotensors::reader::read_header;
+use cryptotensors::{sign, PreadFile};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::errors::IntoPy;
+
+/// Describes a file from its header alone: tensors (dtype, shape, whether
+/// encrypted), user metadata, algorithm, segment size, recipients' kids and
+/// the signer the signature names (unverified).
+#[pyfunction]
+pub fn inspect<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let (header, layout) = py
+        .allow_threads(|| -> cryptotensors::Result<_> {
+            let source = PreadFile::new(File::open(&path)?)?;
+            let (header, _) = read_header(&source)?;
+            let layout = Layout::from_header(&header)?;
+            Ok((header, layout))
+        })
+        .py_err()?;
+    let out = PyDict::new(py);
+    let tensors = PyList::empty(py);
+    for (pos, (name, info)) in header.tensors().iter().enumerate() {
+        let t = PyDict::new(py);
+        t.set_item("name", name)?;
+        t.set_item("dtype", info.dtype.name())?;
+        t.set_item("shape", info.shape.clone())?;
+        t.set_item("nbytes", info.len())?;
+        let encrypted = layout
+            .as_ref()
+            .is_some_and(|l| l.entries[pos].0 == cryptotensors::envelope::Protection::Encrypted);
+        t.set_item("encrypted", encrypted)?;
+        tensors.append(t)?;
+    }
+    out.set_item("tensors", tensors)?;
+    let user = PyDict::new(py);
+    for (k, v) in header.metadata().into_iter().flatten() {
+        if !k.starts_with(RESERVED_PREFIX) {
+            user.set_item(k, v)?;
+        }
+    }
+    out.set_item("metadata", user)?;
+    out.set_item(
+        "signer",
+        header
+            .metadata_value(SIGNATURE_KEY)
+            .and_then(sign::signer_hint),
+    )?;
+    if let Some(l) = &layout {
+        out.set_item("format_version", l.envelope.version)?;
+        out.set_item("segment_size", l.envelope.segment_size)?;
+        if let Some(e) = &l.envelope.encryption {
+            out.set_item("algorithm", &e.algorithm)?;
+            let recipients = PyList::empty(py);
+            for r in &e.recipients {
+                let d = PyDict::new(py);
+                d.set_item("kid", &r.kid)?;
+                d.set_item("alg", &r.alg)?;
+                recipients.append(d)?;
+            }
+            out.set_item("recipients", recipients)?;
+        }
+    }
+    Ok(out)
+}
