@@ -74,6 +74,20 @@ impl Reader {
     /// requirements, and for encrypted files the data key.
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
         let (header, data_start) = read_header(source.as_ref())?;
+        // The signature first: for a signed file, any change to the header
+        // is reported as what it is (a modified signed header), whatever
+        // else it breaks.
+        let signer = match header.metadata_value(SIGNATURE_KEY) {
+            Some(jws) => Some(sign::verify(
+                jws,
+                &envelope::signature_input(&header),
+                &opts.trusted_signers,
+            )?),
+            None if !opts.trusted_signers.is_empty() => {
+                return Err(Error::Signature(SignatureFailure::Missing))
+            }
+            None => None,
+        };
         let layout = Layout::from_header(&header)?;
         let trailer_len = layout.as_ref().map_or(0, |l| l.trailer_len) as u64;
         let expected = data_start
@@ -92,17 +106,6 @@ impl Reader {
                 return Err(Error::Integrity);
             }
         }
-        let signer = match header.metadata_value(SIGNATURE_KEY) {
-            Some(jws) => Some(sign::verify(
-                jws,
-                &envelope::signature_input(&header),
-                &opts.trusted_signers,
-            )?),
-            None if !opts.trusted_signers.is_empty() => {
-                return Err(Error::Signature(SignatureFailure::Missing))
-            }
-            None => None,
-        };
         let encryption = layout.as_ref().and_then(|l| l.encryption.clone());
         if opts.require_encryption && encryption.is_none() {
             return Err(Error::EncryptionRequired);
