@@ -7,7 +7,8 @@
 //! buffer, so the bytes checked are the bytes returned (no re-read of a
 //! mapping that might change underneath).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 use ring::digest;
@@ -30,6 +31,56 @@ pub struct LoadOptions {
     pub trusted_signers: Vec<Jwk>,
     /// Refuse files that are not encrypted.
     pub require_encryption: bool,
+    /// Reuse the verification of an identical header opened before under
+    /// identical options (see [`clear_cache`]).
+    pub cache: bool,
+}
+
+/// What verifying a header established: the signer and the payload key.
+struct Verified {
+    signer: Option<String>,
+    payload: Option<Arc<PayloadKey>>,
+}
+
+/// Verified headers, keyed by a digest of the header bytes and of the
+/// loader's keys, trust and requirements. The verdict depends on nothing
+/// else (the trailer is still hashed at every open), so a hit is as good
+/// as verifying again; it saves the unwrap, the signature and the MAC,
+/// which matters when a loader opens the same file once per tensor.
+type Cache = Mutex<HashMap<[u8; 32], Arc<Verified>>>;
+const CACHE_CAPACITY: usize = 256;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Forgets every cached verification (and so the data keys it holds).
+pub fn clear_cache() {
+    cache().lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+fn cache_key(json: &[u8], opts: &LoadOptions) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut put = |b: &[u8]| {
+        ctx.update(&(b.len() as u64).to_be_bytes());
+        ctx.update(b);
+    };
+    put(b"cryptotensors open cache v1");
+    put(json);
+    for k in &opts.keys {
+        put(format!("{:?}", k.kind()).as_bytes());
+        put(k.kid().as_bytes());
+        put(k.thumbprint().as_bytes());
+    }
+    put(b"trusted");
+    for k in &opts.trusted_signers {
+        put(k.thumbprint().as_bytes());
+    }
+    put(&[u8::from(opts.require_encryption)]);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// An open file with a verified header.
@@ -39,7 +90,7 @@ pub struct Reader {
     data_start: u64,
     layout: Option<Layout>,
     trailer: Vec<u8>,
-    payload: Option<PayloadKey>,
+    payload: Option<Arc<PayloadKey>>,
     signer: Option<String>,
 }
 
@@ -56,6 +107,11 @@ impl std::fmt::Debug for Reader {
 /// Reads and parses the header of a source, without any key or check beyond
 /// the format's own (for inspection).
 pub fn read_header(source: &dyn Source) -> Result<(Header, u64)> {
+    let (json, data_start) = read_header_bytes(source)?;
+    Ok((Header::parse(&json)?, data_start))
+}
+
+fn read_header_bytes(source: &dyn Source) -> Result<(Vec<u8>, u64)> {
     let len = source.len();
     let mut prefix = [0u8; PREFIX_LEN];
     if len < PREFIX_LEN as u64 {
@@ -65,19 +121,28 @@ pub fn read_header(source: &dyn Source) -> Result<(Header, u64)> {
     let n = header::read_prefix(&prefix, len)?;
     let mut json = vec![0u8; n];
     source.read_at(PREFIX_LEN as u64, &mut json)?;
-    let header = Header::parse(&json)?;
-    Ok((header, (PREFIX_LEN + n) as u64))
+    Ok((json, (PREFIX_LEN + n) as u64))
 }
 
 impl Reader {
     /// Opens and verifies a file: format, envelope, trailer digest, signature,
     /// requirements, and for encrypted files the data key.
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
-        let (header, data_start) = read_header(source.as_ref())?;
+        let (json, data_start) = read_header_bytes(source.as_ref())?;
+        let header = Header::parse(&json)?;
+        let key = opts.cache.then(|| cache_key(&json, opts));
+        let hit = key.and_then(|k| {
+            cache()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&k)
+                .cloned()
+        });
         // The signature first: for a signed file, any change to the header
         // is reported as what it is (a modified signed header), whatever
         // else it breaks.
         let signer = match header.metadata_value(SIGNATURE_KEY) {
+            _ if hit.is_some() => hit.as_ref().and_then(|v| v.signer.clone()),
             Some(jws) => Some(sign::verify(
                 jws,
                 &envelope::signature_input(&header),
@@ -111,6 +176,7 @@ impl Reader {
             return Err(Error::EncryptionRequired);
         }
         let payload = match (&layout, encryption) {
+            (Some(_), Some(_)) if hit.is_some() => hit.as_ref().and_then(|v| v.payload.clone()),
             (Some(layout), Some(params)) => {
                 let mac = header.metadata_value(MAC_KEY).ok_or_else(|| {
                     Error::InvalidEnvelope("encrypted file has no header MAC".into())
@@ -128,10 +194,27 @@ impl Reader {
                         &mac,
                     )
                 };
-                Some(unlock_with(layout.recipients(), &opts.keys, unlock)?)
+                Some(Arc::new(unlock_with(
+                    layout.recipients(),
+                    &opts.keys,
+                    unlock,
+                )?))
             }
             _ => None,
         };
+        if let (Some(k), None) = (key, &hit) {
+            let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
+            }
+            c.insert(
+                k,
+                Arc::new(Verified {
+                    signer: signer.clone(),
+                    payload: payload.clone(),
+                }),
+            );
+        }
         Ok(Reader {
             source,
             header,

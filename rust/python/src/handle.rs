@@ -38,6 +38,8 @@ fn options(
         keys: parse_keys(keys)?,
         trusted_signers: parse_keys(trusted)?,
         require_encryption,
+        // CRYPTOTENSORS_OPEN_CACHE=0 turns off the verified-header cache.
+        cache: std::env::var_os("CRYPTOTENSORS_OPEN_CACHE").is_none_or(|v| v != "0"),
     })
 }
 
