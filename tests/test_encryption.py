@@ -294,3 +294,18 @@ def test_regex_selection_and_errors():
         cn.save(d, encrypt_for=key, segment_size=1000)
     with pytest.raises(ct.SafetensorError):
         cn.save(d, encrypt_for=key, algorithm="DES")
+
+
+def test_byte_ranges_aligned_and_not(tmp_path):
+    # The GPU path stages tensors in byte ranges; check every kind of range.
+    key = ct.generate_key("oct")
+    a = np.random.default_rng(5).integers(0, 255, 5 * 4096 + 100, dtype=np.uint8)
+    path = tmp_path / "r.safetensors"
+    cn.save_file({"a": a}, path, encrypt_for=key, segment_size=4096)
+    with ct.safe_open(path, "np", keys=key) as f:
+        for off, n in [(0, 4096), (4096, 8192), (0, len(a)), (4096 * 5, 100), (10, 5000), (4095, 2), (len(a), 0)]:
+            out = np.empty(n, dtype=np.uint8)
+            f._handle.read_range_into("a", off, out.ctypes.data, n)
+            np.testing.assert_array_equal(out, a[off : off + n])
+        with pytest.raises(ct.SafetensorError):
+            f._handle.read_range_into("a", len(a) - 1, out.ctypes.data, 2)

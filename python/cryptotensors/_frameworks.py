@@ -107,6 +107,12 @@ class Torch(Framework):
     def finish(self, t, device: str):
         return t if device == "cpu" else t.to(device)
 
+    def to_cuda(self, handle, name, dtype, shape, nbytes, device):
+        """Straight to a CUDA device through pinned staging (see _cuda)."""
+        from . import _cuda
+
+        return _cuda.load(handle, name, self._getdtype(dtype), self._torch_shape(dtype, shape), nbytes, device)
+
     def mapped(self, opened, offset, dtype, shape, nbytes):
         """A zero-copy view of plain tensor bytes through torch's own file map."""
         tdtype = self._getdtype(dtype)

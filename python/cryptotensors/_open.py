@@ -116,6 +116,8 @@ class safe_open:
         """Loads one tensor; encrypted tensors are decrypted straight into the result."""
         dtype, shape, nbytes, _encrypted, raw = self._handle.info(name)
         fw = self._framework
+        if self._device.startswith("cuda") and isinstance(fw, _frameworks.Torch):
+            return fw.to_cuda(self._handle, name, dtype, shape, nbytes, self._device)
         if raw is not None and self._backend == "mmap" and self._device == "cpu":
             t = fw.mapped(self, raw, dtype, shape, nbytes)
             if t is not None:

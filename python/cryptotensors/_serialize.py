@@ -38,15 +38,12 @@ class TensorSpec:
                 f"Unknown dtype {dtype!r}. Supported dtypes: {', '.join(_SPEC_DTYPES)}"
             ) from None
         shape = [int(d) for d in shape]
-        if any(d < 0 for d in shape):
-            raise SafetensorError(f"negative dimension in shape {shape}")
-        if code == "F4":
+        # Unsigned fields, as in safetensors (which raises OverflowError).
+        if any(d < 0 for d in shape) or data_ptr < 0 or data_len < 0:
+            raise OverflowError("can't convert negative int to unsigned")
+        if code == "F4" and shape:
             # float4_e2m1fn_x2 packs two values: the header counts elements.
-            if not shape:
-                raise SafetensorError("float4_e2m1fn_x2 tensors need at least one dimension")
             shape[-1] *= 2
-        if data_ptr < 0 or data_len < 0:
-            raise SafetensorError("data_ptr and data_len must be non-negative")
         self._dtype, self._shape, self._data_ptr, self._data_len = code, shape, int(data_ptr), int(data_len)
 
     dtype = property(lambda self: self._dtype, doc="The dtype's format code, e.g. 'F32'.")

@@ -277,7 +277,20 @@ impl Reader {
                 info.len()
             )));
         }
-        let base = self.data_start + info.data_offsets.0 as u64;
+        self.read_range_into(name, 0, out)
+    }
+
+    /// Reads bytes `[offset, offset + out.len())` of a tensor into `out`.
+    /// Ranges that start on a segment boundary and end on one (or at the
+    /// tensor's end) are decrypted straight into `out`; others go through
+    /// the slice path. This is what staged copies to a GPU use.
+    pub fn read_range_into(&self, name: &str, offset: usize, out: &mut [u8]) -> Result<()> {
+        let info = self.header.tensor(name)?;
+        let end = offset
+            .checked_add(out.len())
+            .filter(|&e| e <= info.len())
+            .ok_or_else(|| Error::InvalidSlice("range runs past the tensor".into()))?;
+        let base = self.data_start + (info.data_offsets.0 + offset) as u64;
         let Some(seal) = self.sealer(name, info)? else {
             const CHUNK: usize = 1 << 22;
             return out
@@ -286,14 +299,23 @@ impl Reader {
                 .try_for_each(|(i, c)| self.source.read_at(base + (i * CHUNK) as u64, c));
         };
         let seg = seal.segment_size;
-        let result = if out.is_empty() {
+        if offset % seg != 0 || (end % seg != 0 && end != info.len()) {
+            let runs = SliceRuns {
+                shape: vec![out.len()],
+                runs: vec![(offset, out.len())],
+                len: out.len(),
+            };
+            return self.read_slice_into(name, &runs, out);
+        }
+        let first = offset / seg;
+        let result = if out.is_empty() && info.is_empty() {
             seal.check(0, &mut [])
         } else {
             out.par_chunks_mut(seg)
                 .enumerate()
                 .try_for_each(|(i, chunk)| {
                     self.source.read_at(base + (i * seg) as u64, chunk)?;
-                    seal.check(i, chunk)
+                    seal.check(first + i, chunk)
                 })
         };
         if result.is_err() {
@@ -329,6 +351,12 @@ impl Reader {
             return Ok(());
         };
         let seg = seal.segment_size;
+        if let [(off, len)] = runs.runs[..] {
+            if off % seg == 0 && ((off + len) % seg == 0 || off + len == info.len()) {
+                // One aligned run (e.g. a block of rows): no scratch needed.
+                return self.read_range_into(name, off, out);
+            }
+        }
         let mut touched: Vec<usize> = Vec::new();
         for &(off, len) in &runs.runs {
             for s in off / seg..(off + len).div_ceil(seg) {

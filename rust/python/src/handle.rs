@@ -211,6 +211,22 @@ impl Handle {
             .py_err()
     }
 
+    /// Reads bytes `[offset, offset + len)` of a tensor into `ptr`, without the GIL.
+    fn read_range_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        offset: usize,
+        ptr: usize,
+        len: usize,
+    ) -> PyResult<()> {
+        let r = self.get()?;
+        // SAFETY: as in `read_into` (here a pinned staging buffer).
+        let out = unsafe { out_slice(ptr, len) };
+        py.allow_threads(|| with_threads(self.threads, || r.read_range_into(name, offset, out)))
+            .py_err()
+    }
+
     /// Output shape and byte length of an index applied to a tensor.
     fn slice_shape(&self, name: &str, index: &Bound<'_, PyList>) -> PyResult<(Vec<usize>, usize)> {
         let r = self.get()?;
