@@ -37,6 +37,43 @@ def inspect(filename) -> dict:
     return _core.inspect(os.fspath(filename))
 
 
+def rewrap(
+    filename,
+    *,
+    keys=None,
+    add=None,
+    remove=(),
+    sign_with=None,
+    drop_signature: bool = False,
+    trusted_signers=None,
+    output=None,
+) -> None:
+    """Rotates keys without re-encrypting: adds recipients (`add=`, JWKs),
+    removes them (`remove=`, kids), and re-signs (`sign_with=`) or drops the
+    signature (`drop_signature=True`; a signed file must do one or the other).
+    Replacing a key-encryption key is `add=new, remove=[old kid]`.
+
+    `keys=` (plus the usual key providers) must open the file now. Only the
+    header changes; tensor bytes are copied unchanged, and the new file is
+    renamed over `output` (default: `filename`), so a crash leaves the old
+    file or the new one."""
+    import os
+
+    from . import _keys
+
+    src = os.fspath(filename)
+    _core.rewrap(
+        src,
+        os.fspath(output) if output is not None else src,
+        keys=_keys.keyring_json(keys),
+        trusted=_keys.trusted_json(trusted_signers),
+        add=_json.dumps(_keys._as_list(add)) if add else None,
+        remove=[remove] if isinstance(remove, str) else list(remove),
+        sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
+        drop_signature=drop_signature,
+    )
+
+
 def public_key(jwk) -> dict:
     """The public JWK of an X25519 or Ed25519 private JWK."""
     return _json.loads(_core.public_key(jwk if isinstance(jwk, str) else _json.dumps(jwk)))
@@ -45,5 +82,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "generate_key", "public_key", "inspect", "__version__",
+    "generate_key", "public_key", "inspect", "rewrap", "__version__",
 ]

@@ -5,7 +5,8 @@
 //! The modules follow FORMAT.md: [`header`] (the safetensors layout),
 //! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
 //! nonces, key schedule), [`keys`] (JWK and recipients), [`sign`] (JWS),
-//! [`reader`] and [`writer`], and [`slice`] for partial reads.
+//! [`reader`] and [`writer`], [`rewrap`] for key rotation, and [`slice`]
+//! for partial reads.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod header;
 pub mod keys;
 pub mod reader;
+pub mod rewrap;
 pub mod sign;
 pub mod slice;
 pub mod writer;

@@ -171,35 +171,14 @@ impl Reader {
                 return Err(Error::Integrity);
             }
         }
-        let encryption = layout.as_ref().and_then(|l| l.encryption.clone());
-        if opts.require_encryption && encryption.is_none() {
+        if opts.require_encryption && layout.as_ref().is_none_or(|l| l.encryption.is_none()) {
             return Err(Error::EncryptionRequired);
         }
-        let payload = match (&layout, encryption) {
-            (Some(_), Some(_)) if hit.is_some() => hit.as_ref().and_then(|v| v.payload.clone()),
-            (Some(layout), Some(params)) => {
-                let mac = header.metadata_value(MAC_KEY).ok_or_else(|| {
-                    Error::InvalidEnvelope("encrypted file has no header MAC".into())
-                })?;
-                let mac = keys::b64d("mac", mac).map_err(|_| Error::Integrity)?;
-                let mac_input = envelope::mac_input(&header);
-                let unlock = |dk: &DataKey| {
-                    PayloadKey::verify(
-                        dk,
-                        params.algorithm,
-                        layout.envelope.segment_size,
-                        &params.salt,
-                        &params.commitment,
-                        &mac_input,
-                        &mac,
-                    )
-                };
-                Some(Arc::new(unlock_with(
-                    layout.recipients(),
-                    &opts.keys,
-                    unlock,
-                )?))
-            }
+        let payload = match &layout {
+            Some(l) if l.encryption.is_some() => match &hit {
+                Some(v) => v.payload.clone(),
+                None => Some(Arc::new(unlock(&header, l, &opts.keys)?.1)),
+            },
             _ => None,
         };
         if let (Some(k), None) = (key, &hit) {
@@ -453,22 +432,38 @@ impl Sealer<'_> {
     }
 }
 
-/// Finds a key among `keys` that unwraps a recipient and passes `verify`.
+/// Unwraps the data key of an encrypted file with one of `keys`, checks the
+/// key commitment and the header MAC, and returns the data key with the
+/// payload key derived from it (FORMAT.md §4.4 steps 4–6, §6.3).
 /// Not-my-key stanzas are skipped; a key that matches a stanza but fails
 /// makes the result [`Error::Integrity`] unless another key succeeds.
-fn unlock_with(
-    recipients: &[keys::Recipient],
-    keys: &[Jwk],
-    verify: impl Fn(&DataKey) -> Result<PayloadKey>,
-) -> Result<PayloadKey> {
+pub fn unlock(header: &Header, layout: &Layout, keys: &[Jwk]) -> Result<(DataKey, PayloadKey)> {
+    let params = layout
+        .encryption
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("the file is not encrypted".into()))?;
+    let mac = header
+        .metadata_value(MAC_KEY)
+        .ok_or_else(|| Error::InvalidEnvelope("encrypted file has no header MAC".into()))?;
+    let mac = keys::b64d("mac", mac).map_err(|_| Error::Integrity)?;
+    let mac_input = envelope::mac_input(header);
+    let recipients = layout.recipients();
     let mut tried = false;
     for r in recipients {
         for k in keys {
             match keys::unwrap(r, k) {
                 None => continue,
                 Some(Err(_)) => tried = true,
-                Some(Ok(dk)) => match verify(&dk) {
-                    Ok(p) => return Ok(p),
+                Some(Ok(dk)) => match PayloadKey::verify(
+                    &dk,
+                    params.algorithm,
+                    layout.envelope.segment_size,
+                    &params.salt,
+                    &params.commitment,
+                    &mac_input,
+                    &mac,
+                ) {
+                    Ok(p) => return Ok((dk, p)),
                     Err(_) => tried = true,
                 },
             }

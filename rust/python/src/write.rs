@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use cryptotensors::crypto::Algorithm;
 use cryptotensors::keys::Jwk;
+use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
 use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
 use cryptotensors::{with_threads, Dtype};
 use pyo3::prelude::*;
@@ -88,4 +89,32 @@ pub fn serialize<'py>(
             Ok(Some(PyBytes::new(py, &bytes)))
         }
     }
+}
+
+/// Rewrites a file's header to change recipients or its signature; tensor
+/// bytes are copied unchanged and the result is renamed over `dst`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn rewrap(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    keys: Option<&str>,
+    trusted: Option<&str>,
+    add: Option<&str>,
+    remove: Vec<String>,
+    sign_with: Option<&str>,
+    drop_signature: bool,
+) -> PyResult<()> {
+    let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
+    let opts = RewrapOptions {
+        keys: parse(keys).py_err()?,
+        trusted_signers: parse(trusted).py_err()?,
+        add: parse(add).py_err()?,
+        remove,
+        sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
+        drop_signature,
+    };
+    py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
 }

@@ -1,0 +1,250 @@
+//! Key rotation without re-encryption (FORMAT.md §8.1): add or remove
+//! recipients, replace a key-encryption key, re-sign or drop a signature.
+//! Only the header changes; tensor bytes and the trailer are copied
+//! unchanged, by the kernel where it can (`copy_file_range`).
+//!
+//! The result is always written to a temporary file and renamed over the
+//! target, never rewritten in place: a header spans several pages, and a
+//! process killed in the middle of an in-place write would leave a header
+//! that is neither the old one nor the new one. With the rename, a crash
+//! at any moment leaves the old file or the new one.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::path::Path;
+
+use crate::crypto;
+use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
+use crate::error::{Error, Result, SignatureFailure};
+use crate::header::{self, Header};
+use crate::keys::{self, b64e, Jwk};
+use crate::reader::{read_header, unlock};
+use crate::sign;
+use crate::writer::{AtomicFile, DEFAULT_RESERVE};
+use crate::{PreadFile, Source};
+
+/// What to change.
+#[derive(Debug, Clone, Default)]
+pub struct RewrapOptions {
+    /// Keys that open the file now (needed to change recipients).
+    pub keys: Vec<Jwk>,
+    /// Public keys the current signature must verify under, if any.
+    pub trusted_signers: Vec<Jwk>,
+    /// Recipients to add.
+    pub add: Vec<Jwk>,
+    /// Kids of recipients to remove.
+    pub remove: Vec<String>,
+    /// Sign the new header with this Ed25519 private key.
+    pub sign_with: Option<Jwk>,
+    /// Write the new header unsigned even though the file was signed.
+    pub drop_signature: bool,
+}
+
+/// Rewrites the header of `src` into `dst` (which may be `src`).
+pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
+    let source = PreadFile::new(File::open(src)?)?;
+    let (old, data_start) = read_header(&source)?;
+    let new = rewrap_header(&old, opts)?;
+    let tmp = AtomicFile::create(dst)?;
+    let data_len = source.len() - data_start;
+    // Keep the data where it is when the new header fits in the old one's
+    // room, so the file's layout (and the data's alignment) does not move.
+    let tight = header::encode(new.metadata(), infos(&new), 0)?.len() as u64;
+    let reserve = if tight <= data_start && (data_start - 8) % 8 == 0 {
+        (data_start - tight) as usize
+    } else {
+        DEFAULT_RESERVE
+    };
+    let bytes = header::encode(new.metadata(), infos(&new), reserve)?;
+    use std::io::Write;
+    let mut out = &tmp.file;
+    out.write_all(&bytes)?;
+    let mut input = File::open(src)?;
+    input.seek(SeekFrom::Start(data_start))?;
+    let copied = std::io::copy(&mut input, &mut out)?;
+    if copied != data_len {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file changed while it was rewrapped",
+        )));
+    }
+    tmp.commit(false)
+}
+
+fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
+    h.tensors().iter().map(|(n, i)| (n.as_str(), i))
+}
+
+/// The new header: verified first, then recipients, MAC and signature
+/// replaced. Everything else (tensors, user metadata, salt, commitment,
+/// trailer digest) is carried over unchanged.
+pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
+    let signed = old.metadata_value(SIGNATURE_KEY);
+    if let Some(jws) = signed {
+        sign::verify(jws, &envelope::signature_input(old), &opts.trusted_signers)?;
+    } else if !opts.trusted_signers.is_empty() {
+        return Err(Error::Signature(SignatureFailure::Missing));
+    }
+    if signed.is_some() && opts.sign_with.is_none() && !opts.drop_signature {
+        return Err(Error::InvalidArgument(
+            "the file is signed: pass sign_with= to re-sign it, or drop_signature=True".into(),
+        ));
+    }
+    let layout = Layout::from_header(old)?
+        .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
+    let mut envelope = layout.envelope.clone();
+    let mut meta = old.metadata().cloned().unwrap_or_default();
+    meta.remove(MAC_KEY);
+    meta.remove(SIGNATURE_KEY);
+    let data_key = match &envelope.encryption {
+        None if !opts.add.is_empty() || !opts.remove.is_empty() => {
+            return Err(Error::InvalidArgument(
+                "the file is not encrypted: it has no recipients to change".into(),
+            ))
+        }
+        None => None,
+        Some(_) => Some(unlock(old, &layout, &opts.keys)?.0),
+    };
+    if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), &data_key) {
+        for kid in &opts.remove {
+            let before = enc.recipients.len();
+            enc.recipients.retain(|r| &r.kid != kid);
+            if enc.recipients.len() == before {
+                return Err(Error::InvalidArgument(format!(
+                    "no recipient has kid {kid:?}"
+                )));
+            }
+        }
+        for k in &opts.add {
+            if enc.recipients.iter().any(|r| k.matches(&r.kid)) {
+                return Err(Error::InvalidArgument(format!(
+                    "{:?} is already a recipient",
+                    k.kid()
+                )));
+            }
+            enc.recipients.push(keys::wrap(dk, k)?);
+        }
+        if enc.recipients.is_empty() {
+            return Err(Error::InvalidArgument(
+                "removing every recipient would make the file unreadable".into(),
+            ));
+        }
+    }
+    meta.insert(
+        ENVELOPE_KEY.into(),
+        serde_json::to_string(&envelope).expect("JSON"),
+    );
+    let tensors = old.tensors().to_vec();
+    if let (Some(enc), Some(dk)) = (&layout.encryption, &data_key) {
+        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
+        let mac = crypto::header_mac(dk, &enc.salt, &envelope::mac_input(&h));
+        meta.insert(MAC_KEY.into(), b64e(&mac));
+    }
+    if let Some(k) = &opts.sign_with {
+        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
+        meta.insert(
+            SIGNATURE_KEY.into(),
+            sign::sign(&envelope::signature_input(&h), k)?,
+        );
+    }
+    if envelope.encryption.is_none() && !meta.contains_key(SIGNATURE_KEY) {
+        return Err(Error::InvalidArgument(
+            "dropping the only signature of an unencrypted file would leave nothing to protect it"
+                .into(),
+        ));
+    }
+    Header::from_parts(Some(meta), tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyKind;
+    use crate::reader::{LoadOptions, Reader};
+    use crate::writer::{serialize_to_file, EncryptOptions, TensorData, WriteOptions};
+    use crate::Dtype;
+    use std::sync::Arc;
+
+    fn open(path: &Path, key: &Jwk) -> Result<Vec<u8>> {
+        let src = Arc::new(PreadFile::new(File::open(path)?)?);
+        let r = Reader::open(
+            src,
+            &LoadOptions {
+                keys: vec![key.clone()],
+                ..Default::default()
+            },
+        )?;
+        let mut out = vec![0u8; 4096 * 3];
+        r.read_into("w", &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn add_remove_recipients_keeps_data_bytes() {
+        let dir = std::env::temp_dir().join(format!("ct-rewrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let (a, b) = (
+            Jwk::generate(KeyKind::Oct).unwrap(),
+            Jwk::generate(KeyKind::X25519).unwrap(),
+        );
+        let data: Vec<u8> = (0..4096 * 3).map(|i| (i % 251) as u8).collect();
+        let shape = [data.len()];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &shape,
+            data: &data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![a.clone()],
+                tensors: None,
+                algorithm: crypto::Algorithm::Aes256Gcm,
+            }),
+            segment_size: 4096,
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let rw = RewrapOptions {
+            keys: vec![a.clone()],
+            add: vec![b.public().unwrap()],
+            remove: vec![a.kid().into()],
+            ..Default::default()
+        };
+        rewrap_file(&path, &path, &rw).unwrap();
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "the header fit in its reserved room"
+        );
+        let n = 8 + u64::from_le_bytes(before[..8].try_into().unwrap()) as usize;
+        assert_eq!(
+            before[n..],
+            after[n..],
+            "tensor bytes and trailer unchanged"
+        );
+        assert_eq!(open(&path, &b).unwrap(), data);
+        assert!(matches!(open(&path, &a), Err(Error::KeyNotFound { .. })));
+        // Removing the last recipient is refused; so is a wrong key.
+        let none = RewrapOptions {
+            keys: vec![b.clone()],
+            remove: vec![b.kid().into()],
+            ..Default::default()
+        };
+        assert!(rewrap_file(&path, &path, &none).is_err());
+        let wrong = RewrapOptions {
+            keys: vec![a.clone()],
+            add: vec![a.clone()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            rewrap_file(&path, &path, &wrong),
+            Err(Error::KeyNotFound { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

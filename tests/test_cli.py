@@ -1,0 +1,521 @@
+"""The `cryptotensors` command, driven as a user would: one subprocess per
+command, checking outputs, files left on disk and exit codes."""
+
+import json
+import os
+import pty
+import re
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import cryptotensors
+import numpy as np
+import pytest
+from cryptotensors import cli
+from cryptotensors.numpy import load_file, save_file
+
+BIN = Path(sys.executable).parent / "cryptotensors"
+
+
+def _env(config_dir, **extra):
+    """The user's environment without ambient keys, signers or progress settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTOTENSORS_", "HF_HUB_DISABLE"))}
+    env["CRYPTOTENSORS_CONFIG_DIR"] = str(config_dir)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-home")
+
+
+@pytest.fixture(scope="module")
+def run(home):
+    def run(*args, cwd=None, input=None, env=None, **kwargs):
+        return subprocess.run(
+            [str(BIN), *map(str, args)], cwd=cwd, input=input, capture_output=True, text=True,
+            env=env or _env(home / "no-config"), timeout=300, **kwargs,
+        )
+
+    return run
+
+
+def ok(result):
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def fails(result, code, *fragments):
+    """The command failed with `code`, one line on stderr naming each fragment, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("usage:") and line.startswith(cli.PROG)]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _bf16_spec(values):
+    """A bfloat16 TensorSpec (a dtype numpy lacks) and the buffer that owns its bytes."""
+    bits = (np.asarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    spec = cryptotensors.TensorSpec(dtype="bfloat16", shape=bits.shape, data_ptr=bits.ctypes.data, data_len=bits.nbytes)
+    return spec, bits
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A sharded model directory as save_pretrained writes it, plus other files."""
+    d = tmp_path_factory.mktemp("model") / "tiny-llama"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    shard1 = {
+        "model.embed_tokens.weight": rng.standard_normal((64, 32), dtype=np.float32),
+        "model.layers.0.mlp.up_proj.weight": rng.standard_normal((48, 32)).astype(np.float16),
+        "model.position_ids": np.arange(16, dtype=np.int64),
+    }
+    save_file(shard1, d / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    norm, norm_buf = _bf16_spec(rng.standard_normal(32))
+    head = rng.standard_normal((64, 32), dtype=np.float32)
+    shard2 = {
+        "model.norm.weight": norm,
+        "lm_head.weight": cryptotensors.TensorSpec(dtype="float32", shape=head.shape, data_ptr=head.ctypes.data, data_len=head.nbytes),
+    }
+    cryptotensors.serialize_file(shard2, d / "model-00002-of-00002.safetensors", {"format": "pt"})
+    del norm_buf
+    weight_map = {**dict.fromkeys(shard1, "model-00001-of-00002.safetensors"), **dict.fromkeys(shard2, "model-00002-of-00002.safetensors")}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "config.json").write_text('{"model_type": "llama"}')
+    (d / "tokenizer.json").write_text('{"version": "1.0"}')
+    (d / "extra").mkdir()
+    (d / "extra" / "notes.txt").write_text("kept as is\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def keys(run, tmp_path_factory):
+    """Key files made with keygen: a customer's X25519 pair, a publisher's Ed25519 pair, and strangers'."""
+    d = tmp_path_factory.mktemp("keys")
+    for name, kind in (("customer", "x25519"), ("publisher", "ed25519"), ("other", "x25519"), ("other-signer", "ed25519")):
+        ok(run("keygen", "--type", kind, "-o", d / f"{name}.jwk", "-q"))
+        ok(run("keygen", "-y", d / f"{name}.jwk", "-o", d / f"{name}.pub.jwk"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def encrypted(run, model, keys, tmp_path_factory):
+    out = tmp_path_factory.mktemp("enc") / "tiny-llama-encrypted"
+    result = ok(run("encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk", "--sign-key", keys / "publisher.jwk"))
+    assert "encrypted 2 files" in result.stdout
+    return out
+
+
+def _files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _shards(root):
+    return sorted(root.glob("*.safetensors"))
+
+
+def _left_over(parent):
+    """Temporary or partial outputs left in a directory."""
+    return [p.name for p in parent.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _tensor_offset(path, name):
+    """The file offset of a tensor's first byte."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    return 8 + n + json.loads(data[8:8 + n])[name]["data_offsets"][0]
+
+
+# ---------------------------------------------------------------- the command itself
+
+
+def test_console_script_help_and_exit_codes(run):
+    assert BIN.exists(), "the cryptotensors console script is not installed"
+    out = ok(run("--help")).stdout
+    for code, meaning in cli.EXIT_CODES.items():
+        assert f"{code}  {meaning}" in out
+        assert f"{code}  {meaning}" in cli.__doc__
+    assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 9
+    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify"):
+        assert command in out
+    assert "rewrap" not in out
+    module = subprocess.run([sys.executable, "-m", "cryptotensors", "--version"], capture_output=True, text=True)
+    assert module.returncode == 0 and cryptotensors.__version__ in module.stdout
+
+
+# ---------------------------------------------------------------- keygen
+
+
+def test_keygen_secret_files_are_0600_and_not_clobbered(run, tmp_path):
+    key = tmp_path / "k.jwk"
+    result = ok(run("keygen", "--type", "x25519", "-o", key))
+    assert "Public key:" in result.stderr and '"d"' not in result.stderr
+    assert (key.stat().st_mode & 0o777) == 0o600
+    private = json.loads(key.read_text())
+    assert private["crv"] == "X25519" and "d" in private
+
+    fails(run("keygen", "--type", "oct", "-o", key), cli.EXIT_USAGE, "exists", "--force")
+    assert json.loads(key.read_text()) == private
+    ok(run("keygen", "--type", "oct", "-o", key, "--force"))
+    assert json.loads(key.read_text())["kty"] == "oct" and (key.stat().st_mode & 0o777) == 0o600
+    assert _left_over(tmp_path) == []
+
+
+def test_keygen_public(run, tmp_path):
+    key = tmp_path / "signer.jwk"
+    ok(run("keygen", "--type", "ed25519", "-o", key, "-q"))
+    private = json.loads(key.read_text())
+    from_file = json.loads(ok(run("keygen", "-y", key)).stdout)
+    from_stdin = json.loads(ok(run("keygen", "--public", input=key.read_text())).stdout)
+    assert from_file == from_stdin == cryptotensors.public_key(private)
+    assert "d" not in from_file and from_file["kid"] == private["kid"]
+    pub = tmp_path / "signer.pub.jwk"
+    ok(run("keygen", "-y", key, "-o", pub))
+    assert json.loads(pub.read_text()) == from_file
+
+    printed = json.loads(ok(run("keygen", "--type", "ed25519")).stdout)  # no -o: to stdout
+    assert printed["crv"] == "Ed25519" and "d" in printed
+
+    oct_key = tmp_path / "oct.jwk"
+    ok(run("keygen", "--type", "oct", "-o", oct_key))
+    fails(run("keygen", "-y", oct_key), cli.EXIT_KEY, "oct.jwk", "no public part")
+
+
+# ---------------------------------------------------------------- encrypt, decrypt
+
+
+def test_sharded_directory_round_trip(run, model, encrypted, keys, tmp_path):
+    assert _files(encrypted) == _files(model)
+    for name in ("model.safetensors.index.json", "config.json", "tokenizer.json", "extra/notes.txt"):
+        assert (encrypted / name).read_bytes() == (model / name).read_bytes(), name
+    for shard in _shards(encrypted):
+        header = cryptotensors.inspect(shard)
+        assert all(t["encrypted"] for t in header["tensors"])
+        assert header["metadata"] == {"format": "pt"}
+        assert header["signer"] == json.loads((keys / "publisher.jwk").read_text())["kid"]
+    assert _left_over(encrypted.parent) == []
+
+    plain = tmp_path / "plain"
+    result = ok(run("decrypt", encrypted, "-o", plain, "-k", keys / "customer.jwk"))
+    assert "decrypted 2 files" in result.stdout
+    assert _files(plain) == _files(model)
+    for name in _files(model):  # safetensors files too: byte-identical to the originals
+        assert (plain / name).read_bytes() == (model / name).read_bytes(), name
+
+
+def test_decrypt_uses_the_environment_keys(run, home, encrypted, model, keys, tmp_path):
+    env = _env(home / "no-config", CRYPTOTENSORS_KEYS=str(keys / "customer.jwk"))
+    ok(run("decrypt", encrypted / "model-00001-of-00002.safetensors", "-o", tmp_path / "one.safetensors", env=env))
+    expected = load_file(model / "model-00001-of-00002.safetensors")
+    got = load_file(tmp_path / "one.safetensors")
+    assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
+
+
+def test_encrypt_single_file(run, model, keys, tmp_path):
+    src = model / "model-00001-of-00002.safetensors"
+    ok(run("encrypt", src, "-o", tmp_path / "enc.safetensors", "-r", keys / "customer.pub.jwk", "-r", keys / "other.pub.jwk"))
+    header = cryptotensors.inspect(tmp_path / "enc.safetensors")
+    assert len(header["recipients"]) == 2 and header["signer"] is None
+    for key in ("customer.jwk", "other.jwk"):
+        tensors = load_file(tmp_path / "enc.safetensors", keys=json.loads((keys / key).read_text()))
+        assert np.array_equal(tensors["model.embed_tokens.weight"], load_file(src)["model.embed_tokens.weight"])
+    (tmp_path / "into").mkdir()  # an existing directory: the file goes inside it, under its name
+    ok(run("encrypt", src, "-o", tmp_path / "into", "-r", keys / "customer.pub.jwk"))
+    assert _files(tmp_path / "into") == [src.name]
+
+
+def test_encrypt_in_place_selected_tensors(run, model, keys, tmp_path):
+    work = tmp_path / "model"
+    shutil.copytree(model, work)
+    result = ok(run(
+        "encrypt", work, "--in-place", "-r", keys / "customer.pub.jwk", "--tensors", r"embed|up_proj",
+        "--algorithm", "ChaCha20-Poly1305", "--segment-size", "4K",
+    ))
+    assert "model-00002-of-00002.safetensors: no tensor matches --tensors" in result.stderr
+    assert _files(work) == _files(model) and _left_over(work) == []
+    for name in ("config.json", "model.safetensors.index.json", "model-00002-of-00002.safetensors"):
+        assert (work / name).read_bytes() == (model / name).read_bytes(), name
+    header = json.loads(ok(run("inspect", work / "model-00001-of-00002.safetensors", "--json")).stdout)
+    assert {t["name"]: t["encrypted"] for t in header["tensors"]} == {
+        "model.embed_tokens.weight": True, "model.layers.0.mlp.up_proj.weight": True, "model.position_ids": False,
+    }
+    assert header["algorithm"] == "ChaCha20-Poly1305" and header["segment_size"] == 4096
+
+    ok(run("decrypt", work, "--in-place", "-k", keys / "customer.jwk"))
+    for name in _files(model):
+        assert (work / name).read_bytes() == (model / name).read_bytes(), name
+
+
+def test_dtypes_without_numpy_equivalents(run, keys, tmp_path):
+    packed = np.arange(6, dtype=np.uint8)  # float4_e2m1fn_x2: 2 x 3 bytes, 2 x 6 values in the header
+    scales = np.arange(4, dtype=np.uint8)
+    specs = {
+        "fp4": cryptotensors.TensorSpec(dtype="float4_e2m1fn_x2", shape=[2, 3], data_ptr=packed.ctypes.data, data_len=6),
+        "scales": cryptotensors.TensorSpec(dtype="float8_e8m0fnu", shape=[4], data_ptr=scales.ctypes.data, data_len=4),
+    }
+    src = tmp_path / "fp4.safetensors"
+    cryptotensors.serialize_file(specs, src)
+    ok(run("encrypt", src, "-o", tmp_path / "enc.safetensors", "-r", keys / "customer.pub.jwk"))
+    header = cryptotensors.inspect(tmp_path / "enc.safetensors")
+    assert {t["name"]: (t["dtype"], t["shape"], t["encrypted"]) for t in header["tensors"]} == {
+        "fp4": ("F4", [2, 6], True), "scales": ("F8_E8M0", [4], True),
+    }
+    ok(run("decrypt", tmp_path / "enc.safetensors", "-o", tmp_path / "dec.safetensors", "-k", keys / "customer.jwk"))
+    assert (tmp_path / "dec.safetensors").read_bytes() == src.read_bytes()
+
+    # F6 has no TensorSpec name: refused before anything is written
+    header_json = json.dumps({"x": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [0, 3]}}).encode()
+    header_json += b" " * (-len(header_json) % 8)
+    f6 = tmp_path / "f6.safetensors"
+    f6.write_bytes(struct.pack("<Q", len(header_json)) + header_json + b"abc")
+    fails(run("encrypt", f6, "-o", tmp_path / "f6-enc.safetensors", "-r", keys / "customer.pub.jwk"),
+          cli.EXIT_FAILURE, "tensor 'x'", "F6_E2M3")
+    assert not (tmp_path / "f6-enc.safetensors").exists()
+
+
+def test_decrypted_outputs_are_private(run, encrypted, keys, tmp_path):
+    ok(run("decrypt", encrypted, "-o", tmp_path / "plain", "-k", keys / "customer.jwk"))
+    assert (tmp_path / "plain").stat().st_mode & 0o077 == 0
+    for shard in _shards(tmp_path / "plain"):
+        assert shard.stat().st_mode & 0o777 == 0o600
+
+
+def test_force_replaces_an_existing_output_directory(run, model, keys, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    fails(run("encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk"), cli.EXIT_USAGE, "not empty", "--force")
+    assert _files(out) == ["stale.txt"]
+    ok(run("encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk", "--force"))
+    assert _files(out) == _files(model) and _left_over(tmp_path) == []
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_text(run, encrypted, model, keys):
+    out = ok(run("inspect", encrypted)).stdout
+    customer = json.loads((keys / "customer.jwk").read_text())["kid"]
+    publisher = json.loads((keys / "publisher.jwk").read_text())["kid"]
+    assert re.search(r"model\.embed_tokens\.weight\s+F32\s+\[64, 32\]\s+yes", out)
+    assert re.search(r"model\.norm\.weight\s+BF16\s+\[32\]\s+yes", out)
+    assert re.search(r"model\.layers\.0\.mlp\.up_proj\.weight\s+F16\s+\[48, 32\]\s+yes", out)
+    assert re.search(r"algorithm\s+AES-256-GCM", out)
+    assert re.search(r"segment size\s+1 MiB \(1048576 bytes\)", out)
+    assert f"{customer} (HPKE-Base-X25519-SHA256-ChaCha20Poly1305)" in out
+    assert re.search(rf"signer\s+{re.escape(publisher)} \(not verified", out)
+    assert "format=pt" in out
+    assert re.findall(r"^  tensors\s+(\d+), (\d+) encrypted$", out, re.M) == [("3", "3"), ("2", "2")]
+
+    plain = ok(run("inspect", model / "model-00001-of-00002.safetensors")).stdout
+    assert re.search(r"model\.position_ids\s+I64\s+\[16\]\s+no", plain)
+    assert re.search(r"algorithm\s+none \(not encrypted\)", plain)
+    assert re.search(r"signer\s+none \(not signed\)", plain)
+
+
+def test_inspect_json(run, encrypted, keys):
+    doc = json.loads(ok(run("inspect", encrypted, "--json")).stdout)
+    assert sorted(doc["files"]) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    one = doc["files"]["model-00002-of-00002.safetensors"]
+    assert one == cryptotensors.inspect(encrypted / "model-00002-of-00002.safetensors")
+    assert {t["name"]: (t["dtype"], t["shape"], t["encrypted"]) for t in one["tensors"]} == {
+        "lm_head.weight": ("F32", [64, 32], True), "model.norm.weight": ("BF16", [32], True),
+    }
+    assert one["recipients"] == [{"kid": json.loads((keys / "customer.jwk").read_text())["kid"],
+                                  "alg": "HPKE-Base-X25519-SHA256-ChaCha20Poly1305"}]
+    single = json.loads(ok(run("inspect", encrypted / "model-00002-of-00002.safetensors", "--json")).stdout)
+    assert single == one
+
+
+# ---------------------------------------------------------------- verify
+
+
+def test_verify_good(run, encrypted, keys):
+    out = ok(run("verify", encrypted, "--trusted-signer", keys / "publisher.pub.jwk", "-k", keys / "customer.jwk")).stdout
+    assert out.count(": OK, signature valid, by trusted signer") == 2
+    assert "every segment authenticated" in out
+
+    no_key = ok(run("verify", encrypted, "--trusted-signer", keys / "publisher.pub.jwk")).stdout
+    assert "encrypted tensors not checked (no key" in no_key and "trusted signer" in no_key
+    assert ok(run("verify", encrypted, "-q")).stdout == ""
+
+
+@pytest.fixture()
+def tampered(encrypted, tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(encrypted, copy)
+    return copy
+
+
+def test_verify_names_the_first_bad_tensor(run, tampered, keys):
+    shard = tampered / "model-00001-of-00002.safetensors"
+    _flip(shard, _tensor_offset(shard, "model.layers.0.mlp.up_proj.weight") + 7)
+    line = fails(run("verify", tampered, "-k", keys / "customer.jwk"), cli.EXIT_INTEGRITY)
+    assert "model-00001-of-00002.safetensors: tensor 'model.layers.0.mlp.up_proj.weight'" in line
+
+
+def test_verify_tampered_header_or_trailer(run, tampered, keys):
+    shard = tampered / "model-00002-of-00002.safetensors"
+    _flip(shard, shard.stat().st_size - 3)  # an AEAD tag in the trailer
+    fails(run("verify", tampered, "--trusted-signer", keys / "publisher.pub.jwk"), cli.EXIT_INTEGRITY, shard.name)
+
+
+def test_verify_tampered_signature_and_untrusted_signer(run, tampered, encrypted, keys):
+    fails(run("verify", encrypted, "--trusted-signer", keys / "other-signer.pub.jwk"), cli.EXIT_SIGNATURE, "not in trusted_signers")
+    shard = tampered / "model-00001-of-00002.safetensors"
+    data = shard.read_bytes()
+    start = data.index(b'"__cryptotensors_signature__":"') + len('"__cryptotensors_signature__":"')
+    end = data.index(b'"', start)
+    _flip(shard, end - 4)
+    fails(run("verify", tampered, "-k", keys / "customer.jwk"), cli.EXIT_SIGNATURE, shard.name, "Signature invalid")
+
+
+# ---------------------------------------------------------------- errors
+
+
+ERROR_CASES = [
+    # (id, arguments, exit code, fragment of the message)
+    ("missing input", ["encrypt", "{tmp}/nope", "-o", "{out}", "-r", "{keys}/customer.pub.jwk"], cli.EXIT_NOT_FOUND, "nope"),
+    ("missing key file", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/absent.jwk"], cli.EXIT_NOT_FOUND, "absent.jwk"),
+    ("key file not a JWK", ["encrypt", "{model}", "-o", "{out}", "-r", "{model}/config.json"], cli.EXIT_KEY, "not a JWK"),
+    ("signing key as recipient", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/publisher.pub.jwk"], cli.EXIT_KEY, "cannot be an encryption recipient"),
+    ("recipient key as signer", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk", "--sign-key", "{keys}/customer.jwk"], cli.EXIT_KEY, "Ed25519"),
+    ("no key", ["decrypt", "{enc}", "-o", "{out}"], cli.EXIT_KEY, "needs the key of one of these kids"),
+    ("wrong key", ["decrypt", "{enc}", "-o", "{out}", "-k", "{keys}/other.jwk"], cli.EXIT_KEY, "-k KEY.jwk"),
+    ("untrusted signer", ["decrypt", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--trusted-signer", "{keys}/other-signer.pub.jwk"], cli.EXIT_SIGNATURE, "trusted"),
+    ("output exists", ["encrypt", "{model}", "-o", "{enc}", "-r", "{keys}/customer.pub.jwk"], cli.EXIT_USAGE, "not empty"),
+    ("output is the input", ["encrypt", "{model}", "-o", "{model}", "--force", "-r", "{keys}/customer.pub.jwk"], cli.EXIT_USAGE, "--in-place"),
+    ("already encrypted", ["encrypt", "{enc}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk"], cli.EXIT_USAGE, "already encrypted"),
+    ("no tensor selected", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk", "--tensors", "^nothing$"], cli.EXIT_USAGE, "matches no tensor"),
+    ("bad regex", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk", "--tensors", "("], cli.EXIT_USAGE, "regular expression"),
+    ("bad segment size", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk", "--segment-size", "3000"], cli.EXIT_USAGE, "power of two"),
+    ("output directory missing", ["decrypt", "{enc}", "-o", "{tmp}/a/b/out", "-k", "{keys}/customer.jwk"], cli.EXIT_NOT_FOUND, "No such directory"),
+    ("not a safetensors file", ["inspect", "{model}/config.json"], cli.EXIT_FAILURE, "config.json"),
+    ("no safetensors in directory", ["inspect", "{model}/extra"], cli.EXIT_NOT_FOUND, "no .safetensors file"),
+]
+
+
+@pytest.mark.parametrize("args, code, fragment", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+def test_error_paths(run, model, encrypted, keys, tmp_path, args, code, fragment):
+    places = {"model": model, "enc": encrypted, "keys": keys, "tmp": tmp_path, "out": tmp_path / "out"}
+    before = _files(encrypted)
+    fails(run(*[a.format(**places) for a in args]), code, fragment)
+    assert not (tmp_path / "out").exists() and _left_over(tmp_path) == []
+    assert _files(encrypted) == before
+
+
+def test_wrong_key_with_the_right_kid_and_tampered_data(run, model, tmp_path):
+    key = tmp_path / "k.jwk"
+    ok(run("keygen", "--type", "oct", "-o", key))
+    enc = tmp_path / "enc.safetensors"
+    ok(run("encrypt", model / "model-00001-of-00002.safetensors", "-o", enc, "-r", key))
+    forged = json.loads(key.read_text())
+    forged["k"] = cryptotensors.generate_key("oct")["k"]  # same kid, other secret
+    (tmp_path / "forged.jwk").write_text(json.dumps(forged))
+    fails(run("decrypt", enc, "-o", tmp_path / "out.safetensors", "-k", tmp_path / "forged.jwk"), cli.EXIT_INTEGRITY, "wrong")
+    _flip(enc, _tensor_offset(enc, "model.position_ids"))
+    fails(run("decrypt", enc, "-o", tmp_path / "out.safetensors", "-k", key), cli.EXIT_INTEGRITY, "'model.position_ids'")
+    assert not (tmp_path / "out.safetensors").exists() and _left_over(tmp_path) == []
+
+
+def _file_size_limit(nbytes):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def test_disk_full_leaves_nothing_behind(run, model, keys, tmp_path):
+    out = tmp_path / "out"
+    result = run("encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk", preexec_fn=_file_size_limit(4096))
+    fails(result, cli.EXIT_OS, "writing model-00001-of-00002.safetensors", "File too large")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classify_disk_full():
+    code, message = cli._classify(cryptotensors.SafetensorError("I/O error: No space left on device (os error 28)"))
+    assert (code, message) == (cli.EXIT_OS, "disk full (No space left on device)")
+    assert cli._classify(OSError(28, "No space left on device"))[0] == cli.EXIT_OS
+
+
+# ---------------------------------------------------------------- progress
+
+
+def _on_a_terminal(home, *args, env=None):
+    """Runs the command with stderr on a pseudo-terminal; returns it and what it drew there."""
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run([str(BIN), *map(str, args)], stdout=subprocess.PIPE, stderr=follower, text=True,
+                                env=env or _env(home / "no-config"), timeout=120)
+    finally:
+        os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return result, b"".join(chunks).decode()
+
+
+@pytest.mark.parametrize("flags, env_extra, drawn", [
+    ([], {}, True),
+    (["-q"], {}, False),
+    ([], {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}, False),
+], ids=["terminal", "quiet", "hf-disabled"])
+def test_progress_only_on_a_terminal(run, home, model, keys, tmp_path, flags, env_extra, drawn):
+    args = ["encrypt", model, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk", *flags]
+    result, drawing = _on_a_terminal(home, *args, env=_env(home / "no-config", **env_extra))
+    assert result.returncode == 0, drawing
+    assert ("\r" in drawing and "100%" in drawing and "file 6/6" in drawing and "KiB" in drawing) == drawn, drawing
+    assert ("encrypted 2 files" in result.stdout) == (flags != ["-q"])
+
+
+def test_no_progress_when_not_a_terminal(run, model, keys, tmp_path):
+    assert ok(run("encrypt", model, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk")).stderr == ""
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _check_demo(result, root=None):
+    out = ok(result).stdout
+    assert len(re.findall(r"^\[\d/7\] .+  \(\d+\.\d\d s\)$", out, re.M)) == 7, out
+    assert "Identical: the decrypted model is the original, bit for bit." in out
+    assert f"{cli.PROG} encrypt model -o model-encrypted -r keys/customer.pub.jwk --sign-key keys/publisher.jwk" in out
+    assert "Next, on your own model" in out
+    return out
+
+
+def test_demo_without_transformers_keeps_outputs_with_dir(run, tmp_path):
+    out = _check_demo(run("demo", "--no-transformers", "--dir", tmp_path / "demo"))
+    assert "every byte equal = True" in out
+    root = tmp_path / "demo"
+    assert (root / "keys" / "customer.jwk").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in (root / "model-encrypted").iterdir()) == sorted(p.name for p in (root / "model").iterdir())
+    fails(run("demo", "--no-transformers", "--dir", root), cli.EXIT_USAGE, "not an empty directory")
+
+
+def test_demo_with_transformers(run):
+    pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    out = _check_demo(run("demo"))
+    assert "LlamaForCausalLM" in out and "max |difference| = 0.0" in out
+    workdir = re.search(r"^Working in (.+)$", out, re.M).group(1)
+    assert not Path(workdir).exists()
