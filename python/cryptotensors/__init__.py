@@ -7,7 +7,8 @@ transparently given a key (keys=, CRYPTOTENSORS_KEYS or the config file).
 
 import json as _json
 
-from . import _core
+from . import _core, _providers
+from ._providers import register_key_provider
 from ._core import (
     IntegrityError,
     KeyNotFoundError,
@@ -62,9 +63,7 @@ def rewrap(
     from . import _keys
 
     src = os.fspath(filename)
-    _core.rewrap(
-        src,
-        os.fspath(output) if output is not None else src,
+    kwargs = dict(
         keys=_keys.keyring_json(keys),
         trusted=_keys.trusted_json(trusted_signers),
         add=_json.dumps(_keys._as_list(add)) if add else None,
@@ -72,6 +71,14 @@ def rewrap(
         sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
         drop_signature=drop_signature,
     )
+    dst = os.fspath(output) if output is not None else src
+    try:
+        _core.rewrap(src, dst, **kwargs)
+    except KeyNotFoundError:
+        provided = _providers.data_keys(_providers.recipients_of_file(src)) if _providers.providers() else []
+        if not provided:
+            raise
+        _core.rewrap(src, dst, data_keys=provided, **kwargs)
 
 
 def public_key(jwk) -> dict:
@@ -82,5 +89,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "generate_key", "public_key", "inspect", "rewrap", "__version__",
+    "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__",
 ]

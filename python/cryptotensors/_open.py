@@ -6,8 +6,8 @@ import operator
 import os
 from typing import Any, Optional
 
-from . import _frameworks, _keys
-from ._core import Handle, SafetensorError
+from . import _frameworks, _keys, _providers
+from ._core import Handle, KeyNotFoundError, SafetensorError
 
 
 def _index_spec(index) -> Optional[list]:
@@ -70,7 +70,7 @@ class safe_open:
         self._device = _frameworks.check_device(self._framework, device)
         self._filename = os.fspath(filename)
         self._backend = backend
-        self._handle = Handle.open(
+        args = (
             self._filename,
             backend,
             _keys.keyring_json(keys),
@@ -78,6 +78,14 @@ class safe_open:
             bool(require_encryption),
             _keys.threads(num_threads),
         )
+        try:
+            self._handle = Handle.open(*args)
+        except KeyNotFoundError:
+            # Last in the provider chain: key providers (HSM, key service).
+            provided = _providers.data_keys(_providers.recipients_of_file(self._filename)) if _providers.providers() else []
+            if not provided:
+                raise
+            self._handle = Handle.open(*args, provided)
         self._storage = None
 
     def __enter__(self):
@@ -118,15 +126,20 @@ class safe_open:
         fw = self._framework
         if self._device.startswith("cuda") and isinstance(fw, _frameworks.Torch):
             return fw.to_cuda(self._handle, name, dtype, shape, nbytes, self._device)
-        if raw is not None and self._backend == "mmap" and self._device == "cpu":
-            t = fw.mapped(self, raw, dtype, shape, nbytes)
-            if t is not None:
-                return t
+        t = self._mapped(raw, dtype, shape, nbytes)
+        if t is not None:
+            return t
         arr, ptr, size = fw.empty(dtype, shape)
         if size != nbytes:
             raise SafetensorError(f"tensor {name!r}: {dtype}{list(shape)} does not fit its {nbytes} bytes")
         self._handle.read_into(name, ptr, nbytes)
         return fw.finish(arr, self._device)
+
+    def _mapped(self, raw, dtype, shape, nbytes):
+        """A zero-copy view for a plain tensor (torch, CPU, mmap), else None."""
+        if raw is None or self._backend != "mmap" or self._device != "cpu":
+            return None
+        return self._framework.mapped(self, raw, dtype, shape, nbytes)
 
     def get_tensors(self) -> dict:
         """Every tensor, in file order."""
@@ -134,14 +147,16 @@ class safe_open:
 
     def get_slice(self, name: str) -> PySafeSlice:
         """A lazy view of one tensor; indexing it reads only what it needs."""
-        self._handle.info(name)
-        return PySafeSlice(self._handle.share(), self._framework, self._device, name)
+        dtype, shape, nbytes, _encrypted, raw = self._handle.info(name)
+        mapped = self._mapped(raw, dtype, shape, nbytes)
+        return PySafeSlice(self._handle.share(), self._framework, self._device, name, mapped)
 
 
 class PySafeSlice:
     """A lazily indexed tensor; works after its file handle is closed."""
 
-    def __init__(self, handle, framework, device, name):
+    def __init__(self, handle, framework, device, name, mapped=None):
+        self._mapped = mapped  # a zero-copy torch view of a plain tensor, if any
         self._handle = handle
         self._framework = framework
         self._device = device
@@ -160,6 +175,8 @@ class PySafeSlice:
         return self._shape[0]
 
     def __getitem__(self, index):
+        if self._mapped is not None:
+            return self._mapped[index]  # torch's own indexing, as in safetensors
         spec = _index_spec(index)
         if spec is None:
             return self[...][index]

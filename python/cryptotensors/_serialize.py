@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import _core, _keys
+from . import _core, _keys, _providers
 from ._core import SafetensorError
 
 # Constructor-style dtype names accepted by TensorSpec, as in safetensors 0.8.
@@ -128,9 +128,15 @@ def open_bytes(data: bytes, keys: Any = None, trusted_signers: Any = None, requi
     """A core handle over serialized bytes, with the loader's keys and trust."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("data must be bytes")
-    return _core.Handle.from_bytes(
-        bytes(data), _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads)
-    )
+    data = bytes(data)
+    args = (data, _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads))
+    try:
+        return _core.Handle.from_bytes(*args)
+    except _core.KeyNotFoundError:
+        provided = _providers.data_keys(_providers.recipients_of_bytes(data)) if _providers.providers() else []
+        if not provided:
+            raise
+        return _core.Handle.from_bytes(*args, provided)
 
 
 def deserialize(data: bytes, **load_options) -> list:

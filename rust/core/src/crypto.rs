@@ -118,6 +118,12 @@ pub fn fill_random(out: &mut [u8]) -> Result<()> {
 pub struct DataKey(pub(crate) SecretBytes);
 
 impl DataKey {
+    /// A data key unwrapped elsewhere (by a key provider); `None` unless it
+    /// is 32 bytes. It still has to pass [`PayloadKey::verify`].
+    pub fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
+        SecretBytes::from_slice(bytes).map(DataKey)
+    }
+
     /// A fresh random data key.
     pub fn generate() -> Result<DataKey> {
         Ok(DataKey(SecretBytes::random()?))

@@ -31,6 +31,10 @@ pub struct LoadOptions {
     pub trusted_signers: Vec<Jwk>,
     /// Refuse files that are not encrypted.
     pub require_encryption: bool,
+    /// Data keys already unwrapped by an external key provider (an HSM, a
+    /// key service). Each is accepted only if it passes the key commitment
+    /// and the header MAC, like a key unwrapped here.
+    pub data_keys: Vec<DataKey>,
     /// Reuse the verification of an identical header opened before under
     /// identical options (see [`clear_cache`]).
     pub cache: bool,
@@ -130,7 +134,7 @@ impl Reader {
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
         let (json, data_start) = read_header_bytes(source.as_ref())?;
         let header = Header::parse(&json)?;
-        let key = opts.cache.then(|| cache_key(&json, opts));
+        let key = (opts.cache && opts.data_keys.is_empty()).then(|| cache_key(&json, opts));
         let hit = key.and_then(|k| {
             cache()
                 .lock()
@@ -177,7 +181,7 @@ impl Reader {
         let payload = match &layout {
             Some(l) if l.encryption.is_some() => match &hit {
                 Some(v) => v.payload.clone(),
-                None => Some(Arc::new(unlock(&header, l, &opts.keys)?.1)),
+                None => Some(Arc::new(unlock(&header, l, &opts.keys, &opts.data_keys)?.1)),
             },
             _ => None,
         };
@@ -437,7 +441,12 @@ impl Sealer<'_> {
 /// payload key derived from it (FORMAT.md §4.4 steps 4–6, §6.3).
 /// Not-my-key stanzas are skipped; a key that matches a stanza but fails
 /// makes the result [`Error::Integrity`] unless another key succeeds.
-pub fn unlock(header: &Header, layout: &Layout, keys: &[Jwk]) -> Result<(DataKey, PayloadKey)> {
+pub fn unlock(
+    header: &Header,
+    layout: &Layout,
+    keys: &[Jwk],
+    provided: &[DataKey],
+) -> Result<(DataKey, PayloadKey)> {
     let params = layout
         .encryption
         .as_ref()
@@ -448,24 +457,27 @@ pub fn unlock(header: &Header, layout: &Layout, keys: &[Jwk]) -> Result<(DataKey
     let mac = keys::b64d("mac", mac).map_err(|_| Error::Integrity)?;
     let mac_input = envelope::mac_input(header);
     let recipients = layout.recipients();
+    let verify = |dk: &DataKey| {
+        PayloadKey::verify(
+            dk,
+            params.algorithm,
+            layout.envelope.segment_size,
+            &params.salt,
+            &params.commitment,
+            &mac_input,
+            &mac,
+        )
+    };
+    let unwrapped = recipients
+        .iter()
+        .flat_map(|r| keys.iter().filter_map(move |k| keys::unwrap(r, k)))
+        .chain(provided.iter().map(|dk| Ok(dk.clone())));
     let mut tried = false;
-    for r in recipients {
-        for k in keys {
-            match keys::unwrap(r, k) {
-                None => continue,
-                Some(Err(_)) => tried = true,
-                Some(Ok(dk)) => match PayloadKey::verify(
-                    &dk,
-                    params.algorithm,
-                    layout.envelope.segment_size,
-                    &params.salt,
-                    &params.commitment,
-                    &mac_input,
-                    &mac,
-                ) {
-                    Ok(p) => return Ok((dk, p)),
-                    Err(_) => tried = true,
-                },
+    for candidate in unwrapped {
+        tried = true;
+        if let Ok(dk) = candidate {
+            if let Ok(p) = verify(&dk) {
+                return Ok((dk, p));
             }
         }
     }

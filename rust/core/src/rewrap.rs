@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
 
-use crate::crypto;
+use crate::crypto::{self, DataKey};
 use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header};
@@ -28,6 +28,8 @@ use crate::{PreadFile, Source};
 pub struct RewrapOptions {
     /// Keys that open the file now (needed to change recipients).
     pub keys: Vec<Jwk>,
+    /// Data keys unwrapped by external providers (see `LoadOptions`).
+    pub data_keys: Vec<DataKey>,
     /// Public keys the current signature must verify under, if any.
     pub trusted_signers: Vec<Jwk>,
     /// Recipients to add.
@@ -103,7 +105,7 @@ pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
             ))
         }
         None => None,
-        Some(_) => Some(unlock(old, &layout, &opts.keys)?.0),
+        Some(_) => Some(unlock(old, &layout, &opts.keys, &opts.data_keys)?.0),
     };
     if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), &data_key) {
         for kid in &opts.remove {

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::sync::{Arc, RwLock};
 
+use cryptotensors::crypto::DataKey;
 use cryptotensors::envelope::RESERVED_PREFIX;
 use cryptotensors::keys::Jwk;
 use cryptotensors::reader::{LoadOptions, Reader};
@@ -13,8 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::buffer::out_slice;
-use crate::errors::{IntoPy, SafetensorError};
-use crate::mmap::MmapSource;
+use crate::errors::{to_py, IntoPy, SafetensorError};
 
 /// `(dtype, shape, nbytes, encrypted, raw_offset)`, see [`Handle::info`].
 type TensorFacts = (&'static str, Vec<usize>, usize, bool, Option<u64>);
@@ -29,15 +29,30 @@ fn parse_keys(json: Option<&str>) -> cryptotensors::Result<Vec<Jwk>> {
     json.map_or(Ok(Vec::new()), Jwk::parse_set)
 }
 
+/// Data keys handed over by Python key providers (see `_providers.py`).
+pub fn data_keys(provided: Option<Vec<Vec<u8>>>) -> cryptotensors::Result<Vec<DataKey>> {
+    provided
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            DataKey::from_bytes(b).ok_or_else(|| {
+                Error::InvalidKey("a key provider returned a data key that is not 32 bytes".into())
+            })
+        })
+        .collect()
+}
+
 fn options(
     keys: Option<&str>,
     trusted: Option<&str>,
     require_encryption: bool,
+    provided: Option<Vec<Vec<u8>>>,
 ) -> cryptotensors::Result<LoadOptions> {
     Ok(LoadOptions {
         keys: parse_keys(keys)?,
         trusted_signers: parse_keys(trusted)?,
         require_encryption,
+        data_keys: data_keys(provided)?,
         // CRYPTOTENSORS_OPEN_CACHE=0 turns off the verified-header cache.
         cache: std::env::var_os("CRYPTOTENSORS_OPEN_CACHE").is_none_or(|v| v != "0"),
     })
@@ -92,7 +107,8 @@ impl Handle {
 impl Handle {
     /// Opens a file with the "mmap" or "pread" backend.
     #[staticmethod]
-    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0))]
+    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None))]
+    #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
         path: std::path::PathBuf,
@@ -101,20 +117,23 @@ impl Handle {
         trusted: Option<&str>,
         require_encryption: bool,
         threads: usize,
+        data_keys: Option<Vec<Vec<u8>>>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption).py_err()?;
+        let opts = options(keys, trusted, require_encryption, data_keys).py_err()?;
+        // Both backends read through pread. With "mmap", plain tensors for
+        // torch on the CPU are mapped zero-copy by torch itself (see
+        // `_frameworks.Torch.mapped`); every other read is one copy, by the
+        // kernel, from the page cache into the caller's tensor. Mapping the
+        // file here as well would only add the file's pages to the process's
+        // resident memory (the reads copy them anyway).
+        if backend != "mmap" && backend != "pread" {
+            return Err(to_py(Error::InvalidArgument(format!(
+                "unknown backend {backend:?}: expected \"mmap\" or \"pread\""
+            ))));
+        }
         let source: Arc<dyn Source> = py
             .allow_threads(|| -> cryptotensors::Result<Arc<dyn Source>> {
-                let file = File::open(&path)?;
-                Ok(match backend {
-                    "mmap" => Arc::new(MmapSource::new(&file)?),
-                    "pread" => Arc::new(PreadFile::new(file)?),
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "unknown backend {other:?}: expected \"mmap\" or \"pread\""
-                        )))
-                    }
-                })
+                Ok(Arc::new(PreadFile::new(File::open(&path)?)?))
             })
             .py_err()?;
         Handle::open_source(py, source, opts, threads)
@@ -122,7 +141,8 @@ impl Handle {
 
     /// Opens serialized bytes (copied once).
     #[staticmethod]
-    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0))]
+    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None))]
+    #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
@@ -130,8 +150,9 @@ impl Handle {
         trusted: Option<&str>,
         require_encryption: bool,
         threads: usize,
+        data_keys: Option<Vec<Vec<u8>>>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption).py_err()?;
+        let opts = options(keys, trusted, require_encryption, data_keys).py_err()?;
         Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
     }
 

@@ -13,7 +13,6 @@ mod errors;
 mod handle;
 mod inspect;
 mod keys;
-mod mmap;
 mod write;
 
 #[pymodule]

@@ -94,7 +94,7 @@ pub fn serialize<'py>(
 /// Rewrites a file's header to change recipients or its signature; tensor
 /// bytes are copied unchanged and the result is renamed over `dst`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -106,10 +106,12 @@ pub fn rewrap(
     remove: Vec<String>,
     sign_with: Option<&str>,
     drop_signature: bool,
+    data_keys: Option<Vec<Vec<u8>>>,
 ) -> PyResult<()> {
     let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
     let opts = RewrapOptions {
         keys: parse(keys).py_err()?,
+        data_keys: crate::handle::data_keys(data_keys).py_err()?,
         trusted_signers: parse(trusted).py_err()?,
         add: parse(add).py_err()?,
         remove,
