@@ -12,9 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cryptotensors
 import numpy as np
 import pytest
+
+import cryptotensors
 from cryptotensors import cli
 from cryptotensors.numpy import load_file, save_file
 

@@ -3,15 +3,16 @@
 import json
 import struct
 
-import cryptotensors as ct
-import cryptotensors.numpy as cn
-import cryptotensors.torch as ctt
 import numpy as np
 import pytest
 import safetensors
 import safetensors.numpy as sn
 import safetensors.torch as stt
 import torch
+
+import cryptotensors as ct
+import cryptotensors.numpy as cn
+import cryptotensors.torch as ctt
 
 ALGS = ["AES-256-GCM", "ChaCha20-Poly1305"]
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 
-import cryptotensors as ct
-import cryptotensors.numpy as cn
 import numpy as np
 import pytest
+
+import cryptotensors as ct
+import cryptotensors.numpy as cn
 
 
 def data_region(path):

@@ -7,12 +7,13 @@ import hashlib
 import json
 import struct
 
-import cryptotensors as ct
-import cryptotensors.numpy as cn
-import cryptotensors.torch as ctt
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import cryptotensors as ct
+import cryptotensors.numpy as cn
+import cryptotensors.torch as ctt
 
 SEG = 4096
 SIGNER = ct.generate_key("Ed25519")

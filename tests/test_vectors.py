@@ -5,12 +5,13 @@ import hashlib
 import json
 import os
 
-import cryptotensors as ct
-import cryptotensors.numpy as cn
-import cryptotensors.torch as ctt
 import numpy as np
 import pytest
 import torch
+
+import cryptotensors as ct
+import cryptotensors.numpy as cn
+import cryptotensors.torch as ctt
 
 HERE = os.path.join(os.path.dirname(__file__), "vectors")
 VECTORS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(HERE, "*.json")))

@@ -8,7 +8,6 @@ transparently given a key (keys=, CRYPTOTENSORS_KEYS or the config file).
 import json as _json
 
 from . import _core, _providers
-from ._providers import register_key_provider
 from ._core import (
     IntegrityError,
     KeyNotFoundError,
@@ -17,6 +16,7 @@ from ._core import (
     SignatureError,
 )
 from ._open import PySafeSlice, safe_open
+from ._providers import register_key_provider
 from ._serialize import TensorSpec, deserialize, serialize, serialize_file
 
 __version__ = "0.1.0"

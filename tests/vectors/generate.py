@@ -8,9 +8,10 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 import cryptotensors as ct
 import cryptotensors.numpy as cn
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEG = 4096
