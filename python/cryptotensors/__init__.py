@@ -47,11 +47,15 @@ def rewrap(
     sign_with=None,
     drop_signature: bool = False,
     trusted_signers=None,
+    policy=None,
+    remove_policy: bool = False,
     output=None,
 ) -> None:
     """Rotates keys without re-encrypting: adds recipients (`add=`, JWKs),
     removes them (`remove=`, kids), and re-signs (`sign_with=`) or drops the
-    signature (`drop_signature=True`; a signed file must do one or the other).
+    signature (`drop_signature=True`; a signed file must do one or the other),
+    and sets (`policy=`, Rego text) or removes (`remove_policy=True`) the
+    access policy.
     Replacing a key-encryption key is `add=new, remove=[old kid]`.
 
     `keys=` (plus the usual key providers) must open the file now. Only the
@@ -70,6 +74,8 @@ def rewrap(
         remove=[remove] if isinstance(remove, str) else list(remove),
         sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
         drop_signature=drop_signature,
+        policy=policy,
+        remove_policy=remove_policy,
     )
     dst = os.fspath(output) if output is not None else src
     try:

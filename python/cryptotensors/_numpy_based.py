@@ -25,7 +25,7 @@ def make(framework: str, to_numpy: Callable, from_numpy: Callable):
         return {k: from_numpy(v) for k, v in _np.load(data, **load_options).items()}
 
     def load_file(filename, **load_options) -> Dict:
-        with safe_open(os.fspath(filename), framework=framework, **load_options) as f:
+        with safe_open(os.fspath(filename), framework=framework, _every_tensor=True, **load_options) as f:
             return f.get_tensors()
 
     return save, save_file, load, load_file

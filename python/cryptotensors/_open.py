@@ -6,7 +6,7 @@ import operator
 import os
 from typing import Any, Optional
 
-from . import _frameworks, _keys, _providers
+from . import _frameworks, _keys, _policy, _providers
 from ._core import Handle, KeyNotFoundError, SafetensorError
 
 
@@ -65,6 +65,8 @@ class safe_open:
         trusted_signers: Any = None,
         require_encryption: bool = False,
         num_threads: Optional[int] = None,
+        policy_input: Optional[dict] = None,
+        _every_tensor: bool = False,
     ):
         self._framework = _frameworks.get(framework)
         self._device = _frameworks.check_device(self._framework, device)
@@ -78,14 +80,15 @@ class safe_open:
             bool(require_encryption),
             _keys.threads(num_threads),
         )
+        policy = _policy.input_json(self._framework.name, self._device, policy_input, _every_tensor)
         try:
-            self._handle = Handle.open(*args)
+            self._handle = Handle.open(*args, policy_input=policy)
         except KeyNotFoundError:
             # Last in the provider chain: key providers (HSM, key service).
             provided = _providers.data_keys(_providers.recipients_of_file(self._filename)) if _providers.providers() else []
             if not provided:
                 raise
-            self._handle = Handle.open(*args, provided)
+            self._handle = Handle.open(*args, data_keys=provided, policy_input=policy)
         self._storage = None
 
     def __enter__(self):

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import _core, _keys, _providers
+from . import _core, _keys, _policy, _providers
 from ._core import SafetensorError
 
 # Constructor-style dtype names accepted by TensorSpec, as in safetensors 0.8.
@@ -67,6 +67,7 @@ def save_options(
     algorithm: Optional[str] = None,
     segment_size: Optional[int] = None,
     sign_with: Any = None,
+    policy: Optional[str] = None,
     num_threads: Optional[int] = None,
 ) -> dict:
     """Keyword arguments for the core serializer from the public save options."""
@@ -78,9 +79,11 @@ def save_options(
         if len(signers) != 1:
             raise SafetensorError("sign_with takes exactly one private Ed25519 JWK")
         opts["sign_with"] = json.dumps(signers[0])
+    if policy is not None:
+        opts["policy"] = _policy.policy_text(policy)
     if encrypt_for is None:
-        if encrypted_tensors is not None or algorithm is not None:
-            raise SafetensorError("encrypted_tensors and algorithm need encrypt_for= (the recipients)")
+        if encrypted_tensors is not None or algorithm is not None or policy is not None:
+            raise SafetensorError("encrypted_tensors, algorithm and policy need encrypt_for= (the recipients)")
         return opts
     recipients = _key_text(encrypt_for)
     if recipients is None:
@@ -124,19 +127,28 @@ def serialize_file(
     _core.serialize(records, metadata, os.fspath(filename), **save_options([r[0] for r in records], **options))
 
 
-def open_bytes(data: bytes, keys: Any = None, trusted_signers: Any = None, require_encryption: bool = False, num_threads: Optional[int] = None):
-    """A core handle over serialized bytes, with the loader's keys and trust."""
+def open_bytes(
+    data: bytes,
+    keys: Any = None,
+    trusted_signers: Any = None,
+    require_encryption: bool = False,
+    num_threads: Optional[int] = None,
+    policy_input: Any = None,
+    framework: str = "np",
+):
+    """A core handle over serialized bytes, with the loader's keys, trust and policy input."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("data must be bytes")
     data = bytes(data)
     args = (data, _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads))
+    policy = _policy.input_json(framework, "cpu", policy_input, every_tensor=True)
     try:
-        return _core.Handle.from_bytes(*args)
+        return _core.Handle.from_bytes(*args, policy_input=policy)
     except _core.KeyNotFoundError:
         provided = _providers.data_keys(_providers.recipients_of_bytes(data)) if _providers.providers() else []
         if not provided:
             raise
-        return _core.Handle.from_bytes(*args, provided)
+        return _core.Handle.from_bytes(*args, data_keys=provided, policy_input=policy)
 
 
 def deserialize(data: bytes, **load_options) -> list:

@@ -71,5 +71,5 @@ def load(data: bytes, **load_options) -> Dict[str, np.ndarray]:
 
 def load_file(filename, **load_options) -> Dict[str, np.ndarray]:
     """Loads every array of a file."""
-    with safe_open(os.fspath(filename), framework="np", **load_options) as f:
+    with safe_open(os.fspath(filename), framework="np", _every_tensor=True, **load_options) as f:
         return f.get_tensors()

@@ -187,7 +187,7 @@ def save_file(
 
 def load_file(filename: Union[str, os.PathLike], device: Union[str, int] = "cpu", **load_options) -> Dict[str, torch.Tensor]:
     """Loads every tensor of a file. Options: backend, keys, trusted_signers, require_encryption, num_threads."""
-    with safe_open(filename, framework="pt", device=device, **load_options) as f:
+    with safe_open(filename, framework="pt", device=device, _every_tensor=True, **load_options) as f:
         return f.get_tensors()
 
 
@@ -195,7 +195,7 @@ def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
     """Loads tensors from bytes; encrypted tensors are authenticated before they are returned."""
     from ._frameworks import Torch
 
-    h = open_bytes(data, **load_options)
+    h = open_bytes(data, framework="pt", **load_options)
     fw = Torch()
     out = {}
     for name in h.offset_keys():

@@ -40,6 +40,9 @@ pub struct Envelope {
     /// Present when some tensors are encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// Access policy (Rego text), evaluated before the data key is unwrapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Length of the trailer in bytes.
     pub trailer_length: u64,
     /// SHA-256 of the trailer, base64url.
@@ -157,6 +160,11 @@ impl Layout {
             return Err(bad(format!("unknown reserved metadata key {k:?}")));
         }
         let envelope: Envelope = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if envelope.policy.is_some() && envelope.encryption.is_none() {
+            return Err(bad(
+                "a policy needs encryption: without it the data is readable directly",
+            ));
+        }
         if envelope.encryption.is_none() && header.metadata_value(SIGNATURE_KEY).is_none() {
             return Err(bad("an envelope with neither encryption nor a signature protects nothing (a stripped file?)"));
         }

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod keys;
+pub mod policy;
 pub mod reader;
 pub mod rewrap;
 pub mod sign;

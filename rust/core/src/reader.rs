@@ -18,6 +18,7 @@ use crate::envelope::{self, Layout, Protection, DIGEST_LEN, MAC_KEY, SIGNATURE_K
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
 use crate::keys::{self, Jwk};
+use crate::policy::Policy;
 use crate::slice::SliceRuns;
 use crate::{sign, Source};
 
@@ -31,6 +32,9 @@ pub struct LoadOptions {
     pub trusted_signers: Vec<Jwk>,
     /// Refuse files that are not encrypted.
     pub require_encryption: bool,
+    /// The input document of the file's access policy (JSON text); `None`
+    /// evaluates the policy on an empty object.
+    pub policy_input: Option<String>,
     /// Data keys already unwrapped by an external key provider (an HSM, a
     /// key service). Each is accepted only if it passes the key commitment
     /// and the header MAC, like a key unwrapped here.
@@ -177,6 +181,11 @@ impl Reader {
         }
         if opts.require_encryption && layout.as_ref().is_none_or(|l| l.encryption.is_none()) {
             return Err(Error::EncryptionRequired);
+        }
+        // The policy runs at every open, cached or not: its input (time,
+        // host, claims) changes between opens.
+        if let Some(text) = layout.as_ref().and_then(|l| l.envelope.policy.as_deref()) {
+            Policy::compile(text)?.check(opts.policy_input.as_deref().unwrap_or("{}"))?;
         }
         let payload = match &layout {
             Some(l) if l.encryption.is_some() => match &hit {

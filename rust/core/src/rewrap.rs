@@ -18,6 +18,7 @@ use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header};
 use crate::keys::{self, b64e, Jwk};
+use crate::policy::Policy;
 use crate::reader::{read_header, unlock};
 use crate::sign;
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
@@ -40,6 +41,9 @@ pub struct RewrapOptions {
     pub sign_with: Option<Jwk>,
     /// Write the new header unsigned even though the file was signed.
     pub drop_signature: bool,
+    /// Replace the access policy: `Some(Some(rego))` sets it,
+    /// `Some(None)` removes it, `None` keeps it.
+    pub policy: Option<Option<String>>,
 }
 
 /// Rewrites the header of `src` into `dst` (which may be `src`).
@@ -131,6 +135,17 @@ pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
                 "removing every recipient would make the file unreadable".into(),
             ));
         }
+    }
+    if let Some(policy) = &opts.policy {
+        if let Some(text) = policy {
+            if envelope.encryption.is_none() {
+                return Err(Error::InvalidArgument(
+                    "a policy needs an encrypted file".into(),
+                ));
+            }
+            Policy::compile(text)?;
+        }
+        envelope.policy = policy.clone();
     }
     meta.insert(
         ENVELOPE_KEY.into(),

@@ -27,6 +27,7 @@ use crate::envelope::{
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
 use crate::keys::{self, b64e, Jwk, KeyKind};
+use crate::policy::Policy;
 use crate::sign;
 
 /// One tensor to write; `data` is its raw little-endian bytes.
@@ -62,6 +63,8 @@ pub struct WriteOptions {
     pub encrypt: Option<EncryptOptions>,
     /// Sign the header with this Ed25519 private key.
     pub sign_with: Option<Jwk>,
+    /// Access policy (Rego); needs `encrypt`.
+    pub policy: Option<String>,
     /// Segment size; 0 for the default.
     pub segment_size: usize,
     /// Extra header bytes kept free for in-place header rewrites.
@@ -226,11 +229,21 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
             .ok_or(Error::ValidationOverflow)?;
         protections.push(p);
     }
+    if let Some(text) = &opts.policy {
+        if encryption.is_none() {
+            return Err(Error::InvalidArgument(
+                "policy= needs encrypt_for=: without encryption the data is readable directly"
+                    .into(),
+            ));
+        }
+        Policy::compile(text)?;
+    }
     let envelope = Envelope {
         version: VERSION,
         segment_size,
         digest: DIGEST_SHA256.into(),
         encryption,
+        policy: opts.policy.clone(),
         trailer_length: trailer_len as u64,
         trailer_sha256: b64e(&[0u8; DIGEST_LEN]),
     };

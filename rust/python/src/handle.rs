@@ -47,8 +47,10 @@ fn options(
     trusted: Option<&str>,
     require_encryption: bool,
     provided: Option<Vec<Vec<u8>>>,
+    policy_input: Option<String>,
 ) -> cryptotensors::Result<LoadOptions> {
     Ok(LoadOptions {
+        policy_input,
         keys: parse_keys(keys)?,
         trusted_signers: parse_keys(trusted)?,
         require_encryption,
@@ -107,7 +109,7 @@ impl Handle {
 impl Handle {
     /// Opens a file with the "mmap" or "pread" backend.
     #[staticmethod]
-    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None))]
+    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
@@ -118,8 +120,9 @@ impl Handle {
         require_encryption: bool,
         threads: usize,
         data_keys: Option<Vec<Vec<u8>>>,
+        policy_input: Option<String>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption, data_keys).py_err()?;
+        let opts = options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
         // Both backends read through pread. With "mmap", plain tensors for
         // torch on the CPU are mapped zero-copy by torch itself (see
         // `_frameworks.Torch.mapped`); every other read is one copy, by the
@@ -141,7 +144,7 @@ impl Handle {
 
     /// Opens serialized bytes (copied once).
     #[staticmethod]
-    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None))]
+    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
@@ -151,8 +154,9 @@ impl Handle {
         require_encryption: bool,
         threads: usize,
         data_keys: Option<Vec<Vec<u8>>>,
+        policy_input: Option<String>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption, data_keys).py_err()?;
+        let opts = options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
         Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
     }
 

@@ -54,6 +54,7 @@ pub fn inspect<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound
     if let Some(l) = &layout {
         out.set_item("format_version", l.envelope.version)?;
         out.set_item("segment_size", l.envelope.segment_size)?;
+        out.set_item("policy", l.envelope.policy.as_deref())?;
         if let Some(e) = &l.envelope.encryption {
             out.set_item("algorithm", &e.algorithm)?;
             let recipients = PyList::empty(py);

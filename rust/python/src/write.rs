@@ -21,7 +21,7 @@ use crate::errors::IntoPy;
 /// call. Encryption: `recipients` (JWKS JSON text) with the optional
 /// `encrypted` names, `algorithm` and `segment_size`; signing: `sign_with`.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, threads=0))]
+#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=0))]
 #[allow(clippy::too_many_arguments)]
 pub fn serialize<'py>(
     py: Python<'py>,
@@ -33,6 +33,7 @@ pub fn serialize<'py>(
     algorithm: Option<&str>,
     segment_size: usize,
     sign_with: Option<&str>,
+    policy: Option<String>,
     threads: usize,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     let dtypes = tensors
@@ -70,6 +71,7 @@ pub fn serialize<'py>(
         metadata,
         encrypt,
         sign_with,
+        policy,
         segment_size,
         reserve,
         fsync: std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1"),
@@ -94,7 +96,7 @@ pub fn serialize<'py>(
 /// Rewrites a file's header to change recipients or its signature; tensor
 /// bytes are copied unchanged and the result is renamed over `dst`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -107,6 +109,8 @@ pub fn rewrap(
     sign_with: Option<&str>,
     drop_signature: bool,
     data_keys: Option<Vec<Vec<u8>>>,
+    policy: Option<String>,
+    remove_policy: bool,
 ) -> PyResult<()> {
     let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
     let opts = RewrapOptions {
@@ -117,6 +121,11 @@ pub fn rewrap(
         remove,
         sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
         drop_signature,
+        policy: if remove_policy {
+            Some(None)
+        } else {
+            policy.map(Some)
+        },
     };
     py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
 }
