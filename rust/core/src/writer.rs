@@ -391,35 +391,62 @@ fn digest_segments(data: &[u8], seg: usize, table: &mut [u8]) {
         });
 }
 
-/// Seals a tensor in batches of segments and hands each sealed run to `emit`
-/// in order; memory stays at one batch.
+/// Seals a tensor in batches of segments and hands each sealed batch to
+/// `emit` in order. Two batch buffers alternate: while one is written out,
+/// the next is copied and sealed in parallel. Memory stays at two batches.
 fn seal_segments(
     key: &crypto::TensorKey,
     data: &[u8],
     seg: usize,
     table: &mut [u8],
-    mut emit: impl FnMut(usize, &[u8]) -> Result<()>,
+    mut emit: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
     if data.is_empty() {
         table.copy_from_slice(&key.seal(0, &mut [])?);
         return Ok(());
     }
-    let batch_segments = (rayon::current_num_threads() * 2).max(2);
+    let batch_segments = (rayon::current_num_threads() * 4).max(4);
     let batch_bytes = batch_segments * seg;
-    let mut buf = vec![0u8; batch_bytes.min(data.len())];
-    for (b, chunk) in data.chunks(batch_bytes).enumerate() {
-        let out = &mut buf[..chunk.len()];
-        out.copy_from_slice(chunk);
+    let batches: Vec<(&[u8], &mut [u8])> = data
+        .chunks(batch_bytes)
+        .zip(table.chunks_mut(batch_segments * TAG_LEN))
+        .collect();
+    let cap = batch_bytes.min(data.len());
+    let mut bufs = [vec![0u8; cap], vec![0u8; cap]];
+    let seal_batch = |b: usize, src: &[u8], out: &mut [u8], tags: &mut [u8]| -> Result<()> {
         let first = b * batch_segments;
-        let tags = &mut table[first * TAG_LEN..(first + chunk.len().div_ceil(seg)) * TAG_LEN];
         out.par_chunks_mut(seg)
+            .zip(src.par_chunks(seg))
             .zip(tags.par_chunks_mut(TAG_LEN))
             .enumerate()
-            .try_for_each(|(i, (s, tag))| {
-                tag.copy_from_slice(&key.seal((first + i) as u64, s)?);
-                Ok::<(), Error>(())
-            })?;
-        emit(b * batch_bytes, out)?;
+            .try_for_each(|(i, ((dst, plain), tag))| {
+                dst.copy_from_slice(plain);
+                tag.copy_from_slice(&key.seal((first + i) as u64, dst)?);
+                Ok(())
+            })
+    };
+    let mut batches = batches.into_iter().enumerate().peekable();
+    if let Some((b, (src, tags))) = batches.peek_mut() {
+        seal_batch(*b, src, &mut bufs[0][..src.len()], tags)?;
+    }
+    while let Some((b, (src, _))) = batches.next() {
+        let (done, next) = bufs.split_at_mut(1);
+        let (done, next) = if b % 2 == 0 {
+            (&mut done[0], &mut next[0])
+        } else {
+            (&mut next[0], &mut done[0])
+        };
+        let sealed = &done[..src.len()];
+        let following = batches.peek_mut();
+        let (written, sealed_next) = rayon::join(
+            || emit(b * batch_bytes, sealed),
+            || match following {
+                Some((nb, (nsrc, ntags))) => seal_batch(*nb, nsrc, &mut next[..nsrc.len()], ntags),
+                None => Ok(()),
+            },
+        );
+        written?;
+        sealed_next?;
     }
     Ok(())
 }
