@@ -116,6 +116,40 @@ def encrypted(run, model, keys, tmp_path_factory):
     return out
 
 
+DENY = 'package cryptotensors\nimport rego.v1\ndefault allow := false\nreason := "denied by test"\n'
+TEE = """package cryptotensors
+import rego.v1
+default allow := false
+allow if {
+	input.claims.tee.type in {"sev-snp", "tdx"}
+	input.claims.tee.verified == true
+}
+reason := "a verified TEE attestation is required" if not allow
+"""
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory):
+    """Policy and claims files: a policy that denies every load, one that wants TEE claims, bad Rego, claims."""
+    d = tmp_path_factory.mktemp("policies")
+    (d / "deny.rego").write_text(DENY)
+    (d / "tee.rego").write_text(TEE)
+    (d / "bad.rego").write_text("package cryptotensors\nallow := \n")
+    (d / "tee-claims.json").write_text(json.dumps({"tee": {"type": "tdx", "verified": True}}))
+    (d / "list.json").write_text("[1]")
+    return d
+
+
+def _kid(path):
+    return json.loads(path.read_text())["kid"]
+
+
+def _data(path):
+    """A file's bytes after its header: tensor data and trailer."""
+    data = path.read_bytes()
+    return data[8 + struct.unpack("<Q", data[:8])[0]:]
+
+
 def _files(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
@@ -152,9 +186,8 @@ def test_console_script_help_and_exit_codes(run):
         assert f"{code}  {meaning}" in out
         assert f"{code}  {meaning}" in cli.__doc__
     assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 9
-    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify"):
+    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap"):
         assert command in out
-    assert "rewrap" not in out
     module = subprocess.run([sys.executable, "-m", "cryptotensors", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and cryptotensors.__version__ in module.stdout
 
@@ -337,8 +370,10 @@ def test_inspect_json(run, encrypted, keys):
     assert {t["name"]: (t["dtype"], t["shape"], t["encrypted"]) for t in one["tensors"]} == {
         "lm_head.weight": ("F32", [64, 32], True), "model.norm.weight": ("BF16", [32], True),
     }
-    assert one["recipients"] == [{"kid": json.loads((keys / "customer.jwk").read_text())["kid"],
-                                  "alg": "HPKE-Base-X25519-SHA256-ChaCha20Poly1305"}]
+    assert [(r["kid"], r["alg"]) for r in one["recipients"]] == [
+        (json.loads((keys / "customer.jwk").read_text())["kid"], "HPKE-Base-X25519-SHA256-ChaCha20Poly1305")
+    ]
+    assert one["policy"] is None
     single = json.loads(ok(run("inspect", encrypted / "model-00002-of-00002.safetensors", "--json")).stdout)
     assert single == one
 
@@ -386,6 +421,93 @@ def test_verify_tampered_signature_and_untrusted_signer(run, tampered, encrypted
     fails(run("verify", tampered, "-k", keys / "customer.jwk"), cli.EXIT_SIGNATURE, shard.name, "Signature invalid")
 
 
+# ---------------------------------------------------------------- rewrap, access policies
+
+
+def test_rewrap_directory_replaces_a_recipient(run, model, encrypted, keys, tmp_path):
+    out = tmp_path / "rotated"
+    result = ok(run("rewrap", encrypted, "-o", out, "-k", keys / "customer.jwk", "--add-recipient", keys / "other.pub.jwk",
+                    "--remove-recipient", _kid(keys / "customer.jwk"), "--sign-key", keys / "publisher.jwk"))
+    assert "rewrapped 2 files" in result.stdout
+    assert _files(out) == _files(encrypted) and _left_over(tmp_path) == []
+    for name in _files(encrypted):
+        if not name.endswith(".safetensors"):
+            assert (out / name).read_bytes() == (encrypted / name).read_bytes(), name
+    for shard in _shards(out):
+        assert _data(shard) == _data(encrypted / shard.name), "tensor bytes are copied, not re-encrypted"
+        header = cryptotensors.inspect(shard)
+        assert [r["kid"] for r in header["recipients"]] == [_kid(keys / "other.jwk")]
+        assert header["signer"] == _kid(keys / "publisher.jwk")
+
+    fails(run("verify", out, "-k", keys / "customer.jwk"), cli.EXIT_KEY, _kid(keys / "other.jwk"))
+    fails(run("decrypt", out, "-o", tmp_path / "plain", "-k", keys / "customer.jwk"), cli.EXIT_KEY)
+    verified = ok(run("verify", out, "-k", keys / "other.jwk", "--trusted-signer", keys / "publisher.pub.jwk")).stdout
+    assert verified.count(": OK, signature valid, by trusted signer") == 2
+    ok(run("decrypt", out, "-o", tmp_path / "plain", "-k", keys / "other.jwk"))
+    for name in _files(model):
+        assert (tmp_path / "plain" / name).read_bytes() == (model / name).read_bytes(), name
+
+
+def test_rewrap_in_place_re_signs_or_drops_the_signature(run, encrypted, keys, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(encrypted, work)
+    ok(run("rewrap", work, "-k", keys / "customer.jwk", "--sign-key", keys / "other-signer.jwk", "-q"))
+    assert _files(work) == _files(encrypted) and _left_over(work) == []
+    fails(run("verify", work, "--trusted-signer", keys / "publisher.pub.jwk"), cli.EXIT_SIGNATURE)
+    ok(run("verify", work, "--trusted-signer", keys / "other-signer.pub.jwk", "-k", keys / "customer.jwk"))
+
+    ok(run("rewrap", work, "-k", keys / "customer.jwk", "--drop-signature"))
+    assert all(cryptotensors.inspect(shard)["signer"] is None for shard in _shards(work))
+    fails(run("verify", work, "--trusted-signer", keys / "other-signer.pub.jwk"), cli.EXIT_SIGNATURE)
+    assert "not signed" in ok(run("verify", work, "-k", keys / "customer.jwk")).stdout
+    for shard in _shards(work):
+        assert _data(shard) == _data(encrypted / shard.name)
+
+
+def test_rewrap_sets_and_removes_a_policy(run, encrypted, keys, policies, tmp_path):
+    shard = tmp_path / "m.safetensors"
+    shutil.copy(encrypted / "model-00002-of-00002.safetensors", shard)
+    key = ["-k", keys / "customer.jwk"]
+    ok(run("rewrap", shard, *key, "--policy", policies / "deny.rego", "--sign-key", keys / "publisher.jwk"))
+    assert cryptotensors.inspect(shard)["policy"] == DENY
+    fails(run("verify", shard, *key), cli.EXIT_POLICY, "denied by test")
+    fails(run("verify", shard), cli.EXIT_POLICY, "denied by test")  # checked before any key is looked for
+    fails(run("decrypt", shard, "-o", tmp_path / "plain.safetensors", *key), cli.EXIT_POLICY, "denied by test")
+    assert not (tmp_path / "plain.safetensors").exists()
+
+    ok(run("rewrap", shard, *key, "--remove-policy", "--sign-key", keys / "publisher.jwk"))
+    assert cryptotensors.inspect(shard)["policy"] is None
+    ok(run("verify", shard, *key, "--trusted-signer", keys / "publisher.pub.jwk"))
+
+
+def test_encrypt_with_a_policy_and_load_with_claims(run, model, keys, policies, tmp_path):
+    src = model / "model-00001-of-00002.safetensors"
+    enc = tmp_path / "enc.safetensors"
+    ok(run("encrypt", src, "-o", enc, "-r", keys / "customer.pub.jwk", "--policy", policies / "tee.rego"))
+    key = ["-k", keys / "customer.jwk"]
+    fails(run("verify", enc, *key), cli.EXIT_POLICY, "a verified TEE attestation is required")
+    wrong = tmp_path / "wrong-claims.json"
+    wrong.write_text(json.dumps({"tee": {"type": "tdx", "verified": False}}))
+    fails(run("decrypt", enc, "-o", tmp_path / "plain.safetensors", *key, "--claims", wrong), cli.EXIT_POLICY, "TEE")
+
+    claims = ["--claims", policies / "tee-claims.json"]
+    assert "access policy allows this load" in ok(run("verify", enc, *key, *claims)).stdout
+    ok(run("decrypt", enc, "-o", tmp_path / "plain.safetensors", *key, *claims))
+    assert (tmp_path / "plain.safetensors").read_bytes() == src.read_bytes()
+
+
+def test_inspect_shows_the_policy(run, model, keys, policies, tmp_path):
+    enc = tmp_path / "enc.safetensors"
+    ok(run("encrypt", model / "model-00002-of-00002.safetensors", "-o", enc, "-r", keys / "customer.pub.jwk",
+           "--policy", policies / "tee.rego"))
+    text = ok(run("inspect", enc)).stdout
+    facts, _, shown = text.partition("  policy")
+    assert re.search(r"signer\s+none \(not signed\)", facts) and "Rego, checked on every load:" in shown
+    assert shown.splitlines()[1:] == [("      " + line).rstrip() for line in TEE.splitlines()]
+    assert json.loads(ok(run("inspect", enc, "--json")).stdout)["policy"] == TEE
+    assert re.search(r"^  policy\s+none$", ok(run("inspect", model)).stdout, re.M)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -408,16 +530,30 @@ ERROR_CASES = [
     ("output directory missing", ["decrypt", "{enc}", "-o", "{tmp}/a/b/out", "-k", "{keys}/customer.jwk"], cli.EXIT_NOT_FOUND, "No such directory"),
     ("not a safetensors file", ["inspect", "{model}/config.json"], cli.EXIT_FAILURE, "config.json"),
     ("no safetensors in directory", ["inspect", "{model}/extra"], cli.EXIT_NOT_FOUND, "no .safetensors file"),
+    ("bad policy", ["encrypt", "{model}", "-o", "{out}", "-r", "{keys}/customer.pub.jwk", "--policy", "{pol}/bad.rego"], cli.EXIT_USAGE, "bad.rego:3:1: invalid policy: expecting expression"),
+    ("claims not an object", ["verify", "{enc}", "--claims", "{pol}/list.json"], cli.EXIT_USAGE, "JSON object"),
+    ("claims not JSON", ["decrypt", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--claims", "{pol}/deny.rego"], cli.EXIT_USAGE, "JSON object"),
+    ("rewrap: nothing to change", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk"], cli.EXIT_USAGE, "nothing to change"),
+    ("rewrap: signed, not re-signed", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--add-recipient", "{keys}/other.pub.jwk"], cli.EXIT_USAGE, "--drop-signature"),
+    ("rewrap: sign and drop", ["rewrap", "{enc}", "-o", "{out}", "--sign-key", "{keys}/publisher.jwk", "--drop-signature"], cli.EXIT_USAGE, "not allowed with"),
+    ("rewrap: unknown kid", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--remove-recipient", "nope", "--drop-signature"], cli.EXIT_USAGE, "no recipient has kid nope"),
+    ("rewrap: already a recipient", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--add-recipient", "{keys}/customer.pub.jwk", "--drop-signature"], cli.EXIT_USAGE, "already a recipient"),
+    ("rewrap: signing key as recipient", ["rewrap", "{enc}", "-o", "{out}", "--add-recipient", "{keys}/publisher.pub.jwk", "--drop-signature"], cli.EXIT_KEY, "cannot be an encryption recipient"),
+    ("rewrap: no key", ["rewrap", "{enc}", "-o", "{out}", "--add-recipient", "{keys}/other.pub.jwk", "--drop-signature"], cli.EXIT_KEY, "needs the key of one of these kids"),
+    ("rewrap: untrusted signer", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--drop-signature", "--trusted-signer", "{keys}/other-signer.pub.jwk"], cli.EXIT_SIGNATURE, "trusted"),
+    ("rewrap: bad policy", ["rewrap", "{enc}", "-o", "{out}", "-k", "{keys}/customer.jwk", "--policy", "{pol}/bad.rego", "--drop-signature"], cli.EXIT_USAGE, "bad.rego:3:1"),
+    ("rewrap: plain file", ["rewrap", "{model}/model-00001-of-00002.safetensors", "-o", "{out}", "--drop-signature"], cli.EXIT_USAGE, "neither encrypted nor signed"),
+    ("rewrap: output is the input", ["rewrap", "{enc}", "-o", "{enc}", "-k", "{keys}/customer.jwk", "--drop-signature"], cli.EXIT_USAGE, "leave out -o"),
 ]
 
 
 @pytest.mark.parametrize("args, code, fragment", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_error_paths(run, model, encrypted, keys, tmp_path, args, code, fragment):
-    places = {"model": model, "enc": encrypted, "keys": keys, "tmp": tmp_path, "out": tmp_path / "out"}
-    before = _files(encrypted)
+def test_error_paths(run, model, encrypted, keys, policies, tmp_path, args, code, fragment):
+    places = {"model": model, "enc": encrypted, "keys": keys, "pol": policies, "tmp": tmp_path, "out": tmp_path / "out"}
+    before = {name: (encrypted / name).read_bytes() for name in _files(encrypted)}
     fails(run(*[a.format(**places) for a in args]), code, fragment)
     assert not (tmp_path / "out").exists() and _left_over(tmp_path) == []
-    assert _files(encrypted) == before
+    assert {name: (encrypted / name).read_bytes() for name in _files(encrypted)} == before
 
 
 def test_wrong_key_with_the_right_kid_and_tampered_data(run, model, tmp_path):

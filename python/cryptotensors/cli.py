@@ -1,18 +1,24 @@
-"""The ``cryptotensors`` command: keys, encryption, inspection and verification
-of safetensors model files, one file or a whole model directory.
+"""The ``cryptotensors`` command: keys, encryption, key rotation, inspection
+and verification of safetensors model files, one file or a whole model directory.
 
     cryptotensors demo                     # the whole story on a tiny model, offline
     cryptotensors keygen --type x25519 -o customer.jwk
     cryptotensors keygen -y customer.jwk -o customer.pub.jwk
-    cryptotensors encrypt MODEL_DIR -o ENC_DIR -r customer.pub.jwk --sign-key publisher.jwk
+    cryptotensors encrypt MODEL_DIR -o ENC_DIR -r customer.pub.jwk --sign-key publisher.jwk [--policy P.rego]
     cryptotensors inspect ENC_DIR
-    cryptotensors verify ENC_DIR --trusted-signer publisher.pub.jwk -k customer.jwk
-    cryptotensors decrypt ENC_DIR -o PLAIN_DIR -k customer.jwk
+    cryptotensors verify ENC_DIR --trusted-signer publisher.pub.jwk -k customer.jwk [--claims CLAIMS.json]
+    cryptotensors decrypt ENC_DIR -o PLAIN_DIR -k customer.jwk [--claims CLAIMS.json]
+    cryptotensors rewrap ENC_DIR -k customer.jwk --add-recipient new.pub.jwk --remove-recipient OLD_KID \
+        --sign-key publisher.jwk         # rotate keys: only headers change, nothing is re-encrypted
 
-Key arguments are files holding a JWK or a JWK set ({"keys": [...]}). Outputs
-are written atomically: a directory is built beside its destination and moved
-into place when complete, so a failure leaves nothing behind. Errors are one
-line on stderr, and the exit code says which kind of failure it was:
+Key arguments are files holding a JWK or a JWK set ({"keys": [...]}). A policy
+(--policy, rewrap --policy) is a Rego module in `package cryptotensors`, checked
+on every load; --claims passes the loader's claims (e.g. TEE attestation
+results, a JSON object) to it. Outputs are written atomically: a directory is
+built beside its destination and moved into place when complete, so a failure
+leaves nothing behind; in place (encrypt/decrypt --in-place, rewrap without -o)
+each file is replaced atomically. Errors are one line on stderr, and the exit
+code says which kind of failure it was:
 
     0  ok
     1  other failure (not a safetensors file, unsupported content)
@@ -52,6 +58,7 @@ from . import (
     _keys,
     generate_key,
     public_key,
+    rewrap,
     safe_open,
     serialize,
     serialize_file,
@@ -95,10 +102,14 @@ _ERROR_CODES = (
     (OSError, EXIT_OS),
     (SafetensorError, EXIT_FAILURE),
 )
-# The core reports its I/O errors as SafetensorError("I/O error: ... (os error N)")
-# and unusable keys as SafetensorError("Invalid key: ...").
+# The core reports its I/O errors as SafetensorError("I/O error: ... (os error N)"),
+# unusable keys as SafetensorError("Invalid key: ..."), refused arguments as
+# "Invalid argument: ..." and bad Rego with a located, multi-line parser report.
 _CORE_OS_ERROR = re.compile(r"^I/O error: .*\(os error (\d+)\)$")
 _CORE_KEY_ERROR = "Invalid key"
+_CORE_ARGUMENT_ERROR = "Invalid argument: "
+_REGO_LOCATION = re.compile(r"^\s*--> [^:\n]*:(\d+):(\d+)\s*$", re.M)
+_REGO_ERROR = re.compile(r"^error: (.+)$", re.M)
 
 _KEY_TYPES = {"oct": "oct", "x25519": "X25519", "ed25519": "Ed25519"}
 _ALGORITHMS = ("AES-256-GCM", "ChaCha20-Poly1305")
@@ -253,11 +264,7 @@ class _Progress:
 
 def _read_jwks(source: str) -> List[dict]:
     """The JWKs in a file ("-": stdin) holding a JWK or a JWK set."""
-    if source == "-":
-        raw = sys.stdin.buffer.read()
-    else:
-        with _about(source):
-            raw = Path(source).read_bytes()
+    raw = _read_arg(source)
     try:
         keys = _keys._as_list(raw.decode("utf-8"))
     except (ValueError, TypeError):
@@ -277,14 +284,20 @@ def _signing_key(source: str) -> dict:
     keys = _read_jwks(source)
     if len(keys) != 1 or keys[0].get("crv") != "Ed25519" or "d" not in keys[0]:
         raise CliError(EXIT_KEY, f"{source}: --sign-key needs one private Ed25519 JWK")
+    _check_save_keys(source, sign_with=keys[0])
     return keys[0]
 
 
+def _dry_run(**options) -> None:
+    """Serializes one empty tensor with these save options: raises what the
+    library would raise for them, before any file is touched."""
+    serialize({"x": TensorSpec(dtype="uint8", shape=[0], data_ptr=0, data_len=0)}, **options)
+
+
 def _check_save_keys(source: str, **options) -> None:
-    """Fails early, naming the key file, if the library would refuse these
-    save keys: a dry run serializing one empty tensor."""
+    """Fails early, naming the key file, if the library would refuse these save keys."""
     with _about(source):
-        serialize({"x": TensorSpec(dtype="uint8", shape=[0], data_ptr=0, data_len=0)}, **options)
+        _dry_run(**options)
 
 
 def _recipients(sources: Sequence[str]) -> List[dict]:
@@ -294,6 +307,51 @@ def _recipients(sources: Sequence[str]) -> List[dict]:
         _check_save_keys(source, encrypt_for=keys)
         recipients += keys
     return recipients
+
+
+def _read_arg(source: str) -> bytes:
+    """The bytes of a file argument ("-": stdin)."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    with _about(source):
+        return Path(source).read_bytes()
+
+
+def _policy_error(source: str, message: str) -> str:
+    """One line for the library's report on a bad policy (Rego parser reports
+    span several lines: they become `FILE:LINE:COLUMN: what`)."""
+    message = message.removeprefix(_CORE_ARGUMENT_ERROR)
+    where, what = _REGO_LOCATION.search(message), _REGO_ERROR.search(message)
+    if where and what:
+        return f"{source}:{where.group(1)}:{where.group(2)}: invalid policy: {what.group(1).strip()}"
+    return f"{source}: " + "; ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _read_policy(source: str) -> str:
+    """The Rego text of a policy file, checked by the library (a bad policy is a
+    usage error: nothing is written)."""
+    try:
+        text = _read_arg(source).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(EXIT_USAGE, f"{source}: a policy is Rego text in UTF-8") from None
+    try:
+        _dry_run(encrypt_for=generate_key("oct"), policy=text)  # a policy needs encryption; any key will do
+    except SafetensorError as exc:
+        raise CliError(EXIT_USAGE, _policy_error(source, str(exc))) from None
+    return text
+
+
+def _read_claims(source: Optional[str]) -> Optional[dict]:
+    """The claims of a --claims file (a JSON object), for access policies."""
+    if source is None:
+        return None
+    try:
+        claims = json.loads(_read_arg(source))
+    except ValueError:  # not JSON, or not UTF-8
+        claims = None
+    if not isinstance(claims, dict):
+        raise CliError(EXIT_USAGE, f"{source}: --claims needs a JSON object of claims")
+    return claims
 
 
 def _public_part(jwk: dict, source: str) -> dict:
@@ -423,15 +481,18 @@ def _check_writable(jobs: Sequence[_Job]) -> None:
             _spec_args(job, t["name"], t["dtype"], t["shape"])
 
 
+def _no_key(job: _Job) -> CliError:
+    """No key given opens a file: the error names the kids that would."""
+    kids = ", ".join(r["kid"] for r in job.header.get("recipients") or ())
+    return CliError(EXIT_KEY, f"{job.display}: no key given opens it; it needs the key of one of these kids: {kids} (pass -k KEY.jwk)")
+
+
 def _open(job: _Job, **load) -> safe_open:
-    """Opens a file to read raw tensor bytes; a missing key names the kids that would open it."""
+    """Opens a file to read raw tensor bytes."""
     try:
         return safe_open(job.path, "np", **load)
     except KeyNotFoundError:
-        kids = ", ".join(r["kid"] for r in job.header.get("recipients") or ())
-        raise CliError(
-            EXIT_KEY, f"{job.display}: no key given opens it; it needs the key of one of these kids: {kids} (pass -k KEY.jwk)"
-        ) from None
+        raise _no_key(job) from None
     except (SafetensorError, OSError) as exc:
         raise _cli_error(job.display, exc) from None
 
@@ -532,10 +593,10 @@ def _publish(staging: Path, out: Path) -> None:
 Convert = Callable[[_Job, Path, _Progress], None]
 
 
-def _transform(args: argparse.Namespace, jobs: List[_Job], convert: Convert, verb: str) -> int:
+def _transform(args: argparse.Namespace, jobs: List[_Job], convert: Convert, verb: str, done: str = "") -> int:
     """Runs `convert` on every safetensors file and copies the other files of a
-    model directory unchanged (names and index.json are kept)."""
-    _check_writable(jobs)
+    model directory unchanged (names and index.json are kept); `done` is the
+    summary's past tense of `verb` (default: verb + "ed")."""
     src = Path(args.input)
     with _destination(src, args.output, args.in_place, args.force) as target, _Progress(args, verb, jobs) as progress:
         for job in progress.files(jobs):
@@ -545,7 +606,7 @@ def _transform(args: argparse.Namespace, jobs: List[_Job], convert: Convert, ver
                 with _about(f"copying {job.rel}"):
                     shutil.copy2(job.path, target(job.rel))
     n = len(_tensor_jobs(jobs))
-    _info(args, f"{verb}ed {_plural(n, 'file')} ({_human(sum(j.size for j in jobs))}) -> {src if args.in_place else args.output}")
+    _info(args, f"{done or verb + 'ed'} {_plural(n, 'file')} ({_human(sum(j.size for j in jobs))}) -> {src if args.in_place else args.output}")
     return EXIT_OK
 
 
@@ -578,17 +639,17 @@ def _check_encryptable(args: argparse.Namespace, jobs: Sequence[_Job]) -> Dict[s
 def cmd_encrypt(args: argparse.Namespace) -> int:
     recipients = _recipients(args.recipient)
     signer = _signing_key(args.sign_key) if args.sign_key else None
-    if signer is not None:
-        _check_save_keys(args.sign_key, sign_with=signer)
+    policy = _read_policy(args.policy) if args.policy else None
     jobs = _collect(Path(args.input))
     selection = _check_encryptable(args, jobs)
+    _check_writable(jobs)
 
     def convert(job: _Job, target: Path, progress: _Progress) -> None:
         names = selection[job.rel]
         save: dict = {"sign_with": signer}
         if names:
             chosen = None if args.tensors is None else names
-            save.update(encrypt_for=recipients, encrypted_tensors=chosen, algorithm=args.algorithm)
+            save.update(encrypt_for=recipients, encrypted_tensors=chosen, algorithm=args.algorithm, policy=policy)
         if names or signer:
             save["segment_size"] = args.segment_size
         _rewrite(job, target, progress, load={}, save=save)
@@ -596,15 +657,115 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     return _transform(args, jobs, convert, "encrypt")
 
 
+def _load_options(args: argparse.Namespace) -> dict:
+    """safe_open's keys, trusted signers and policy claims from -k, --trusted-signer and --claims."""
+    return {
+        "keys": _load_keys(args.key),
+        "trusted_signers": _load_keys(args.trusted_signer),
+        "policy_input": _read_claims(args.claims),
+    }
+
+
 def cmd_decrypt(args: argparse.Namespace) -> int:
-    load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer)}
+    load = _load_options(args)
     jobs = _collect(Path(args.input))
+    _check_writable(jobs)
     os.umask(os.umask(0o077) | 0o077)  # plaintext weights are the secret: outputs readable by their owner only
 
     def convert(job: _Job, target: Path, progress: _Progress) -> None:
         _rewrite(job, target, progress, load=load, save={})
 
     return _transform(args, jobs, convert, "decrypt")
+
+
+# ---------------------------------------------------------------- rewrap
+
+
+# rewrap() options that change the encryption envelope, by the flag that sets them.
+_ENVELOPE_CHANGES = (("add", "--add-recipient"), ("remove", "--remove-recipient"), ("policy", "--policy"), ("remove_policy", "--remove-policy"))
+
+
+def _rewrap_plan(job: _Job, changes: dict, single: bool) -> Optional[dict]:
+    """The rewrap() options for one file, or None to leave it as it is (in a
+    directory: a file that is not encrypted, when only its envelope would
+    change). What the library would refuse, the header tells: it is refused
+    here, for every file, before any is written."""
+    h = job.header
+    signed = h.get("signer") is not None
+    resign = changes["sign_with"] is not None or changes["drop_signature"]
+    if not h.get("algorithm"):
+        flags = [flag for key, flag in _ENVELOPE_CHANGES if changes[key]]
+        if not signed:
+            if single:
+                raise CliError(EXIT_USAGE, f"{job.display}: neither encrypted nor signed: nothing to rewrap (use `{PROG} encrypt`)")
+            _warn(f"{job.display}: neither encrypted nor signed; left as it is")
+            return None
+        if changes["drop_signature"]:
+            raise CliError(EXIT_USAGE, f"{job.display}: not encrypted: dropping its signature would leave nothing to protect it")
+        if single and flags:
+            raise CliError(EXIT_USAGE, f"{job.display}: not encrypted: {', '.join(flags)} need an encrypted file")
+        if not resign:
+            _warn(f"{job.display}: not encrypted; left as it is")
+            return None
+        return {"sign_with": changes["sign_with"]}
+    if signed and not resign:
+        raise CliError(EXIT_USAGE, f"{job.display}: signed: pass --sign-key SK.jwk to re-sign it, or --drop-signature")
+    kids = [r["kid"] for r in h.get("recipients") or ()]
+    for kid in changes["remove"]:
+        if kid not in kids:
+            raise CliError(EXIT_USAGE, f"{job.display}: no recipient has kid {kid} (its recipients: {', '.join(kids)})")
+    kept = set(kids) - set(changes["remove"])
+    for jwk in changes["add"] or ():
+        if jwk.get("kid") in kept:
+            raise CliError(EXIT_USAGE, f"{job.display}: {jwk['kid']} is already a recipient")
+    if not kept and not changes["add"]:
+        raise CliError(EXIT_USAGE, f"{job.display}: removing every recipient would make it unreadable")
+    return changes
+
+
+def _rewrap_file(job: _Job, target: Path, load: dict, plan: dict) -> None:
+    try:
+        rewrap(job.path, output=target, **load, **plan)
+    except KeyNotFoundError:
+        raise _no_key(job) from None
+    except (SafetensorError, OSError) as exc:
+        code, message = _classify(exc)
+        if message.startswith(_CORE_ARGUMENT_ERROR):  # what _rewrap_plan did not foresee: still the arguments
+            code, message = EXIT_USAGE, message[len(_CORE_ARGUMENT_ERROR):]
+        raise CliError(code, f"{job.display}: {message}") from None
+
+
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    changes = {
+        "add": _recipients(args.add_recipient or ()) or None,
+        "remove": args.remove_recipient or [],
+        "sign_with": _signing_key(args.sign_key) if args.sign_key else None,
+        "drop_signature": args.drop_signature,
+        "policy": _read_policy(args.policy) if args.policy else None,
+        "remove_policy": args.remove_policy,
+    }
+    if not any(changes.values()):
+        raise CliError(EXIT_USAGE, "nothing to change: pass --add-recipient, --remove-recipient, --sign-key, "
+                                   "--drop-signature, --policy or --remove-policy")
+    load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer)}
+    src = Path(args.input)
+    if args.output is not None and args.output.resolve() in (src.resolve(), *src.resolve().parents):
+        raise CliError(EXIT_USAGE, f"{args.output}: the output would replace the input (leave out -o to rewrap in place)")
+    jobs = _collect(src)
+    plans = {job.rel: _rewrap_plan(job, changes, single=not src.is_dir()) for job in _tensor_jobs(jobs)}
+    if not any(plans.values()):
+        raise CliError(EXIT_USAGE, f"{src}: no file in it is encrypted or signed: nothing to rewrap")
+    args.in_place = args.output is None  # without -o, each file is replaced (atomically, by the library)
+
+    def convert(job: _Job, target: Path, progress: _Progress) -> None:
+        plan = plans[job.rel]
+        if plan is not None:
+            _rewrap_file(job, target, load, plan)
+        elif not args.in_place:
+            with _about(f"copying {job.rel}"):
+                shutil.copy2(job.path, target)
+
+    return _transform(args, jobs, convert, "rewrap", "rewrapped")
 
 
 # ---------------------------------------------------------------- inspect
@@ -632,7 +793,14 @@ def _facts(h: dict) -> List[Tuple[str, str]]:
     facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)" if signer else "none (not signed)"))
     for k, v in sorted((h.get("metadata") or {}).items()):
         facts.append(("metadata", f"{k}={v}"))
+    facts.append(("policy", "Rego, checked on every load:" if h.get("policy") else "none"))
     return facts
+
+
+def _printable(line: str) -> str:
+    """A line of a file's text with control characters escaped: a header read
+    with no key is not trusted to drive the terminal."""
+    return "".join(c if c == "\t" or c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 def _render(job: _Job) -> str:
@@ -641,6 +809,7 @@ def _render(job: _Job) -> str:
     lines = [job.display, *_table(("tensor", "dtype", "shape", "encrypted"), rows)]
     width = max(len(label) for label, _ in _facts(h))
     lines += [f"  {label.ljust(width)}  {text}" for label, text in _facts(h)]
+    lines += [f"      {_printable(line)}".rstrip() for line in (h.get("policy") or "").splitlines()]
     return "\n".join(lines)
 
 
@@ -668,6 +837,7 @@ def _signature_status(signer: Optional[str], trusted: bool) -> str:
 
 def _verify_file(job: _Job, load: dict, trusted: bool, progress: _Progress) -> str:
     encrypted = sum(t["encrypted"] for t in job.header["tensors"])
+    policy = "; access policy allows this load" if job.header.get("policy") else ""  # it is checked before any key
     try:
         f = _open(job, **load)
     except CliError as e:
@@ -676,17 +846,17 @@ def _verify_file(job: _Job, load: dict, trusted: bool, progress: _Progress) -> s
         # Readers check the layout, the trailer digest and the signature before
         # they look for a key (FORMAT.md 4.4): a missing key means those passed.
         status = _signature_status(job.header.get("signer"), trusted)
-        return f"{job.display}: {status}; {_plural(encrypted, 'encrypted tensor')} not checked (no key: pass -k KEY.jwk)"
+        return f"{job.display}: {status}{policy}; {_plural(encrypted, 'encrypted tensor')} not checked (no key: pass -k KEY.jwk)"
     with f:
         signer = f.describe().get("signer")
         for _ in _each_tensor(f, job, progress):
             pass
     checked = "every segment authenticated" if job.header.get("segment_size") else "plain safetensors file"
-    return f"{job.display}: OK, {_signature_status(signer, trusted)}; {_plural(len(job.header['tensors']), 'tensor')} read, {checked}"
+    return f"{job.display}: OK, {_signature_status(signer, trusted)}{policy}; {_plural(len(job.header['tensors']), 'tensor')} read, {checked}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer)}
+    load = _load_options(args)
     trusted = _keys.trusted_json(load["trusted_signers"]) is not None  # the call's, or the environment's
     jobs = _tensor_jobs(_collect(Path(args.input)))
     with _Progress(args, "verify", jobs) as progress:
@@ -1009,6 +1179,25 @@ def _key_args(p: argparse.ArgumentParser, key_help: str) -> None:
                    help="the file must be signed by this public Ed25519 key (repeatable)")
 
 
+def _policy_arg(p) -> None:
+    p.add_argument("--policy", metavar="P.rego",
+                   help="set this access policy, checked on every load: a Rego module in `package cryptotensors` "
+                        "that defines allow (and a reason); a file that is not a valid policy is a usage error (exit 2)")
+
+
+def _claims_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--claims", metavar="CLAIMS.json",
+                   help="claims for the files' access policy, a JSON object (e.g. TEE attestation results; \"-\": stdin)")
+
+
+_REWRAP_EXAMPLES = f"""examples:
+  replace a key-encryption key (the new key gets access, the old kid loses it), re-signing:
+    {PROG} rewrap ENC_DIR -k old.jwk --add-recipient new.pub.jwk --remove-recipient OLD_KID --sign-key publisher.jwk
+  set an access policy, in a copy; remove it, in place (the files were not signed):
+    {PROG} rewrap ENC_DIR -o ENC_DIR2 -k customer.jwk --policy tee_required.rego
+    {PROG} rewrap ENC_DIR2 -k customer.jwk --remove-policy"""
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
@@ -1020,8 +1209,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=_exit_epilog(), formatter_class=fmt)
+    def command(name: str, run: Callable[[argparse.Namespace], int], help_text: str, examples: str = "") -> argparse.ArgumentParser:
+        epilog = f"{examples}\n\n{_exit_epilog()}" if examples else _exit_epilog()
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=epilog, formatter_class=fmt)
         p.set_defaults(run=run)
         return p
 
@@ -1045,18 +1235,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
     p.add_argument("--segment-size", type=_segment_size, metavar="BYTES", help="a power of two from 4K to 1G; default 1M")
+    _policy_arg(p)
 
     p = command("decrypt", cmd_decrypt, "decrypt a file or a model directory to plain safetensors")
     _output_args(p)
     _key_args(p, "a key that opens the files (repeatable; CRYPTOTENSORS_KEYS is also used)")
+    _claims_arg(p)
 
     p = command("inspect", cmd_inspect, "show tensors, encryption, recipients and signer, with no key")
     p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command("verify", cmd_verify, "check the signature and, given a key, every segment")
+    p = command("verify", cmd_verify, "check the signature, the access policy and, given a key, every segment")
     p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
     _key_args(p, "a key that opens the files, to check every encrypted segment (repeatable)")
+    _claims_arg(p)
+
+    p = command("rewrap", cmd_rewrap, "change recipients, signature or access policy without re-encrypting "
+                "(only headers are rewritten; tensor bytes are copied unchanged)", examples=_REWRAP_EXAMPLES)
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    p.add_argument("-o", "--output", metavar="OUT", type=Path,
+                   help="output file or directory (default: replace each input file, atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _key_args(p, "a key that opens the files now (repeatable; CRYPTOTENSORS_KEYS is also used)")
+    p.add_argument("--add-recipient", action="append", metavar="R.jwk",
+                   help="give this key access: a public X25519 JWK or an oct JWK (repeatable)")
+    p.add_argument("--remove-recipient", action="append", metavar="KID",
+                   help="take access from the recipient with this kid (see `inspect`; repeatable)")
+    sign = p.add_mutually_exclusive_group()
+    sign.add_argument("--sign-key", metavar="SK.jwk", help="re-sign with this private Ed25519 JWK (a signed file needs this or --drop-signature)")
+    sign.add_argument("--drop-signature", action="store_true", help="remove the signature")
+    policy = p.add_mutually_exclusive_group()
+    _policy_arg(policy)
+    policy.add_argument("--remove-policy", action="store_true", help="remove the access policy")
     return parser
 
 
