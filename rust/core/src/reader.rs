@@ -80,6 +80,13 @@ fn cache_key(json: &[u8], opts: &LoadOptions) -> [u8; 32] {
         put(format!("{:?}", k.kind()).as_bytes());
         put(k.kid().as_bytes());
         put(k.thumbprint().as_bytes());
+        // An OKP thumbprint covers only the public `x`: without the secret
+        // here, a loader holding a recipient's public key would hit the
+        // entry made by the holder of its private key.
+        match k.secret() {
+            Some(secret) => put(secret.expose()),
+            None => put(b"public"),
+        }
     }
     put(b"trusted");
     for k in &opts.trusted_signers {
@@ -496,5 +503,90 @@ pub fn unlock(
         Err(Error::KeyNotFound {
             kids: recipients.iter().map(|r| r.kid.clone()).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Algorithm;
+    use crate::keys::KeyKind;
+    use crate::writer::{serialize, EncryptOptions, TensorData, WriteOptions};
+    use crate::Dtype;
+
+    fn encrypted(tensors: &[TensorData], to: Vec<Jwk>) -> Arc<dyn Source> {
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: to,
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+            }),
+            ..Default::default()
+        };
+        Arc::new(serialize(tensors, &opts).unwrap())
+    }
+
+    fn loader(keys: Vec<Jwk>) -> LoadOptions {
+        LoadOptions {
+            keys,
+            cache: true,
+            ..Default::default()
+        }
+    }
+
+    /// Found by fuzzing (tests/FUZZING.md, crash 1): an OKP thumbprint covers
+    /// only the public half, so the cache must not let a public key reuse
+    /// what its private key opened.
+    #[test]
+    fn open_cache_does_not_serve_a_public_key() {
+        let secret = Jwk::generate(KeyKind::X25519).unwrap();
+        let public = secret.public().unwrap();
+        let data = [7u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        let file = encrypted(&t, vec![public.clone()]);
+        let r = Reader::open(file.clone(), &loader(vec![secret])).unwrap();
+        let mut out = [0u8; 64];
+        r.read_into("w", &mut out).unwrap();
+        assert_eq!(out, data);
+        let err = Reader::open(file, &loader(vec![public])).unwrap_err();
+        assert!(matches!(err, Error::KeyNotFound { .. }), "{err:?}");
+    }
+
+    /// Found by fuzzing (tests/FUZZING.md, crash 2): empty tensors share
+    /// their offsets, and the trailer must follow file order among them.
+    #[test]
+    fn empty_encrypted_tensors_read_back() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let t = [
+            TensorData {
+                name: "a",
+                dtype: Dtype::U8,
+                shape: &[0],
+                data: &[],
+            },
+            TensorData {
+                name: "b",
+                dtype: Dtype::F32,
+                shape: &[0],
+                data: &[],
+            },
+            TensorData {
+                name: "c",
+                dtype: Dtype::U8,
+                shape: &[3],
+                data: &[1, 2, 3],
+            },
+        ];
+        let r = Reader::open(encrypted(&t, vec![key.clone()]), &loader(vec![key])).unwrap();
+        for t in &t {
+            let mut out = vec![0u8; t.data.len()];
+            r.read_into(t.name, &mut out).unwrap();
+            assert_eq!(out, t.data);
+        }
     }
 }

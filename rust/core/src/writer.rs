@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -329,8 +329,18 @@ impl Plan<'_> {
         };
         let base = head.len() as u64;
         let mut trailer = vec![0u8; p.trailer_len];
+        // The trailer is in file order (FORMAT.md §3.3): by offsets, then by
+        // name. That differs from the plan's order only among empty tensors,
+        // which share their offsets.
+        let mut order: Vec<usize> = (0..self.tensors.len()).collect();
+        order.sort_by(|&a, &b| {
+            let ((ta, ia), (tb, ib)) = (&self.tensors[a], &self.tensors[b]);
+            (ia.data_offsets, ta.name).cmp(&(ib.data_offsets, tb.name))
+        });
         let mut tpos = 0usize;
-        for ((t, info), &prot) in self.tensors.iter().zip(&p.protections) {
+        for i in order {
+            let (t, info) = &self.tensors[i];
+            let prot = p.protections[i];
             let n = envelope::trailer_bytes(prot, info, p.segment_size)?;
             let table = &mut trailer[tpos..tpos + n];
             tpos += n;
@@ -501,10 +511,12 @@ impl AtomicFile {
         let mut rnd = [0u8; 8];
         crypto::fill_random(&mut rnd)?;
         let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), b64e(&rnd)));
+        // 0600 like safetensors: the file may hold plaintext weights.
         let file = OpenOptions::new()
             .write(true)
             .read(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
         Ok(AtomicFile {
             file,
