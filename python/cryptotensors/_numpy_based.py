@@ -24,8 +24,8 @@ def make(framework: str, to_numpy: Callable, from_numpy: Callable):
     def load(data: bytes, **load_options) -> Dict:
         return {k: from_numpy(v) for k, v in _np.load(data, **load_options).items()}
 
-    def load_file(filename, **load_options) -> Dict:
-        with safe_open(os.fspath(filename), framework=framework, _every_tensor=True, **load_options) as f:
+    def load_file(filename, *, backend: str = "mmap", **load_options) -> Dict:
+        with safe_open(os.fspath(filename), framework=framework, backend=backend, _every_tensor=True, **load_options) as f:
             return f.get_tensors()
 
     return save, save_file, load, load_file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 from typing import Any, Optional
 
 from . import _frameworks, _keys, _policy, _providers
@@ -38,6 +39,110 @@ def _index_spec(index) -> Optional[list]:
     return spec
 
 
+_I32 = 1 << 31
+_U64 = 1 << 64
+_I64 = 1 << 63
+
+
+def _unsigned(v) -> Optional[int]:
+    """A slice bound as safetensors reads it (an unsigned 64-bit integer)."""
+    if v is None:
+        return None
+    v = operator.index(v)  # TypeError for floats, strings...
+    if v < 0:
+        raise OverflowError("can't convert negative int to unsigned")
+    if v >= _U64:
+        raise OverflowError("int too big to convert")
+    return v
+
+
+def _show(spec) -> str:
+    """An index in the core's form as safetensors prints it: [1, 0:2, ::2]."""
+
+    def one(it):
+        if it[0] == "i":
+            return str(it[1])
+        _, start, stop, step = it
+        text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+        return text + (f":{step}" if step != 1 else "")
+
+    return "[" + ", ".join(one(it) for it in spec) + "]"
+
+
+def _strict_spec(index, shape) -> list:
+    """The core's form of an index under safetensors 0.8's own slicer rules
+    (its numpy framework and its "pread" backend), raising what it raises:
+
+    * an index is an int (32-bit; negative counts from the end), a slice with
+      non-negative bounds (else OverflowError) and a positive step, or one
+      ellipsis, which stands for full slices of the dimensions not named;
+      None, floats, arrays and nested sequences are refused, a list only
+      when empty (it means [0:0]);
+    * an int must be inside its dimension; a slice must start inside it and
+      not stop past it, so that nothing is selected from an empty dimension
+      (dimensions not named are taken whole); these are checked from the
+      last dimension to the first;
+    * a slice stopping before it starts (where safetensors fails with a
+      SystemError or a panic) is refused too.
+
+    Items are checked one by one, in order, as safetensors does."""
+    if isinstance(index, list):
+        if index:
+            raise SafetensorError("Non empty lists are not implemented")
+        items = (slice(0, 0),)
+    else:
+        items = index if isinstance(index, tuple) else (index,)
+    if sum(it is Ellipsis for it in items) > 1:
+        raise SafetensorError("Only one ellipsis (...) is allowed in slice index")
+    ndim = len(shape)
+    named = sum(it is not Ellipsis for it in items)
+    spec = []
+    for it in items:
+        dim = len(spec)  # positions count the dimensions the ellipsis stands for
+        if it is Ellipsis:
+            spec.extend(("s", None, None, 1) for _ in range(ndim - named))
+        elif isinstance(it, slice):
+            start, stop = _unsigned(it.start), _unsigned(it.stop)
+            step = 1 if it.step is None else operator.index(it.step)
+            if not -_I64 <= step < _I64:
+                raise OverflowError("Python int too large to convert to C long")
+            if step <= 0:
+                raise SafetensorError(f"Slice step must be a positive integer, got {step}")
+            spec.append(("s", start, stop, step))
+        else:
+            try:
+                i = operator.index(it)
+            except TypeError:
+                i = None
+            if i is None or not -_I32 <= i < _I32:
+                raise SafetensorError(f"Unsupported slice index at position {dim}: expected slice, int, or ellipsis")
+            size = shape[dim] if dim < ndim else 0
+            if i < 0:
+                if i + size < 0:
+                    raise SafetensorError(f"Invalid index {i} for dimension {dim} of size {size}")
+                i += size
+            spec.append(("i", i))
+
+    def fail(reason):
+        raise SafetensorError(f"Error during slicing {_show(spec)} with shape {list(shape)}: {reason}")
+
+    if len(spec) > ndim:
+        fail("more slicing indexes than dimensions in tensor")
+    for dim, (it, size) in reversed(list(enumerate(zip(spec, shape)))):  # last dimension first
+        if it[0] == "i":
+            bad = it[1] if it[1] >= size else None
+        else:
+            start = it[1] or 0
+            stop = size if it[2] is None else it[2]
+            bad = start if start >= size else stop - 1 if stop > size else None
+        if bad is not None:
+            fail(f"index {bad} out of bounds for tensor dimension #{dim} of size {size}")
+    for it in spec:
+        if it[0] == "s" and it[1] is not None and it[2] is not None and it[2] < it[1]:
+            fail(f"the slice {it[1]}:{it[2]} stops before it starts")
+    return spec
+
+
 class safe_open:
     """Opens a safetensors (or cryptotensors) file lazily.
 
@@ -68,10 +173,21 @@ class safe_open:
         policy_input: Optional[dict] = None,
         _every_tensor: bool = False,
     ):
+        self._fd = None
+        self._storage = None
+        self._storage_lock = threading.Lock()
+        # Arguments are checked in safetensors' order, with its errors.
+        if isinstance(filename, (bytes, bytearray)):
+            raise TypeError(f"argument 'filename': '{type(filename).__name__}' object is not an instance of 'str'")
+        try:
+            self._filename = os.fspath(filename)
+        except TypeError as e:
+            raise TypeError(f"argument 'filename': {e}") from None
         self._framework = _frameworks.get(framework)
-        self._device = _frameworks.check_device(self._framework, device)
-        self._filename = os.fspath(filename)
-        self._backend = backend
+        self._device, shown_device = _frameworks.parse_device(device)
+        self._backend = _frameworks.check_backend(backend)
+        if os.path.isdir(self._filename):
+            raise OSError("No such device (os error 19)")  # what mapping a directory gives in safetensors
         args = (
             self._filename,
             backend,
@@ -89,23 +205,59 @@ class safe_open:
             if not provided:
                 raise
             self._handle = Handle.open(*args, data_keys=provided, policy_input=policy)
-        self._storage = None
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No such file or directory: {self._filename}") from None
+        try:
+            _frameworks.check_device(self._framework, self._device, shown_device)
+            if self._framework.name == "paddle":
+                self._framework.load()  # safetensors imports paddle here, the others on first use
+        except BaseException:
+            self._handle.close()
+            raise
+        if self._framework.name == "pt" and self._backend == "mmap":
+            # torch maps the file itself for zero-copy views of plain tensors
+            # (see _torch_storage). Hold the file open from now on, so that the
+            # map shows the file opened here even if its path is replaced.
+            try:
+                self._fd = os.open(self._filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                self._fd = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self._handle.close()
-        self._storage = None
+        with self._storage_lock:
+            self._storage = None
+            self._close_fd()
         return None
 
-    def _torch_storage(self):
-        if self._storage is None:
-            import torch
+    def __del__(self):
+        self._close_fd()
 
-            size = os.path.getsize(self._filename)
-            self._storage = torch.UntypedStorage.from_file(self._filename, shared=False, nbytes=size)
-        return self._storage
+    def _close_fd(self):
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def _torch_storage(self):
+        """torch's private (copy-on-write) map of the file, made on first use."""
+        with self._storage_lock:
+            if self._storage is None:
+                import torch
+
+                path = self._filename
+                if self._fd is not None:
+                    size = os.fstat(self._fd).st_size
+                    proc = f"/proc/self/fd/{self._fd}"
+                    if os.path.exists(proc):
+                        path = proc  # the file opened, even if its path was replaced since
+                else:
+                    size = os.path.getsize(path)
+                self._storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
+                self._close_fd()
+            return self._storage
 
     def keys(self) -> list:
         """Tensor names, sorted."""
@@ -140,9 +292,12 @@ class safe_open:
 
     def _mapped(self, raw, dtype, shape, nbytes):
         """A zero-copy view for a plain tensor (torch, CPU, mmap), else None."""
-        if raw is None or self._backend != "mmap" or self._device != "cpu":
+        if raw is None or self._device != "cpu" or not self._torch_maps():
             return None
-        return self._framework.mapped(self, raw, dtype, shape, nbytes)
+        return self._framework.mapped(self._torch_storage(), raw, dtype, shape, nbytes)
+
+    def _torch_maps(self) -> bool:
+        return self._framework.name == "pt" and self._backend == "mmap"
 
     def get_tensors(self) -> dict:
         """Every tensor, in file order."""
@@ -150,21 +305,28 @@ class safe_open:
 
     def get_slice(self, name: str) -> PySafeSlice:
         """A lazy view of one tensor; indexing it reads only what it needs."""
-        dtype, shape, nbytes, _encrypted, raw = self._handle.info(name)
-        mapped = self._mapped(raw, dtype, shape, nbytes)
-        return PySafeSlice(self._handle.share(), self._framework, self._device, name, mapped)
+        dtype, _shape, nbytes, _encrypted, raw = self._handle.info(name)
+        # As in safetensors, torch with the "mmap" backend takes torch's own
+        # indexing, on a view of the file map for a plain tensor (results are
+        # views). F4, which torch packs two values to an element, is sliced by
+        # the core's slicer under safetensors' rules (safetensors fails on F4
+        # slices, but for empty tensors).
+        torch_indexing = self._torch_maps() and (dtype != "F4" or not nbytes)
+        storage = self._torch_storage() if torch_indexing and raw is not None else None
+        return PySafeSlice(self._handle.share(), self._framework, self._device, name, storage, torch_indexing)
 
 
 class PySafeSlice:
     """A lazily indexed tensor; works after its file handle is closed."""
 
-    def __init__(self, handle, framework, device, name, mapped=None):
-        self._mapped = mapped  # a zero-copy torch view of a plain tensor, if any
+    def __init__(self, handle, framework, device, name, storage=None, torch_indexing=False):
+        self._storage = storage  # torch's map of the file, for torch indexing
+        self._torch_indexing = torch_indexing
         self._handle = handle
         self._framework = framework
         self._device = device
         self._name = name
-        self._dtype, self._shape = handle.info(name)[:2]
+        self._dtype, self._shape, self._nbytes, self._encrypted, self._raw = handle.info(name)
 
     def get_shape(self) -> list:
         return list(self._shape)
@@ -177,12 +339,35 @@ class PySafeSlice:
             raise TypeError("len() of a 0-d tensor")
         return self._shape[0]
 
+    def _whole(self):
+        """The whole tensor for torch's indexing: a view of the map, else a copy."""
+        fw = self._framework
+        if self._dtype == "F4":  # empty (see get_slice): in its logical shape, as in safetensors
+            return fw.torch.empty(self._shape, dtype=fw._getdtype("F4"))
+        t = None
+        if self._storage is not None:
+            t = fw.mapped(self._storage, self._raw, self._dtype, self._shape, self._nbytes)
+        if t is None:
+            t, ptr, _ = fw.empty(self._dtype, self._shape)
+            self._handle.read_into(self._name, ptr, self._nbytes)
+        return t
+
     def __getitem__(self, index):
-        if self._mapped is not None:
-            return self._mapped[index]  # torch's own indexing, as in safetensors
-        spec = _index_spec(index)
-        if spec is None:
-            return self[...][index]
+        if self._torch_indexing and (self._storage is not None or not self._nbytes):
+            out = self._whole()[index]  # torch's own indexing, as in safetensors
+            return out if self._device == "cpu" else out.to(self._device)
+        if self._torch_indexing:
+            # torch with mmap on the CPU, for what cannot be mapped (encrypted
+            # tensors, and plain ones whose bytes must be verified first): the
+            # core's slicer reads only what the index selects, with basic
+            # indexing clamped as torch's; what it does not take (None,
+            # negative steps...) is indexed on the whole tensor. Elsewhere an
+            # encrypted tensor slices by the same rules as the plain file would.
+            spec = _index_spec(index)
+            if spec is None:
+                return self[...][index]
+        else:
+            spec = _strict_spec(index, self._shape)
         shape, nbytes = self._handle.slice_shape(self._name, spec)
         arr, ptr, size = self._framework.empty(self._dtype, shape)
         if size != nbytes:

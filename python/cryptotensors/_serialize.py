@@ -22,6 +22,9 @@ _SPEC_DTYPES = {
 }
 
 
+_SUPPORTED = ", ".join(_SPEC_DTYPES)
+
+
 class TensorSpec:
     """One tensor for serialize(): its dtype (constructor-style name such as
     "float32"), shape, and the address and length of its contiguous bytes.
@@ -35,7 +38,7 @@ class TensorSpec:
             code = _SPEC_DTYPES[dtype]
         except (KeyError, TypeError):
             raise SafetensorError(
-                f"Unknown dtype {dtype!r}. Supported dtypes: {', '.join(_SPEC_DTYPES)}"
+                f"Unknown dtype \"{dtype}\". Supported dtypes: {_SUPPORTED}"
             ) from None
         shape = [int(d) for d in shape]
         # Unsigned fields, as in safetensors (which raises OverflowError).
@@ -100,13 +103,21 @@ def save_options(
     return opts
 
 
+def _not_instance(value, expected: str) -> TypeError:
+    what = "'None'" if value is None else f"'{type(value).__name__}' object"
+    return TypeError(f"argument 'tensor_dict': {what} is not an instance of '{expected}'")
+
+
 def _records(tensor_dict) -> List[tuple]:
+    # safetensors' TypeErrors, messages included.
     if not isinstance(tensor_dict, dict):
-        raise TypeError("tensor_dict must be a dict of str to TensorSpec")
+        raise _not_instance(tensor_dict, "dict")
     records = []
     for name, spec in tensor_dict.items():
+        if not isinstance(name, str):
+            raise _not_instance(name, "str")
         if not isinstance(spec, TensorSpec):
-            raise TypeError(f"tensor {name!r} must be a TensorSpec, got {type(spec).__name__}")
+            raise _not_instance(spec, "TensorSpec")
         records.append((name, spec.dtype, spec.shape, spec.data_ptr, spec.data_len))
     return records
 
@@ -124,7 +135,11 @@ def serialize_file(
 ) -> None:
     """Serializes tensors to a file, atomically (temporary file, then rename)."""
     records = _records(tensor_dict)
-    _core.serialize(records, metadata, os.fspath(filename), **save_options([r[0] for r in records], **options))
+    opts = save_options([r[0] for r in records], **options)
+    try:
+        _core.serialize(records, metadata, os.fspath(filename), **opts)
+    except OSError as e:  # e.g. a missing directory: a SafetensorError, as in safetensors
+        raise SafetensorError(f"Error while serializing: {e}") from e
 
 
 def open_bytes(
@@ -137,9 +152,10 @@ def open_bytes(
     framework: str = "np",
 ):
     """A core handle over serialized bytes, with the loader's keys, trust and policy input."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError("data must be bytes")
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        # As safetensors: bytes only (not bytearray or memoryview).
+        what = "'None'" if data is None else f"'{type(data).__name__}' object"
+        raise TypeError(f"argument 'bytes': {what} is not an instance of 'bytes'")
     args = (data, _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads))
     policy = _policy.input_json(framework, "cpu", policy_input, every_tensor=True)
     try:
@@ -151,16 +167,17 @@ def open_bytes(
         return _core.Handle.from_bytes(*args, data_keys=provided, policy_input=policy)
 
 
-def deserialize(data: bytes, **load_options) -> list:
-    """Returns [(name, {"shape", "dtype", "data"})] in file order. Encrypted
-    tensors are decrypted and authenticated; nothing unauthenticated is returned."""
+def deserialize(bytes, **load_options) -> list:  # the parameter is named as in safetensors
+    """Returns [(name, {"shape", "dtype", "data"})] in file order, "data" a
+    bytearray. Encrypted tensors are decrypted and authenticated; nothing
+    unauthenticated is returned."""
     from ._frameworks import bytes_buffer
 
-    h = open_bytes(data, **load_options)
+    h = open_bytes(bytes, **load_options)
     out = []
     for name in h.offset_keys():
         dtype, shape, nbytes, _, _ = h.info(name)
         buf, ptr = bytes_buffer(nbytes)
         h.read_into(name, ptr, nbytes)
-        out.append((name, {"shape": list(shape), "dtype": dtype, "data": bytes(buf)}))
+        out.append((name, {"shape": list(shape), "dtype": dtype, "data": buf}))
     return out

@@ -10,7 +10,7 @@ import numpy as np
 from ._core import SafetensorError
 from ._frameworks import Framework
 from ._open import safe_open
-from ._serialize import TensorSpec, open_bytes, serialize, serialize_file
+from ._serialize import _SUPPORTED, TensorSpec, open_bytes, serialize, serialize_file
 
 _NAMES = {
     np.dtype(np.float64): "float64", np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
@@ -35,7 +35,7 @@ def _specs(tensor_dict: Dict[str, np.ndarray]):
         try:
             dtype = _NAMES[np.dtype(arr.dtype).newbyteorder("=")]
         except KeyError:
-            raise SafetensorError(f"dtype {arr.dtype} cannot be saved") from None
+            raise SafetensorError(f"Unknown dtype \"{arr.dtype.name}\". Supported dtypes: {_SUPPORTED}") from None
         keep.append(arr)
         specs[name] = TensorSpec(dtype=dtype, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
     return keep, specs
@@ -63,13 +63,15 @@ def load(data: bytes, **load_options) -> Dict[str, np.ndarray]:
     out = {}
     for name in h.offset_keys():
         dtype, shape, nbytes, _, _ = h.info(name)
+        if dtype not in fw._types:
+            raise KeyError(dtype)  # as safetensors, for dtypes numpy lacks
         arr, ptr, _ = fw.empty(dtype, shape)
         h.read_into(name, ptr, nbytes)
         out[name] = arr
     return out
 
 
-def load_file(filename, **load_options) -> Dict[str, np.ndarray]:
-    """Loads every array of a file."""
-    with safe_open(os.fspath(filename), framework="np", _every_tensor=True, **load_options) as f:
+def load_file(filename, *, backend: str = "mmap", **load_options) -> Dict[str, np.ndarray]:
+    """Loads every array of a file. Options: keys, trusted_signers, require_encryption, num_threads."""
+    with safe_open(os.fspath(filename), framework="np", backend=backend, _every_tensor=True, **load_options) as f:
         return f.get_tensors()

@@ -110,46 +110,54 @@ def _remove_duplicate_names(
     preferred_names: Optional[List[str]] = None,
     discard_names: Optional[List[str]] = None,
 ) -> Dict[str, List[str]]:
-    """For each group of shared tensors, picks one name to keep (a complete
-    tensor, preferring `preferred_names`, avoiding `discard_names`) and maps it
-    to the names to drop."""
-    preferred = set(preferred_names or [])
-    discard = set(discard_names or [])
-    to_remove = defaultdict(list)
-    for shared in _find_shared_tensors(state_dict):
-        if len(shared) < 2:
-            continue
-        complete = {n for n in shared if _is_complete(state_dict[n])}
+    """Which names to drop so that no memory is saved twice.
+
+    Every group of names sharing memory (see `_find_shared_tensors`; a name
+    alone in its storage is a group too) keeps one name whose tensor covers
+    the whole storage: the first, sorted, of those in `preferred_names`, else
+    of those not in `discard_names`, else of all. The result maps each kept
+    name to the other names of its group, sorted (groups of one name do not
+    appear). A group where no tensor covers the storage is refused with a
+    RuntimeError, as saving it could store much more than its tensors hold.
+    """
+    preferred = set(preferred_names or ())
+    discard = set(discard_names or ())
+    to_remove: Dict[str, List[str]] = defaultdict(list)
+    for group in _find_shared_tensors(state_dict):
+        complete = sorted(n for n in group if _is_complete(state_dict[n]))
         if not complete:
             raise RuntimeError(
-                f"Error while trying to find names to remove to save state dict, but found no suitable name to keep"
-                f" for saving amongst: {shared}. None is covering the entire storage. Refusing to save/load the model"
+                "Error while trying to find names to remove to save state dict, but found no suitable name to keep"
+                f" for saving amongst: {group}. None is covering the entire storage.Refusing to save/load the model"
                 " since you could be storing much more memory than needed. Please refer to"
-                " https://huggingface.co/docs/safetensors/torch_shared_tensors for more information. Or open an issue."
+                " https://huggingface.co/docs/safetensors/torch_shared_tensors for more information. Or open an"
+                " issue."
             )
-        keep = sorted(complete)[0]
-        kept_candidates = complete - discard
-        if kept_candidates:
-            keep = sorted(kept_candidates)[0]
-        if preferred & complete:
-            keep = sorted(preferred & complete)[0]
-        for name in sorted(shared):
-            if name != keep:
-                to_remove[keep].append(name)
+        keep = ([n for n in complete if n in preferred] or [n for n in complete if n not in discard] or complete)[0]
+        others = [n for n in sorted(group) if n != keep]
+        if others:
+            to_remove[keep].extend(others)
     return to_remove
 
 
 def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec]]:
     """Dense contiguous CPU tensors and their TensorSpecs; the tensors are
-    returned so that the caller keeps them alive while serializing."""
+    returned so that the caller keeps them alive while serializing. Refuses
+    what safetensors refuses, with the same errors."""
     if not isinstance(tensors, dict):
         raise ValueError(f"Expected a dict of [str, torch.Tensor] but received {type(tensors)}")
-    invalid = {k for k, v in tensors.items() if not isinstance(v, torch.Tensor)}
-    if invalid:
-        raise ValueError(f"Key `{sorted(invalid)[0]}` is invalid, expected torch.Tensor but received {type(tensors[sorted(invalid)[0]])}")
-    sparse = {k for k, v in tensors.items() if v.layout != torch.strided}
+    sparse = []
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"Key `{k}` is invalid, expected torch.Tensor but received {type(v)}")
+        if v.layout != torch.strided:
+            sparse.append(k)
     if sparse:
-        raise ValueError(f"You are trying to save a sparse tensors: `{sparse}` which this library does not support.")
+        raise ValueError(
+            f"You are trying to save a sparse tensors: `{sparse}` which this library does not support."
+            " You can make it a dense tensor before saving with `.to_dense()` but be aware this might"
+            " make a much larger file than needed."
+        )
     shared = [names for names in _find_shared_tensors(tensors) if len(names) > 1]
     if shared:
         raise RuntimeError(
@@ -159,11 +167,17 @@ def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec
         )
     keep, specs = [], {}
     for name, t in tensors.items():
+        if not t.is_contiguous():
+            raise ValueError(
+                f"You are trying to save a non contiguous tensor: `{name}` which is not allowed. It either means you"
+                " are trying to save tensors which are reference of each other in which case it's recommended to save"
+                " only the full tensors, and reslice at load time, or simply call `.contiguous()` on your tensor to"
+                " pack it before saving."
+            )
         if t.device.type != "cpu":
             t = t.to("cpu")
-        t = t.contiguous()
+        nbytes = t.nelement() * _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
         keep.append(t)
-        nbytes = t.nelement() * t.element_size()
         specs[name] = TensorSpec(dtype=str(t.dtype).split(".")[-1], shape=list(t.shape), data_ptr=t.data_ptr() if nbytes else 0, data_len=nbytes)
     return keep, specs
 
@@ -185,9 +199,11 @@ def save_file(
     del keep
 
 
-def load_file(filename: Union[str, os.PathLike], device: Union[str, int] = "cpu", **load_options) -> Dict[str, torch.Tensor]:
-    """Loads every tensor of a file. Options: backend, keys, trusted_signers, require_encryption, num_threads."""
-    with safe_open(filename, framework="pt", device=device, _every_tensor=True, **load_options) as f:
+def load_file(
+    filename: Union[str, os.PathLike], device: Union[str, int] = "cpu", *, backend: str = "mmap", **load_options
+) -> Dict[str, torch.Tensor]:
+    """Loads every tensor of a file. Options: keys, trusted_signers, require_encryption, num_threads."""
+    with safe_open(filename, framework="pt", device=device, backend=backend, _every_tensor=True, **load_options) as f:
         return f.get_tensors()
 
 
@@ -200,6 +216,8 @@ def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
     out = {}
     for name in h.offset_keys():
         dtype, shape, nbytes, _, _ = h.info(name)
+        if dtype not in _TYPES and dtype not in _EXTRA_TYPES:
+            raise KeyError(dtype)  # as safetensors, for dtypes torch lacks
         t, ptr, _ = fw.empty(dtype, shape)
         h.read_into(name, ptr, nbytes)
         out[name] = t
@@ -207,7 +225,7 @@ def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
 
 
 def save_model(
-    model: torch.nn.Module, filename: str, metadata: Optional[Dict[str, str]] = None, force_contiguous: bool = False, **options
+    model: torch.nn.Module, filename: str, metadata: Optional[Dict[str, str]] = None, force_contiguous: bool = True, **options
 ) -> None:
     """Saves a model's state dict, dropping the duplicate names of shared tensors."""
     state_dict = model.state_dict()
@@ -224,14 +242,20 @@ def save_model(
     try:
         save_file(state_dict, filename, metadata=metadata, **options)
     except ValueError as e:
-        raise ValueError(f"{e}. Tensors must be contiguous to be saved; use `force_contiguous=True`.") from e
+        raise ValueError(f"{e} Or use save_model(..., force_contiguous=True), read the docs for potential caveats.") from e
 
 
 def load_model(
-    model: torch.nn.Module, filename: Union[str, os.PathLike], strict: bool = True, device: Union[str, int] = "cpu", **load_options
+    model: torch.nn.Module,
+    filename: Union[str, os.PathLike],
+    strict: bool = True,
+    device: Union[str, int] = "cpu",
+    *,
+    backend: str = "mmap",
+    **load_options,
 ) -> Tuple[List[str], List[str]]:
     """Loads a file saved by save_model into `model`; returns (missing, unexpected)."""
-    state_dict = load_file(filename, device=device, **load_options)
+    state_dict = load_file(filename, device=device, backend=backend, **load_options)
     model_state_dict = model.state_dict()
     to_removes = _remove_duplicate_names(model_state_dict, preferred_names=list(state_dict.keys()))
     missing, unexpected = model.load_state_dict(state_dict, strict=False)

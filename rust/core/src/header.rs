@@ -229,7 +229,12 @@ impl<'de> Deserialize<'de> for RawHeader {
                 // they are noted so that protected files can refuse them.
                 while let Some(key) = map.next_key::<String>()? {
                     if key == METADATA_KEY {
-                        duplicates |= seen_metadata;
+                        // safetensors refuses a repeated __metadata__ (serde's
+                        // duplicate-field check), while repeated tensors and
+                        // metadata entries are last-one-wins.
+                        if seen_metadata {
+                            return Err(de::Error::duplicate_field(METADATA_KEY));
+                        }
                         seen_metadata = true;
                         let m = map.next_value::<Option<StrictMetadata>>()?;
                         duplicates |= m.as_ref().is_some_and(|m| m.1);
