@@ -43,6 +43,28 @@ def _as_list(value: Any) -> list:
     raise TypeError("keys must be a JWK dict, a list of JWKs, a JWKS dict or JSON text")
 
 
+# Parsed key files, keyed by path and (mtime, size): loaders that open a
+# file once per tensor would otherwise re-read and re-parse them every time.
+_FILES: dict = {}
+
+
+def _read_jwks_file(path) -> list:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return []
+    stamp = (str(path), st.st_mtime_ns, st.st_size)
+    cached = _FILES.get(stamp[0])
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    with open(path, encoding="utf-8") as f:
+        keys = _as_list(f.read())
+    if len(_FILES) > 64:
+        _FILES.clear()
+    _FILES[stamp[0]] = (stamp, keys)
+    return keys
+
+
 def _from_env(name: str) -> list:
     """Reads JWKS JSON text, or the path of a JWKS file, from an environment variable."""
     raw = os.environ.get(name, "").strip()
@@ -50,16 +72,14 @@ def _from_env(name: str) -> list:
         return []
     if raw[0] in "[{":
         return _as_list(raw)
-    with open(raw, encoding="utf-8") as f:
-        return _as_list(f.read())
+    if not os.path.exists(raw):
+        raise FileNotFoundError(f"{name} names a key file that does not exist: {raw}")
+    return _read_jwks_file(raw)
 
 
 def keyring_json(keys: Any = None) -> Optional[str]:
     """The key ring of one load, as JSON text for the core: call, env, config file."""
-    ring = _as_list(keys) + _from_env(KEYS_ENV)
-    config = _config_dir() / KEYS_FILE
-    if config.is_file():
-        ring += _as_list(config.read_text(encoding="utf-8"))
+    ring = _as_list(keys) + _from_env(KEYS_ENV) + _read_jwks_file(_config_dir() / KEYS_FILE)
     return json.dumps(ring) if ring else None
 
 

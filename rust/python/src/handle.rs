@@ -25,8 +25,30 @@ pub struct Handle {
     threads: usize,
 }
 
+/// Parses a key set, reusing the parse of identical text: loaders that open
+/// a file once per tensor pass the same key ring every time.
 fn parse_keys(json: Option<&str>) -> cryptotensors::Result<Vec<Jwk>> {
-    json.map_or(Ok(Vec::new()), Jwk::parse_set)
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    // Keyed by a digest, so the map holds no second copy of secret text.
+    static PARSED: OnceLock<Mutex<HashMap<Vec<u8>, Vec<Jwk>>>> = OnceLock::new();
+    let Some(json) = json else {
+        return Ok(Vec::new());
+    };
+    let id = ring::digest::digest(&ring::digest::SHA256, json.as_bytes())
+        .as_ref()
+        .to_vec();
+    let parsed = PARSED.get_or_init(Default::default);
+    if let Some(keys) = parsed.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Ok(keys.clone());
+    }
+    let keys = Jwk::parse_set(json)?;
+    let mut parsed = parsed.lock().unwrap_or_else(|e| e.into_inner());
+    if parsed.len() >= 16 {
+        parsed.clear();
+    }
+    parsed.insert(id, keys.clone());
+    Ok(keys)
 }
 
 /// Data keys handed over by Python key providers (see `_providers.py`).
