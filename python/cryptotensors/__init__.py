@@ -16,6 +16,7 @@ from ._core import (
     SignatureError,
 )
 from ._open import PySafeSlice, safe_open
+from ._patch import patch, unpatch
 from ._providers import register_key_provider
 from ._serialize import TensorSpec, deserialize, serialize, serialize_file
 
@@ -95,5 +96,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__",
+    "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__", "patch", "unpatch",
 ]
