@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -219,7 +221,7 @@ def describe(t):
 
 # ---------------------------------------------------------------- §6 recipients
 def thumbprint(jwk):
-    req = {"oct": ["k", "kty"], "OKP": ["crv", "kty", "x"]}.get(jwk.get("kty"))
+    req = {"oct": ["k", "kty"], "OKP": ["crv", "kty", "x"], "EC": ["crv", "kty", "x", "y"]}.get(jwk.get("kty"))
     if req is None or any(k not in jwk for k in req):
         return None
     js = json.dumps({k: jwk[k] for k in req}, separators=(",", ":"), sort_keys=True)
@@ -294,6 +296,27 @@ def open_data_key(enc, keys, canonical_mac, mac_b64):
 
 
 # ---------------------------------------------------------------- §7 signatures
+def key_alg(jwk):
+    """The JWS alg a signing key verifies with, from its type alone (§7)."""
+    if not isinstance(jwk, dict):
+        return None
+    return {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}.get((jwk.get("kty"), jwk.get("crv")))
+
+
+def verify_with(jwk, sig, signing_input):
+    """Raises InvalidSignature (or ValueError for a malformed key) unless jwk verifies sig."""
+    if key_alg(jwk) == "EdDSA":
+        Ed25519PublicKey.from_public_bytes(unb64u(jwk["x"], 32)).verify(sig, signing_input)
+        return
+    # ES256: the signature is r || s, 32 bytes each (RFC 7518 §3.4).
+    if len(sig) != 64:
+        raise InvalidSignature("ES256 signatures are 64 bytes")
+    x, y = (int.from_bytes(unb64u(jwk[c], 32), "big") for c in ("x", "y"))
+    key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+
+
 def verify_signature(jws, payload, trusted):
     if jws is None:
         raise SignatureError("file is not signed")
@@ -301,17 +324,17 @@ def verify_signature(jws, payload, trusted):
     if len(parts) != 3 or parts[1] != "":
         raise SignatureError("not a detached compact JWS")
     header = strict_json(unb64u(parts[0]).decode())
-    if not isinstance(header, dict) or header.get("alg") != "EdDSA":
-        raise SignatureError("protected header alg must be EdDSA")
+    if not isinstance(header, dict) or header.get("alg") not in ("EdDSA", "ES256"):
+        raise SignatureError("protected header alg must be EdDSA or ES256")
     sig, signing_input = unb64u(parts[2]), (parts[0] + "." + b64u(payload)).encode()
     candidates = trusted or [header.get("jwk")]
     for jwk in candidates:
-        if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        if key_alg(jwk) != header["alg"]:  # the key's type fixes the algorithm
             continue
         try:
-            Ed25519PublicKey.from_public_bytes(unb64u(jwk["x"], 32)).verify(sig, signing_input)
+            verify_with(jwk, sig, signing_input)
             return
-        except InvalidSignature:
+        except (InvalidSignature, ValueError, FormatError):
             pass
     raise SignatureError("invalid signature" if not trusted else "not signed by a trusted key")
 
@@ -413,7 +436,7 @@ def test_vector(name):
 
 
 def test_key_ids_are_thumbprints():
-    for name in ("aes_oct", "chacha_x25519_partial", "signed_plain"):
+    for name in ("aes_oct", "chacha_x25519_partial", "signed_plain", "signed_plain_es256"):
         spec, _ = load(name)
         for jwk in spec["keys"]["keys"] + spec["trusted_signers"]["keys"]:
             assert jwk["kid"] == thumbprint(jwk)
@@ -452,6 +475,8 @@ def set_shape(tensor, shape):
     ("aes_oct", set_shape("embed.weight", [3000]), "integrity"),
     ("chacha_x25519_partial", set_shape("layer.0.bias", [3, 2]), "integrity"),
     ("signed_plain", set_shape("embed.weight", [1000, 3]), "signature"),
+    ("signed_plain_es256", flip_data_byte, "integrity"),
+    ("signed_plain_es256", set_shape("embed.weight", [1000, 3]), "signature"),
     ("aes_two_recipients_signed", lambda buf: rebuild(buf, lambda h: h["__metadata__"].pop(SIG)), "signature"),
     ("aes_oct", lambda buf: buf[:-1], "format"),
     ("aes_oct", lambda buf: rebuild(buf, lambda h: h["__metadata__"].update(
@@ -471,6 +496,25 @@ def test_matching_kid_wrong_secret_is_integrity_not_key_not_found():
     spec["keys"]["keys"] = [dict(spec["keys"]["keys"][0], k=b64u(bytes(32)))]  # same kid, wrong secret
     with pytest.raises(IntegrityError):
         open_vector(spec, buf)
+
+
+def test_es256_vector_refused_under_other_keys_and_algs():
+    spec, buf = load("signed_plain_es256")
+    with pytest.raises(SignatureError):  # an Ed25519 trusted signer
+        read(buf, (), load("signed_plain")[0]["trusted_signers"]["keys"])
+    nums = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    other = {"kty": "EC", "crv": "P-256", "x": b64u(nums.x.to_bytes(32, "big")), "y": b64u(nums.y.to_bytes(32, "big"))}
+    with pytest.raises(SignatureError):  # another P-256 key
+        read(buf, (), [other])
+
+    def rewrite_alg(h):
+        protected, _, sig = h["__metadata__"][SIG].split(".")
+        p = json.loads(unb64u(protected))
+        p["alg"] = "EdDSA"
+        h["__metadata__"][SIG] = b64u(json.dumps(p).encode()) + ".." + sig
+
+    with pytest.raises(SignatureError):  # the file cannot pick another algorithm for the key
+        open_vector(spec, rebuild(buf, rewrite_alg))
 
 
 def test_plain_file_refused_when_signers_are_trusted():

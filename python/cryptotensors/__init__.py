@@ -25,7 +25,9 @@ __version__ = "0.1.0"
 
 def generate_key(kind: str = "oct") -> dict:
     """A fresh private JWK: "oct" (AES key wrap), "X25519" (public-key
-    recipients) or "Ed25519" (signing). Its kid is its RFC 7638 thumbprint."""
+    recipients), "Ed25519" (EdDSA signing) or "P-256" (ES256 signing, an
+    EC JWK; "ES256" and "EC" are aliases). Its kid is its RFC 7638
+    thumbprint."""
     return _json.loads(_core.generate_key(kind))
 
 
@@ -89,7 +91,7 @@ def rewrap(
 
 
 def public_key(jwk) -> dict:
-    """The public JWK of an X25519 or Ed25519 private JWK."""
+    """The public JWK of an X25519, Ed25519 or P-256 private JWK."""
     return _json.loads(_core.public_key(jwk if isinstance(jwk, str) else _json.dumps(jwk)))
 
 

@@ -80,7 +80,7 @@ def save_options(
     if sign_with is not None:
         signers = _keys._as_list(sign_with)
         if len(signers) != 1:
-            raise SafetensorError("sign_with takes exactly one private Ed25519 JWK")
+            raise SafetensorError("sign_with takes exactly one private Ed25519 or P-256 JWK")
         opts["sign_with"] = json.dumps(signers[0])
     if policy is not None:
         opts["policy"] = _policy.policy_text(policy)

@@ -111,7 +111,9 @@ _CORE_ARGUMENT_ERROR = "Invalid argument: "
 _REGO_LOCATION = re.compile(r"^\s*--> [^:\n]*:(\d+):(\d+)\s*$", re.M)
 _REGO_ERROR = re.compile(r"^error: (.+)$", re.M)
 
-_KEY_TYPES = {"oct": "oct", "x25519": "X25519", "ed25519": "Ed25519"}
+_KEY_TYPES = {"oct": "oct", "x25519": "X25519", "ed25519": "Ed25519", "p256": "P-256"}
+# Signing keys: (kty, crv) of Ed25519 (EdDSA) and P-256 (ES256) JWKs.
+_SIGNING_CURVES = {("OKP", "Ed25519"), ("EC", "P-256")}
 _ALGORITHMS = ("AES-256-GCM", "ChaCha20-Poly1305")
 _MIN_SEGMENT, _MAX_SEGMENT = 1 << 12, 1 << 30
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
@@ -282,8 +284,8 @@ def _load_keys(sources: Optional[Sequence[str]]) -> Optional[List[dict]]:
 
 def _signing_key(source: str) -> dict:
     keys = _read_jwks(source)
-    if len(keys) != 1 or keys[0].get("crv") != "Ed25519" or "d" not in keys[0]:
-        raise CliError(EXIT_KEY, f"{source}: --sign-key needs one private Ed25519 JWK")
+    if len(keys) != 1 or (keys[0].get("kty"), keys[0].get("crv")) not in _SIGNING_CURVES or "d" not in keys[0]:
+        raise CliError(EXIT_KEY, f"{source}: --sign-key needs one private Ed25519 or P-256 JWK")
     _check_save_keys(source, sign_with=keys[0])
     return keys[0]
 
@@ -403,7 +405,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
             raise CliError(EXIT_USAGE, "a key file argument is only read with -y/--public")
         jwk = generate_key(_KEY_TYPES[args.type])
         _emit_key(args, jwk, secret=True)
-        if args.output is not None and jwk["kty"] == "OKP" and not args.quiet:
+        if args.output is not None and jwk["kty"] in ("OKP", "EC") and not args.quiet:
             print(f"Public key: {json.dumps(public_key(jwk))}", file=sys.stderr)
         return EXIT_OK
     source = args.input or "-"
@@ -1176,7 +1178,7 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 def _key_args(p: argparse.ArgumentParser, key_help: str) -> None:
     p.add_argument("-k", "--key", action="append", metavar="KEY.jwk", help=key_help)
     p.add_argument("--trusted-signer", action="append", metavar="PUB.jwk",
-                   help="the file must be signed by this public Ed25519 key (repeatable)")
+                   help="the file must be signed by this public Ed25519 or P-256 key (repeatable)")
 
 
 def _policy_arg(p) -> None:
@@ -1221,7 +1223,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("keygen", cmd_keygen, "generate a key (a private JWK), or with -y print the public key of one")
     p.add_argument("--type", choices=sorted(_KEY_TYPES), default="x25519",
-                   help="oct: shared secret; x25519: recipient key pair (default); ed25519: signing key")
+                   help="oct: shared secret; x25519: recipient key pair (default); ed25519: signing key (EdDSA); "
+                        "p256: signing key (ES256, EC P-256)")
     p.add_argument("-y", "--public", action="store_true", help="read a private JWK (file or stdin) and output its public JWK")
     p.add_argument("input", nargs="?", metavar="KEY.jwk", help="with -y: the private key file (default: stdin)")
     p.add_argument("-o", "--output", type=Path, help="write to this file (secrets with mode 0600) instead of stdout")
@@ -1231,7 +1234,7 @@ def _parser() -> argparse.ArgumentParser:
     _output_args(p)
     p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
                    help="encrypt for this key: a public X25519 JWK or an oct JWK (repeatable)")
-    p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 JWK")
+    p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
     p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
     p.add_argument("--segment-size", type=_segment_size, metavar="BYTES", help="a power of two from 4K to 1G; default 1M")
@@ -1263,7 +1266,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-recipient", action="append", metavar="KID",
                    help="take access from the recipient with this kid (see `inspect`; repeatable)")
     sign = p.add_mutually_exclusive_group()
-    sign.add_argument("--sign-key", metavar="SK.jwk", help="re-sign with this private Ed25519 JWK (a signed file needs this or --drop-signature)")
+    sign.add_argument("--sign-key", metavar="SK.jwk", help="re-sign with this private Ed25519 or P-256 JWK (a signed file needs this or --drop-signature)")
     sign.add_argument("--drop-signature", action="store_true", help="remove the signature")
     policy = p.add_mutually_exclusive_group()
     _policy_arg(policy)

@@ -1,12 +1,14 @@
 """Regenerates the test vectors in this folder (run from the repository root:
-`python tests/vectors/generate.py`). Keys and salts are random, so running it
-changes every file; the committed vectors are the reference. Each vector
+`python tests/vectors/generate.py`, or `... generate.py NAME ...` for only
+those vectors). Keys and salts are random, so running it changes every file
+it writes; the committed vectors are the reference. Each vector
 `NAME.safetensors` has `NAME.json`: the description, the keys a reader gets,
 the trusted signers, the expected outcome and the expected tensors."""
 
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -15,6 +17,7 @@ import cryptotensors.numpy as cn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEG = 4096
+ONLY = set(sys.argv[1:])  # vector names to write; empty: all
 
 
 def tensors():
@@ -39,6 +42,8 @@ def expected(d):
 
 
 def write(name, description, save_kwargs, keys, trusted=None, expect="ok", corrupt=None):
+    if ONLY and name not in ONLY:
+        return
     path = os.path.join(HERE, name + ".safetensors")
     d = tensors()
     cn.save_file(d, path, metadata={"format": "np"}, **save_kwargs)
@@ -92,6 +97,7 @@ def main():
     oct_key = ct.generate_key("oct")
     x_key = ct.generate_key("X25519")
     sign_key = ct.generate_key("Ed25519")
+    p256_key = ct.generate_key("P-256")
     write("plain", "A plain safetensors file: no envelope, no trailer.", {}, [])
     write("aes_oct", "AES-256-GCM, every tensor, one A256GCMKW recipient, 4 KiB segments.",
           {"encrypt_for": oct_key, "segment_size": SEG}, [oct_key])
@@ -100,6 +106,8 @@ def main():
            "algorithm": "ChaCha20-Poly1305", "segment_size": SEG}, [x_key])
     write("signed_plain", "Signed with Ed25519, not encrypted: per-segment SHA-256 digests in the trailer.",
           {"sign_with": sign_key, "segment_size": SEG}, [], trusted=[ct.public_key(sign_key)])
+    write("signed_plain_es256", "Signed with ES256 (ECDSA P-256, SHA-256), not encrypted.",
+          {"sign_with": p256_key, "segment_size": SEG}, [], trusted=[ct.public_key(p256_key)])
     write("aes_two_recipients_signed", "AES-256-GCM for an oct and an X25519 recipient, signed. Opened with the X25519 key.",
           {"encrypt_for": [oct_key, ct.public_key(x_key)], "sign_with": sign_key, "segment_size": SEG},
           [x_key], trusted=[ct.public_key(sign_key)])

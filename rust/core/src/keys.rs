@@ -4,7 +4,8 @@
 //! - `kty: "oct"` keys wrap with `A256GCMKW` (RFC 7518 §4.7).
 //! - `kty: "OKP", crv: "X25519"` keys wrap with HPKE base mode (RFC 9180):
 //!   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
-//! - `kty: "OKP", crv: "Ed25519"` keys sign (see `sign`).
+//! - `kty: "OKP", crv: "Ed25519"` keys sign with `EdDSA` (see `sign`).
+//! - `kty: "EC", crv: "P-256"` keys sign with `ES256` (RFC 7518 §3.4, §6.2).
 //!
 //! A file names its recipients by `kid`; the loader decides which keys it
 //! holds. A kid never selects a key outside the loader's own key ring.
@@ -12,7 +13,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::{digest, hkdf, hmac};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::{agreement, digest, hkdf, hmac};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -27,6 +30,11 @@ pub const ALG_A256GCMKW: &str = "A256GCMKW";
 pub const ALG_HPKE: &str = "HPKE-Base-X25519-SHA256-ChaCha20Poly1305";
 /// JWS algorithm of Ed25519 signing keys.
 pub const ALG_EDDSA: &str = "EdDSA";
+/// JWS algorithm of P-256 signing keys: ECDSA over P-256 with SHA-256,
+/// signatures as the 64-byte `r || s` (RFC 7518 §3.4).
+pub const ALG_ES256: &str = "ES256";
+/// Length of an uncompressed P-256 point: `0x04 || x || y`.
+pub const P256_POINT_LEN: usize = 65;
 /// The HPKE `info` string, which binds wrapped keys to this format.
 pub const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
 
@@ -51,6 +59,8 @@ pub enum KeyKind {
     X25519,
     /// Ed25519 signing key.
     Ed25519,
+    /// ECDSA P-256 signing key (`kty: "EC", crv: "P-256"`, JWS `ES256`).
+    P256,
 }
 
 impl KeyKind {
@@ -60,18 +70,26 @@ impl KeyKind {
             "oct" => Ok(KeyKind::Oct),
             "x25519" => Ok(KeyKind::X25519),
             "ed25519" => Ok(KeyKind::Ed25519),
+            "p-256" | "p256" | "es256" | "ec" => Ok(KeyKind::P256),
             _ => Err(Error::InvalidArgument(format!(
-                "unknown key kind {s:?}: expected \"oct\", \"X25519\" or \"Ed25519\""
+                "unknown key kind {s:?}: expected \"oct\", \"X25519\", \"Ed25519\" or \"P-256\""
             ))),
         }
     }
 
-    fn alg(self) -> &'static str {
+    /// The JOSE algorithm of the key's type: the only one it is used with.
+    pub fn alg(self) -> &'static str {
         match self {
             KeyKind::Oct => ALG_A256GCMKW,
             KeyKind::X25519 => ALG_HPKE,
             KeyKind::Ed25519 => ALG_EDDSA,
+            KeyKind::P256 => ALG_ES256,
         }
+    }
+
+    /// Whether keys of this kind sign (rather than wrap data keys).
+    pub fn signs(self) -> bool {
+        matches!(self, KeyKind::Ed25519 | KeyKind::P256)
     }
 }
 
@@ -79,10 +97,12 @@ impl KeyKind {
 #[derive(Clone)]
 pub struct Jwk {
     kind: KeyKind,
-    /// The secret: `k` for oct, `d` for OKP keys.
+    /// The secret: `k` for oct, `d` for OKP and EC keys.
     secret: Option<SecretBytes>,
-    /// The public `x` of OKP keys.
+    /// The public `x` of OKP and EC keys.
     public: [u8; 32],
+    /// The public `y` of EC keys (zero for the others).
+    public_y: [u8; 32],
     kid: String,
     thumbprint: String,
 }
@@ -112,6 +132,7 @@ struct RawJwk {
     k: Option<String>,
     d: Option<String>,
     x: Option<String>,
+    y: Option<String>,
 }
 
 impl Drop for RawJwk {
@@ -166,6 +187,7 @@ impl Jwk {
             .kty
             .as_deref()
             .ok_or_else(|| Error::InvalidKey("missing \"kty\"".into()))?;
+        let mut public_y = [0u8; 32];
         let (kind, secret, public) = match kty {
             "oct" => {
                 let k = raw.k.as_deref().ok_or_else(|| {
@@ -210,6 +232,38 @@ impl Jwk {
                 };
                 (kind, secret, public)
             }
+            "EC" => {
+                match raw.crv.as_deref() {
+                    Some("P-256") => {}
+                    Some(c) => {
+                        return Err(Error::InvalidKey(format!("unsupported EC curve {c:?}")))
+                    }
+                    None => return Err(Error::InvalidKey("EC key has no \"crv\"".into())),
+                }
+                let coordinate = |name: &str, v: &Option<String>| -> Result<[u8; 32]> {
+                    let v = v
+                        .as_deref()
+                        .ok_or_else(|| Error::InvalidKey(format!("EC key has no {name:?}")))?;
+                    b64d(name, v)?
+                        .try_into()
+                        .map_err(|_| Error::InvalidKey(format!("{name:?} must be 32 bytes")))
+                };
+                let x = coordinate("x", &raw.x)?;
+                public_y = coordinate("y", &raw.y)?;
+                let point = p256_point(&x, &public_y);
+                p256_check_point(&point)?;
+                let secret = match raw.d.as_deref() {
+                    None => None,
+                    Some(d) => {
+                        let bytes = Zeroizing::new(b64d("d", d)?);
+                        let s = SecretBytes::from_slice(&bytes)
+                            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))?;
+                        p256_key_pair(&s, &point)?;
+                        Some(s)
+                    }
+                };
+                (KeyKind::P256, secret, x)
+            }
             other => return Err(Error::InvalidKey(format!("unsupported kty {other:?}"))),
         };
         if let Some(alg) = raw.alg.as_deref() {
@@ -224,6 +278,7 @@ impl Jwk {
             kind,
             secret,
             public,
+            public_y,
             kid: String::new(),
             thumbprint: String::new(),
         };
@@ -234,15 +289,22 @@ impl Jwk {
 
     /// A fresh private key of `kind`, with its thumbprint as `kid`.
     pub fn generate(kind: KeyKind) -> Result<Jwk> {
-        let secret = SecretBytes::random()?;
-        let public = match kind {
-            KeyKind::Oct => [0u8; 32],
-            _ => derive_public(kind, &secret),
+        let (secret, public, public_y) = match kind {
+            KeyKind::P256 => p256_generate()?,
+            _ => {
+                let secret = SecretBytes::random()?;
+                let public = match kind {
+                    KeyKind::Oct => [0u8; 32],
+                    _ => derive_public(kind, &secret),
+                };
+                (secret, public, [0u8; 32])
+            }
         };
         let mut jwk = Jwk {
             kind,
             secret: Some(secret),
             public,
+            public_y,
             kid: String::new(),
             thumbprint: String::new(),
         };
@@ -268,6 +330,12 @@ impl Jwk {
                 },
                 b64e(&self.public)
             ),
+            // RFC 7638 §3.2: crv, kty, x, y.
+            KeyKind::P256 => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                b64e(&self.public),
+                b64e(&self.public_y)
+            ),
         });
         b64e(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
     }
@@ -292,9 +360,15 @@ impl Jwk {
         self.secret.is_some()
     }
 
-    /// The public key bytes of an OKP key.
+    /// The public key bytes of an OKP key; the `x` coordinate of an EC key
+    /// (see [`Jwk::p256_point`] for the whole point).
     pub fn public_bytes(&self) -> &[u8; 32] {
         &self.public
+    }
+
+    /// The uncompressed public point `0x04 || x || y` of a P-256 key.
+    pub fn p256_point(&self) -> Option<[u8; P256_POINT_LEN]> {
+        (self.kind == KeyKind::P256).then(|| p256_point(&self.public, &self.public_y))
     }
 
     pub(crate) fn secret(&self) -> Option<&SecretBytes> {
@@ -337,6 +411,15 @@ impl Jwk {
                     raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
                 }
             }
+            KeyKind::P256 => {
+                raw.kty = Some("EC".into());
+                raw.crv = Some("P-256".into());
+                raw.x = Some(b64e(&self.public));
+                raw.y = Some(b64e(&self.public_y));
+                if private {
+                    raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
+                }
+            }
         }
         let v = serde_json::to_value(&raw).expect("JWK serializes");
         let obj: serde_json::Map<String, serde_json::Value> = v
@@ -349,7 +432,7 @@ impl Jwk {
         Ok(serde_json::to_string(&obj).expect("JSON"))
     }
 
-    /// The public half of an OKP key.
+    /// The public half of an OKP or EC key.
     pub fn public(&self) -> Result<Jwk> {
         if self.kind == KeyKind::Oct {
             return Err(Error::InvalidKey(
@@ -369,7 +452,6 @@ fn derive_public(kind: KeyKind, secret: &SecretBytes) -> [u8; 32] {
             x25519_dalek::PublicKey::from(&s).to_bytes()
         }
         KeyKind::Ed25519 => {
-            use ring::signature::KeyPair;
             let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret.expose())
                 .expect("32-byte seed");
             kp.public_key()
@@ -377,8 +459,88 @@ fn derive_public(kind: KeyKind, secret: &SecretBytes) -> [u8; 32] {
                 .try_into()
                 .expect("32-byte public key")
         }
-        KeyKind::Oct => [0u8; 32],
+        KeyKind::Oct | KeyKind::P256 => [0u8; 32],
     }
+}
+
+fn p256_point(x: &[u8; 32], y: &[u8; 32]) -> [u8; P256_POINT_LEN] {
+    let mut point = [0u8; P256_POINT_LEN];
+    point[0] = 0x04;
+    point[1..33].copy_from_slice(x);
+    point[33..].copy_from_slice(y);
+    point
+}
+
+/// Fails unless `point` is a valid uncompressed P-256 public key: both
+/// coordinates below the field prime and on the curve. ring validates a
+/// peer's point in ECDH (and would otherwise only fail at verification time,
+/// indistinguishably from a bad signature), so an ECDH with a throwaway
+/// ephemeral key is the check.
+fn p256_check_point(point: &[u8; P256_POINT_LEN]) -> Result<()> {
+    let rng = SystemRandom::new();
+    let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| Error::Io(std::io::Error::other("system random source failed")))?;
+    agreement::agree_ephemeral(
+        ephemeral,
+        &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point),
+        |_| (),
+    )
+    .map_err(|_| Error::InvalidKey("EC \"x\", \"y\" is not a point on the P-256 curve".into()))
+}
+
+/// The ring key pair of a P-256 private key; fails if `d` is out of range or
+/// does not match the point.
+pub(crate) fn p256_key_pair(d: &SecretBytes, point: &[u8; P256_POINT_LEN]) -> Result<EcdsaKeyPair> {
+    EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        d.expose(),
+        point,
+        &SystemRandom::new(),
+    )
+    .map_err(|_| {
+        Error::InvalidKey(
+            "EC \"d\" is not a valid P-256 private key or does not match \"x\", \"y\"".into(),
+        )
+    })
+}
+
+/// The PKCS#8 v1 document `EcdsaKeyPair::generate_pkcs8` returns for P-256
+/// is ring's fixed template with the key spliced in:
+/// `PREFIX || d (32) || MIDDLE || 0x04 || x (32) || y (32)` (RFC 5958,
+/// RFC 5915 `ECPrivateKey` with the public key and no parameters).
+const P256_PKCS8_PREFIX: [u8; 36] = [
+    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
+    0x01, 0x01, 0x04, 0x20,
+];
+const P256_PKCS8_MIDDLE: [u8; 5] = [0xa1, 0x44, 0x03, 0x42, 0x00];
+
+/// A fresh P-256 key: ring generates it; `d` is read out of the PKCS#8
+/// document (whose layout is checked byte for byte) and the pair is then
+/// rebuilt from `d` and the point, which ring checks for consistency.
+fn p256_generate() -> Result<(SecretBytes, [u8; 32], [u8; 32])> {
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| Error::Io(std::io::Error::other("system random source failed")))?;
+    let der = doc.as_ref();
+    let layout_error = || Error::InvalidKey("unexpected PKCS#8 layout from ring".into());
+    let d_at = P256_PKCS8_PREFIX.len();
+    let point_at = d_at + 32 + P256_PKCS8_MIDDLE.len();
+    if der.len() != point_at + P256_POINT_LEN
+        || der[..d_at] != P256_PKCS8_PREFIX
+        || der[d_at + 32..point_at] != P256_PKCS8_MIDDLE
+    {
+        return Err(layout_error());
+    }
+    let d = SecretBytes::from_slice(&der[d_at..d_at + 32]).ok_or_else(layout_error)?;
+    let point: [u8; P256_POINT_LEN] = der[point_at..].try_into().map_err(|_| layout_error())?;
+    let pair = p256_key_pair(&d, &point).map_err(|_| layout_error())?;
+    if pair.public_key().as_ref() != point.as_slice() || point[0] != 0x04 {
+        return Err(layout_error());
+    }
+    let x: [u8; 32] = point[1..33].try_into().expect("32 bytes");
+    let y: [u8; 32] = point[33..].try_into().expect("32 bytes");
+    Ok((d, x, y))
 }
 
 /// One recipient of a file: a wrapped copy of the data key (FORMAT.md §6.2).
@@ -448,9 +610,14 @@ pub fn wrap(data_key: &DataKey, to: &Jwk) -> Result<Recipient> {
                 encrypted_key: b64e(&ct),
             })
         }
-        KeyKind::Ed25519 => Err(Error::InvalidKey(
-            "an Ed25519 key signs; it cannot be an encryption recipient".into(),
-        )),
+        KeyKind::Ed25519 | KeyKind::P256 => Err(Error::InvalidKey(format!(
+            "an {} key signs; it cannot be an encryption recipient",
+            if to.kind == KeyKind::P256 {
+                "EC P-256"
+            } else {
+                "Ed25519"
+            }
+        ))),
     }
 }
 
@@ -494,7 +661,7 @@ fn unwrap_with(r: &Recipient, key: &Jwk, secret: &SecretBytes) -> Result<DataKey
                 .map_err(|_| Error::Integrity)?;
             hpke::open(secret, &key.public, &enc, HPKE_INFO, b"", &ct)?
         }
-        KeyKind::Ed25519 => return Err(Error::Integrity),
+        KeyKind::Ed25519 | KeyKind::P256 => return Err(Error::Integrity),
     };
     SecretBytes::from_slice(&plain)
         .map(DataKey)
@@ -690,6 +857,138 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&a.to_json(true).unwrap()).unwrap();
         v["x"] = serde_json::Value::String(b64e(b.public_bytes()));
         assert!(Jwk::parse(&v.to_string()).is_err());
+    }
+
+    /// RFC 7515 A.3: the ES256 example key.
+    const RFC7515_P256: &str = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}"#;
+
+    fn with(json: &str, member: &str, value: serde_json::Value) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v[member] = value;
+        v.to_string()
+    }
+
+    #[test]
+    fn p256_generate_export_parse() {
+        for name in ["P-256", "p256", "ES256", "EC"] {
+            assert_eq!(KeyKind::parse(name).unwrap(), KeyKind::P256);
+        }
+        let k = Jwk::generate(KeyKind::P256).unwrap();
+        assert!(k.is_private());
+        assert_eq!(k.kind().alg(), ALG_ES256);
+        let text = k.to_json(true).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["kty"], "EC");
+        assert_eq!(v["crv"], "P-256");
+        assert_eq!(v["alg"], "ES256");
+        for m in ["x", "y", "d"] {
+            assert_eq!(b64d(m, v[m].as_str().unwrap()).unwrap().len(), 32, "{m}");
+        }
+        let back = Jwk::parse(&text).unwrap();
+        assert_eq!(back.kid(), k.kid());
+        assert_eq!(back.p256_point(), k.p256_point());
+        assert_eq!(
+            back.secret().unwrap().expose(),
+            k.secret().unwrap().expose()
+        );
+        let public = k.public().unwrap();
+        let pub_text = public.to_json(false).unwrap();
+        assert!(!pub_text.contains("\"d\""));
+        let p = Jwk::parse(&pub_text).unwrap();
+        assert!(!p.is_private());
+        assert_eq!(p.thumbprint(), k.thumbprint());
+        // The generated d really is the private key of the point.
+        let point = k.p256_point().unwrap();
+        assert_eq!(point[0], 4);
+        assert_eq!(
+            p256_key_pair(k.secret().unwrap(), &point)
+                .unwrap()
+                .public_key()
+                .as_ref(),
+            point.as_slice()
+        );
+        let d = v["d"].as_str().unwrap();
+        assert!(!format!("{k:?}").contains(d));
+        assert!(Jwk::generate(KeyKind::P256).unwrap().kid() != k.kid());
+        // An EC key signs; it is no recipient.
+        let dk = DataKey::generate().unwrap();
+        assert!(matches!(wrap(&dk, &public), Err(Error::InvalidKey(_))));
+    }
+
+    #[test]
+    fn p256_thumbprint_members() {
+        // RFC 7638 §3.2: crv, kty, x, y in that order, nothing else.
+        let k = Jwk::parse(RFC7515_P256).unwrap();
+        let v: serde_json::Value = serde_json::from_str(RFC7515_P256).unwrap();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            v["x"].as_str().unwrap(),
+            v["y"].as_str().unwrap()
+        );
+        assert_eq!(
+            k.thumbprint(),
+            b64e(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+        );
+        assert_eq!(k.kid(), k.thumbprint());
+    }
+
+    #[test]
+    fn p256_malformed_keys_refused() {
+        let v: serde_json::Value = serde_json::from_str(RFC7515_P256).unwrap();
+        let d = v["d"].as_str().unwrap().to_owned();
+        let y = b64d("y", v["y"].as_str().unwrap()).unwrap();
+        let bad = |json: String, what: &str| {
+            let e = Jwk::parse(&json).unwrap_err();
+            assert!(matches!(e, Error::InvalidKey(_)), "{what}: {e}");
+            assert!(!e.to_string().contains(&d), "{what}: error echoes d");
+            e.to_string()
+        };
+        let string = |s: String| serde_json::Value::String(s);
+        let public = with(RFC7515_P256, "d", serde_json::Value::Null).replace(",\"d\":null", "");
+        assert!(Jwk::parse(&public).is_ok());
+        // A point off the curve: y + 1.
+        let mut y1 = y.clone();
+        y1[31] ^= 1;
+        let e = bad(with(&public, "y", string(b64e(&y1))), "off curve (public)");
+        assert!(e.contains("not a point on the P-256 curve"), "{e}");
+        bad(
+            with(RFC7515_P256, "y", string(b64e(&y1))),
+            "off curve (private)",
+        );
+        // Coordinates at or above the field prime.
+        bad(with(&public, "x", string(b64e(&[0xff; 32]))), "x >= p");
+        // Lengths.
+        bad(with(&public, "x", string(b64e(&[1; 31]))), "31-byte x");
+        bad(with(&public, "y", string(b64e(&[1; 33]))), "33-byte y");
+        bad(with(RFC7515_P256, "d", string(b64e(&[1; 31]))), "31-byte d");
+        bad(with(RFC7515_P256, "d", string(b64e(&[1; 33]))), "33-byte d");
+        // d out of range: 0 and the group order n.
+        bad(with(RFC7515_P256, "d", string(b64e(&[0; 32]))), "d = 0");
+        let n = unhex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+        bad(with(RFC7515_P256, "d", string(b64e(&n))), "d = n");
+        // d of another key.
+        let other = Jwk::generate(KeyKind::P256).unwrap();
+        let e = bad(
+            with(
+                RFC7515_P256,
+                "d",
+                string(b64e(other.secret().unwrap().expose())),
+            ),
+            "d mismatch",
+        );
+        assert!(e.contains("does not match"), "{e}");
+        // Missing members, other curves, a wrong alg.
+        bad(with(&public, "y", serde_json::Value::Null), "no y");
+        bad(with(&public, "crv", string("P-384".into())), "P-384");
+        bad(with(&public, "crv", serde_json::Value::Null), "no crv");
+        bad(with(&public, "alg", string("EdDSA".into())), "alg EdDSA");
+        assert!(Jwk::parse(&with(&public, "alg", string("ES256".into()))).is_ok());
+        // An OKP key claiming ES256 is refused too.
+        let ed = Jwk::generate(KeyKind::Ed25519)
+            .unwrap()
+            .to_json(false)
+            .unwrap();
+        bad(with(&ed, "alg", string("ES256".into())), "OKP with ES256");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct RewrapOptions {
     pub add: Vec<Jwk>,
     /// Kids of recipients to remove.
     pub remove: Vec<String>,
-    /// Sign the new header with this Ed25519 private key.
+    /// Sign the new header with this Ed25519 or P-256 private key.
     pub sign_with: Option<Jwk>,
     /// Write the new header unsigned even though the file was signed.
     pub drop_signature: bool,

@@ -1,15 +1,19 @@
 //! Header signatures: a JWS (RFC 7515) with detached payload, `EdDSA` over
-//! Ed25519 (RFC 8037). The payload is the canonical header. See FORMAT.md §7.
+//! Ed25519 (RFC 8037) or `ES256`, ECDSA over P-256 with SHA-256 (RFC 7518
+//! §3.4). The payload is the canonical header. See FORMAT.md §7.
 //!
 //! Trust comes only from the loader's list of public keys. The `jwk` in the
 //! protected header is a hint used to tell "untrusted signer" from "broken
-//! signature"; it never makes a file trusted.
+//! signature"; it never makes a file trusted. The algorithm a key verifies
+//! with is the one of its type: a header `alg` that differs is refused, so a
+//! file cannot choose how a trusted key is used.
 
+use ring::rand::SystemRandom;
 use ring::signature::{self, Ed25519KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, SignatureFailure};
-use crate::keys::{b64d, b64e, Jwk, KeyKind, ALG_EDDSA};
+use crate::keys::{b64d, b64e, p256_key_pair, Jwk, KeyKind, ALG_EDDSA, ALG_ES256};
 
 /// The JWS protected header. Unknown members (`crit`, `b64`, ...) are
 /// rejected: they could change what the signature means.
@@ -21,30 +25,62 @@ struct Protected {
     jwk: serde_json::Value,
 }
 
-/// Signs `payload` with an Ed25519 private JWK; returns the compact JWS
-/// with its payload detached (`protected..signature`).
+/// Signs `payload` with an Ed25519 (`EdDSA`) or P-256 (`ES256`) private
+/// JWK; returns the compact JWS with its payload detached
+/// (`protected..signature`).
 pub fn sign(payload: &[u8], key: &Jwk) -> Result<String> {
-    if key.kind() != KeyKind::Ed25519 {
+    if !key.kind().signs() {
         return Err(Error::InvalidKey(
-            "signing needs an Ed25519 (OKP) key".into(),
+            "signing needs an Ed25519 (OKP) or P-256 (EC) key".into(),
         ));
     }
-    let seed = key
+    let secret = key
         .secret()
         .ok_or_else(|| Error::InvalidKey("signing needs the private key (\"d\")".into()))?;
-    let pair = Ed25519KeyPair::from_seed_and_public_key(seed.expose(), key.public_bytes())
-        .map_err(|_| Error::InvalidKey("Ed25519 key pair is inconsistent".into()))?;
     let public: serde_json::Value =
         serde_json::from_str(&key.public()?.to_json(false)?).expect("JSON");
     let protected = Protected {
-        alg: ALG_EDDSA.into(),
+        alg: key.kind().alg().into(),
         kid: key.kid().into(),
         jwk: public,
     };
     let protected = b64e(serde_json::to_string(&protected).expect("JSON").as_bytes());
     let input = signing_input(&protected, payload);
-    let sig = pair.sign(input.as_bytes());
-    Ok(format!("{protected}..{}", b64e(sig.as_ref())))
+    let sig = match key.kind() {
+        KeyKind::P256 => {
+            let point = key.p256_point().expect("P-256 key");
+            let rng = SystemRandom::new();
+            let pair = p256_key_pair(secret, &point)?;
+            // ECDSA_P256_SHA256_FIXED_SIGNING: the 64-byte r || s of JWS.
+            let sig = pair
+                .sign(&rng, input.as_bytes())
+                .map_err(|_| Error::Io(std::io::Error::other("ECDSA signing failed")))?;
+            sig.as_ref().to_vec()
+        }
+        _ => Ed25519KeyPair::from_seed_and_public_key(secret.expose(), key.public_bytes())
+            .map_err(|_| Error::InvalidKey("Ed25519 key pair is inconsistent".into()))?
+            .sign(input.as_bytes())
+            .as_ref()
+            .to_vec(),
+    };
+    Ok(format!("{protected}..{}", b64e(&sig)))
+}
+
+/// Whether `k` verifies `sig` over `input` under `alg`. The algorithm is the
+/// key's own: an `alg` of another type never verifies.
+fn verifies(k: &Jwk, alg: &str, input: &[u8], sig: &[u8]) -> bool {
+    if !k.kind().signs() || k.kind().alg() != alg {
+        return false;
+    }
+    match k.p256_point() {
+        // Fixed r || s (64 bytes); ring refuses any other length.
+        Some(point) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+            .verify(input, sig)
+            .is_ok(),
+        None => UnparsedPublicKey::new(&signature::ED25519, k.public_bytes())
+            .verify(input, sig)
+            .is_ok(),
+    }
 }
 
 fn signing_input(protected: &str, payload: &[u8]) -> String {
@@ -73,17 +109,12 @@ pub fn verify(jws: &str, payload: &[u8], trusted: &[Jwk]) -> Result<String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(Error::Signature(SignatureFailure::Invalid))?;
-    if header.alg != ALG_EDDSA {
+    if header.alg != ALG_EDDSA && header.alg != ALG_ES256 {
         return Err(invalid);
     }
     let sig = b64d("signature", sig).map_err(|_| Error::Signature(SignatureFailure::Invalid))?;
     let input = signing_input(protected, payload);
-    let check = |k: &Jwk| {
-        k.kind() == KeyKind::Ed25519
-            && UnparsedPublicKey::new(&signature::ED25519, k.public_bytes())
-                .verify(input.as_bytes(), &sig)
-                .is_ok()
-    };
+    let check = |k: &Jwk| verifies(k, &header.alg, input.as_bytes(), &sig);
     if let Some(k) = trusted.iter().find(|k| check(k)) {
         return Ok(k.kid().to_owned());
     }
@@ -125,6 +156,245 @@ mod tests {
             Err(Error::Signature(SignatureFailure::Invalid))
         ));
         assert_eq!(signer_hint(&jws).unwrap(), sk.kid());
+    }
+
+    use crate::keys::P256_POINT_LEN;
+    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+    /// RFC 7515 A.3: the ES256 example key.
+    const RFC7515_P256: &str = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}"#;
+
+    /// A detached JWS with any protected header and signature bytes.
+    fn forge(header: &serde_json::Value, payload: &[u8], sig: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let protected = b64e(header.to_string().as_bytes());
+        let input = signing_input(&protected, payload);
+        format!("{protected}..{}", b64e(&sig(input.as_bytes())))
+    }
+
+    fn header_of(jws: &str) -> serde_json::Value {
+        let protected = jws.split('.').next().unwrap();
+        serde_json::from_slice(&b64d("p", protected).unwrap()).unwrap()
+    }
+
+    fn sig_of(jws: &str) -> Vec<u8> {
+        b64d("s", jws.rsplit('.').next().unwrap()).unwrap()
+    }
+
+    fn es256_raw(key: &Jwk, input: &[u8]) -> Vec<u8> {
+        let pair = p256_key_pair(key.secret().unwrap(), &key.p256_point().unwrap()).unwrap();
+        pair.sign(&SystemRandom::new(), input)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    fn ed25519_raw(key: &Jwk, input: &[u8]) -> Vec<u8> {
+        Ed25519KeyPair::from_seed_and_public_key(key.secret().unwrap().expose(), key.public_bytes())
+            .unwrap()
+            .sign(input)
+            .as_ref()
+            .to_vec()
+    }
+
+    fn is(r: Result<String>, want: SignatureFailure) -> bool {
+        matches!(r, Err(Error::Signature(f)) if f == want)
+    }
+
+    #[test]
+    fn es256_sign_verify_and_trust() {
+        let sk = Jwk::generate(KeyKind::P256).unwrap();
+        let pk = sk.public().unwrap();
+        let jws = sign(b"header", &sk).unwrap();
+        let h = header_of(&jws);
+        assert_eq!(h["alg"], "ES256");
+        assert_eq!(h["kid"], sk.kid());
+        assert_eq!(h["jwk"]["kty"], "EC");
+        assert!(h["jwk"].get("d").is_none());
+        assert_eq!(sig_of(&jws).len(), 64, "r || s");
+        assert_eq!(
+            verify(&jws, b"header", std::slice::from_ref(&pk)).unwrap(),
+            pk.kid()
+        );
+        // A private key in the trusted list verifies too.
+        assert_eq!(
+            verify(&jws, b"header", std::slice::from_ref(&sk)).unwrap(),
+            pk.kid()
+        );
+        assert_eq!(verify(&jws, b"header", &[]).unwrap(), pk.kid());
+        let other = Jwk::generate(KeyKind::P256).unwrap().public().unwrap();
+        assert!(is(
+            verify(&jws, b"header", &[other]),
+            SignatureFailure::Untrusted
+        ));
+        assert!(is(
+            verify(&jws, b"headeX", std::slice::from_ref(&pk)),
+            SignatureFailure::Invalid
+        ));
+        assert!(is(verify(&jws, b"headeX", &[]), SignatureFailure::Invalid));
+        assert_eq!(signer_hint(&jws).unwrap(), sk.kid());
+        // ECDSA is randomized; both signatures verify.
+        let again = sign(b"header", &sk).unwrap();
+        assert_ne!(again, jws);
+        assert_eq!(
+            again.len(),
+            jws.len(),
+            "fixed length for the writer's placeholder"
+        );
+        assert!(verify(&again, b"header", std::slice::from_ref(&pk)).is_ok());
+        // Trusted keys of both kinds: the one that signed wins.
+        let ed = Jwk::generate(KeyKind::Ed25519).unwrap().public().unwrap();
+        assert_eq!(
+            verify(&jws, b"header", &[ed, pk.clone()]).unwrap(),
+            pk.kid()
+        );
+    }
+
+    #[test]
+    fn rfc7515_a3_es256_signature_verifies() {
+        let k = Jwk::parse(RFC7515_P256).unwrap();
+        let input = b"eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+        let sig = b64d(
+            "s",
+            "DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q",
+        )
+        .unwrap();
+        assert!(verifies(&k, ALG_ES256, input, &sig));
+        assert!(!verifies(&k, ALG_EDDSA, input, &sig));
+        assert!(!verifies(&k, ALG_ES256, &input[1..], &sig));
+    }
+
+    #[test]
+    fn algorithm_confusion_refused() {
+        let ed_sk = Jwk::generate(KeyKind::Ed25519).unwrap();
+        let ed_pk = ed_sk.public().unwrap();
+        let ec_sk = Jwk::generate(KeyKind::P256).unwrap();
+        let ec_pk = ec_sk.public().unwrap();
+        let es256 = sign(b"header", &ec_sk).unwrap();
+        let eddsa = sign(b"header", &ed_sk).unwrap();
+        // A valid signature of one kind against a trusted key of the other:
+        // signed by someone else (its own jwk verifies it).
+        assert!(is(
+            verify(&es256, b"header", std::slice::from_ref(&ed_pk)),
+            SignatureFailure::Untrusted
+        ));
+        assert!(is(
+            verify(&eddsa, b"header", std::slice::from_ref(&ec_pk)),
+            SignatureFailure::Untrusted
+        ));
+        // The file's alg never picks how a trusted key verifies: a genuine
+        // Ed25519 signature by the trusted key under "alg": "ES256" is
+        // refused (both are 64 bytes), and the same for ES256 under "EdDSA".
+        let mut h = header_of(&eddsa);
+        h["alg"] = "ES256".into();
+        let forged = forge(&h, b"header", |i| ed25519_raw(&ed_sk, i));
+        assert!(is(
+            verify(&forged, b"header", std::slice::from_ref(&ed_pk)),
+            SignatureFailure::Invalid
+        ));
+        assert!(is(
+            verify(&forged, b"header", &[]),
+            SignatureFailure::Invalid
+        ));
+        let mut h = header_of(&es256);
+        h["alg"] = "EdDSA".into();
+        let forged = forge(&h, b"header", |i| es256_raw(&ec_sk, i));
+        assert!(is(
+            verify(&forged, b"header", std::slice::from_ref(&ec_pk)),
+            SignatureFailure::Invalid
+        ));
+        assert!(is(
+            verify(&forged, b"header", &[]),
+            SignatureFailure::Invalid
+        ));
+        // The untouched headers do verify, so the refusals above are the alg's.
+        let h = header_of(&es256);
+        assert!(verify(
+            &forge(&h, b"header", |i| es256_raw(&ec_sk, i)),
+            b"header",
+            std::slice::from_ref(&ec_pk)
+        )
+        .is_ok());
+        // Unknown and "none" algorithms.
+        for alg in ["none", "ES384", "RS256", "HS256", "es256", ""] {
+            let mut h = header_of(&es256);
+            h["alg"] = alg.into();
+            let jws = forge(&h, b"header", |i| es256_raw(&ec_sk, i));
+            assert!(
+                is(
+                    verify(&jws, b"header", std::slice::from_ref(&ec_pk)),
+                    SignatureFailure::Invalid
+                ),
+                "{alg}"
+            );
+        }
+        // A header jwk of the other type cannot launder the signature either.
+        let mut h = header_of(&eddsa);
+        h["alg"] = "ES256".into();
+        h["jwk"] = serde_json::from_str(&ec_pk.to_json(false).unwrap()).unwrap();
+        let forged = forge(&h, b"header", |i| ed25519_raw(&ed_sk, i));
+        assert!(is(
+            verify(&forged, b"header", &[]),
+            SignatureFailure::Invalid
+        ));
+    }
+
+    #[test]
+    fn es256_malformed_signatures_refused() {
+        let sk = Jwk::generate(KeyKind::P256).unwrap();
+        let pk = sk.public().unwrap();
+        let jws = sign(b"header", &sk).unwrap();
+        let h = header_of(&jws);
+        let good = sig_of(&jws);
+        let point: [u8; P256_POINT_LEN] = sk.p256_point().unwrap();
+        let mut variants: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("63 bytes", good[..63].to_vec()),
+            ("65 bytes", [good.as_slice(), &[0]].concat()),
+            ("leading zero", [&[0], good.as_slice()].concat()),
+            ("r only", good[..32].to_vec()),
+            ("128 bytes", [good.as_slice(), good.as_slice()].concat()),
+            ("r = 0", [&[0u8; 32][..], &good[32..]].concat()),
+            ("s = 0", [&good[..32], &[0u8; 32][..]].concat()),
+            ("all ones", vec![0xff; 64]),
+        ];
+        let mut swapped = good[32..].to_vec();
+        swapped.extend_from_slice(&good[..32]);
+        variants.push(("s || r", swapped));
+        for (what, sig) in variants {
+            let protected = jws.split('.').next().unwrap();
+            let bad = format!("{protected}..{}", b64e(&sig));
+            assert!(
+                is(
+                    verify(&bad, b"header", std::slice::from_ref(&pk)),
+                    SignatureFailure::Invalid
+                ),
+                "{what}"
+            );
+            assert!(
+                is(verify(&bad, b"header", &[]), SignatureFailure::Invalid),
+                "{what}"
+            );
+        }
+        // A DER (ASN.1) ECDSA signature by the right key is not JWS ES256.
+        let der = forge(&h, b"header", |i| {
+            let rng = SystemRandom::new();
+            EcdsaKeyPair::from_private_key_and_public_key(
+                &ECDSA_P256_SHA256_ASN1_SIGNING,
+                sk.secret().unwrap().expose(),
+                &point,
+                &rng,
+            )
+            .unwrap()
+            .sign(&rng, i)
+            .unwrap()
+            .as_ref()
+            .to_vec()
+        });
+        assert_ne!(sig_of(&der).len(), 64);
+        assert!(is(
+            verify(&der, b"header", std::slice::from_ref(&pk)),
+            SignatureFailure::Invalid
+        ));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::envelope::{
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
-use crate::keys::{self, b64e, Jwk, KeyKind};
+use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 use crate::sign;
 
@@ -61,7 +61,7 @@ pub struct WriteOptions {
     pub metadata: Option<Metadata>,
     /// Encrypt, and for whom.
     pub encrypt: Option<EncryptOptions>,
-    /// Sign the header with this Ed25519 private key.
+    /// Sign the header with this Ed25519 or P-256 private key.
     pub sign_with: Option<Jwk>,
     /// Access policy (Rego); needs `encrypt`.
     pub policy: Option<String>,
@@ -167,9 +167,9 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
     };
     envelope::check_segment_size(segment_size)?;
     if let Some(k) = &opts.sign_with {
-        if k.kind() != KeyKind::Ed25519 || !k.is_private() {
+        if !k.kind().signs() || !k.is_private() {
             return Err(Error::InvalidKey(
-                "sign_with needs a private Ed25519 JWK".into(),
+                "sign_with needs a private Ed25519 (OKP) or P-256 (EC) JWK".into(),
             ));
         }
     }

@@ -5,14 +5,15 @@ use pyo3::prelude::*;
 
 use crate::errors::IntoPy;
 
-/// A fresh private JWK (JSON text) of kind "oct", "X25519" or "Ed25519".
+/// A fresh private JWK (JSON text) of kind "oct", "X25519", "Ed25519" or
+/// "P-256" (aliases "ES256", "EC").
 #[pyfunction]
 pub fn generate_key(kind: &str) -> PyResult<String> {
     let kind = KeyKind::parse(kind).py_err()?;
     Jwk::generate(kind).and_then(|k| k.to_json(true)).py_err()
 }
 
-/// The public JWK (JSON text) of an OKP private JWK.
+/// The public JWK (JSON text) of an OKP or EC private JWK.
 #[pyfunction]
 pub fn public_key(jwk: &str) -> PyResult<String> {
     Jwk::parse(jwk)
