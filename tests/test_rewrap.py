@@ -71,6 +71,24 @@ def test_output_elsewhere_leaves_source(tmp_path):
     cn.load_file(dst, keys=b)
 
 
+def test_rewrap_in_place_changes_only_the_first_page(tmp_path):
+    """Room reserved after the metadata: the rewrap rewrites the first page in
+    place (same inode) and every byte after it stays."""
+    old, new = ct.generate_key("oct"), ct.generate_key("X25519")
+    path = tmp_path / "m.safetensors"
+    w = np.arange(50_000, dtype=np.float32)
+    cn.save_file({"w": w}, path, metadata={"format": "pt"}, encrypt_for=old)
+    before, ino = path.read_bytes(), path.stat().st_ino
+    ct.rewrap(path, keys=old, add=ct.public_key(new), remove=[old["kid"]])
+    after = path.read_bytes()
+    assert path.stat().st_ino == ino and len(after) == len(before)
+    assert after[4096:] == before[4096:] and after[:4096] != before[:4096]
+    np.testing.assert_array_equal(cn.load_file(path, keys=new)["w"], w)
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path, keys=old)
+    assert ct.safe_open(path, "np", keys=new).metadata()["format"] == "pt"
+
+
 REWRAP = """
 import json, os, cryptotensors
 k = json.loads(os.environ["KEYS"])

@@ -292,21 +292,55 @@ pub fn layout(mut entries: Vec<Entry>) -> Result<Vec<(Entry, TensorInfo)>> {
         .collect()
 }
 
+/// A header rewritten in place is written by one `pwrite` inside the file's
+/// first page, which a killed process never leaves half done (the kernel
+/// checks for fatal signals between pages, not within one).
+pub const IN_PLACE_END: usize = 4096;
+
+/// The JSON that opens a header with metadata: `{"__metadata__":{...}`.
+pub fn metadata_json(metadata: &Metadata) -> Result<Vec<u8>> {
+    let mut json = Vec::with_capacity(256);
+    json.extend_from_slice(b"{\"__metadata__\":");
+    serde_json::to_writer(&mut json, metadata)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(json)
+}
+
+/// The spaces after the metadata that end its slot at [`IN_PLACE_END`] in
+/// the file, when at least `reserve` of them fit there; else `reserve`.
+pub fn slot_padding(metadata: &Metadata, reserve: usize) -> Result<usize> {
+    let used = PREFIX_LEN + metadata_json(metadata)?.len();
+    Ok(match IN_PLACE_END.checked_sub(used) {
+        Some(room) if room >= reserve => room,
+        _ => reserve,
+    })
+}
+
 /// Encodes a header: the length prefix, the compact JSON and the space padding
-/// to a multiple of 8, plus `reserve` more spaces (room for later in-place
-/// header rewrites; JSON ignores trailing whitespace).
+/// to a multiple of 8. `padding` more spaces follow the metadata (JSON ignores
+/// whitespace between tokens): room for a later in-place rewrite of the
+/// metadata that leaves the tensor table where it is.
 pub fn encode<'a>(
     metadata: Option<&Metadata>,
     tensors: impl IntoIterator<Item = (&'a str, &'a TensorInfo)>,
-    reserve: usize,
+    padding: usize,
 ) -> Result<Vec<u8>> {
     let mut json = Vec::with_capacity(256);
-    json.push(b'{');
     let mut first = true;
-    if let Some(m) = metadata {
-        json.extend_from_slice(b"\"__metadata__\":");
-        serde_json::to_writer(&mut json, m).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        first = false;
+    match metadata {
+        Some(m) => {
+            json = metadata_json(m)?;
+            let n = json
+                .len()
+                .checked_add(padding)
+                .ok_or(Error::ValidationOverflow)?;
+            if n > MAX_HEADER_SIZE {
+                return Err(Error::HeaderTooLarge);
+            }
+            json.resize(n, b' ');
+            first = false;
+        }
+        None => json.push(b'{'),
     }
     for (name, info) in tensors {
         if !first {
@@ -327,7 +361,7 @@ pub fn encode<'a>(
     json.push(b'}');
     let padded = json
         .len()
-        .checked_add(reserve)
+        .checked_add(if metadata.is_none() { padding } else { 0 })
         .and_then(|n| n.checked_add(7))
         .ok_or(Error::ValidationOverflow)?
         / 8

@@ -3,14 +3,16 @@
 //! Only the header changes; tensor bytes and the trailer are copied
 //! unchanged, by the kernel where it can (`copy_file_range`).
 //!
-//! The result is always written to a temporary file and renamed over the
-//! target, never rewritten in place: a header spans several pages, and a
-//! process killed in the middle of an in-place write would leave a header
-//! that is neither the old one nor the new one. With the rename, a crash
-//! at any moment leaves the old file or the new one.
+//! A crash at any moment leaves the old file or the new one. When the new
+//! metadata fits in the old metadata's slot and that slot lies in the
+//! file's first page (writers pad it to end there, FORMAT.md §2), the slot
+//! is rewritten in place by one single-page write, which a killed process
+//! never leaves half done. Otherwise the new header and the unchanged bytes
+//! go to a temporary file renamed over the target.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::crypto::{self, DataKey};
@@ -44,13 +46,45 @@ pub struct RewrapOptions {
     /// Replace the access policy: `Some(Some(rego))` sets it,
     /// `Some(None)` removes it, `None` keeps it.
     pub policy: Option<Option<String>>,
+    /// Flush to disk before returning (durability across power loss).
+    pub fsync: bool,
 }
 
 /// Rewrites the header of `src` into `dst` (which may be `src`).
 pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
-    let source = PreadFile::new(File::open(src)?)?;
+    // Opened for writing when the target is the source itself, so that the
+    // header checked and the header rewritten are those of one file.
+    let same = src == dst || same_file(src, dst);
+    let file = match same {
+        true => OpenOptions::new().read(true).write(true).open(src),
+        false => Err(std::io::ErrorKind::Unsupported.into()),
+    };
+    let writable = file.as_ref().ok().map(File::try_clone).transpose()?;
+    let source = PreadFile::new(match file {
+        Ok(f) => f,
+        Err(_) => File::open(src)?,
+    })?;
     let (old, data_start) = read_header(&source)?;
     let new = rewrap_header(&old, opts)?;
+    if let Some(file) = writable {
+        let mut json = vec![0u8; (data_start as usize).saturating_sub(header::PREFIX_LEN)];
+        source.read_at(header::PREFIX_LEN as u64, &mut json)?;
+        if let Some(slot) = in_place_slot(&json, &old, &new)? {
+            // One write: a short one would be a torn header, so it is an error
+            // and never retried piecewise.
+            let n = file.write_at(&slot, header::PREFIX_LEN as u64)?;
+            if n != slot.len() {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "short write while rewriting the header in place",
+                )));
+            }
+            if opts.fsync {
+                file.sync_data()?;
+            }
+            return Ok(());
+        }
+    }
     let tmp = AtomicFile::create(dst)?;
     let data_len = source.len() - data_start;
     // Keep the data where it is when the new header fits in the old one's
@@ -74,7 +108,41 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
             "the file changed while it was rewrapped",
         )));
     }
-    tmp.commit(false)
+    tmp.commit(opts.fsync)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The new bytes of the metadata slot, `[PREFIX_LEN, PREFIX_LEN + n)`, when
+/// the new header can replace the old one (whose JSON is `old_json`) by
+/// rewriting that slot alone within [`header::IN_PLACE_END`]: the old JSON
+/// must be exactly the encoding of `old` with its metadata padded, and the
+/// new encoding must differ from it only inside the slot.
+fn in_place_slot(old_json: &[u8], old: &Header, new: &Header) -> Result<Option<Vec<u8>>> {
+    let (Some(old_meta), Some(new_meta)) = (old.metadata(), new.metadata()) else {
+        return Ok(None);
+    };
+    let opening = header::metadata_json(old_meta)?;
+    let Some(rest) = old_json.strip_prefix(opening.as_slice()) else {
+        return Ok(None);
+    };
+    let slot = opening.len() + rest.iter().take_while(|&&b| b == b' ').count();
+    let fresh = header::metadata_json(new_meta)?.len();
+    if header::PREFIX_LEN + slot > header::IN_PLACE_END || fresh > slot {
+        return Ok(None);
+    }
+    let bytes = header::encode(Some(new_meta), infos(new), slot - fresh)?;
+    let bytes = &bytes[header::PREFIX_LEN..];
+    if bytes.len() != old_json.len() || bytes[slot..] != old_json[slot..] {
+        return Ok(None);
+    }
+    Ok(Some(bytes[..slot].to_vec()))
 }
 
 fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
@@ -262,6 +330,69 @@ mod tests {
             rewrap_file(&path, &path, &wrong),
             Err(Error::KeyNotFound { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    /// A rewrap whose metadata fits its slot in the first page rewrites the
+    /// file in place (same inode, nothing after the first page changes);
+    /// metadata beyond the first page (here a long policy) goes through a
+    /// temporary file and a rename.
+    #[test]
+    fn in_place_when_the_slot_fits_else_renamed() {
+        let dir = std::env::temp_dir().join(format!("ct-inplace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (
+            Jwk::generate(KeyKind::Oct).unwrap(),
+            Jwk::generate(KeyKind::X25519).unwrap(),
+        );
+        let data = vec![5u8; 4096 * 3];
+        let shape = [data.len()];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &shape,
+            data: &data,
+        }];
+        let long = format!(
+            "package cryptotensors\n# {}\ndefault allow := true\n",
+            "x".repeat(5000)
+        );
+        for (policy, in_place) in [(None, true), (Some(long), false)] {
+            let path = dir.join("m.safetensors");
+            let opts = WriteOptions {
+                encrypt: Some(EncryptOptions {
+                    recipients: vec![a.clone()],
+                    tensors: None,
+                    algorithm: crypto::Algorithm::Aes256Gcm,
+                }),
+                policy,
+                reserve: DEFAULT_RESERVE,
+                ..Default::default()
+            };
+            serialize_to_file(&t, &opts, &path).unwrap();
+            let (before, ino) = (std::fs::read(&path).unwrap(), inode(&path));
+            let rw = RewrapOptions {
+                keys: vec![a.clone()],
+                add: vec![b.public().unwrap()],
+                ..Default::default()
+            };
+            rewrap_file(&path, &path, &rw).unwrap();
+            let after = std::fs::read(&path).unwrap();
+            assert_eq!(inode(&path) == ino, in_place);
+            assert_eq!(before.len(), after.len());
+            if in_place {
+                let n = header::IN_PLACE_END;
+                assert_eq!(before[n..], after[n..], "only the first page changed");
+                assert_ne!(before[..n], after[..n]);
+            }
+            assert_eq!(open(&path, &b).unwrap(), data);
+            assert_eq!(open(&path, &a).unwrap(), data);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

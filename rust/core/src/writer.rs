@@ -67,15 +67,17 @@ pub struct WriteOptions {
     pub policy: Option<String>,
     /// Segment size; 0 for the default.
     pub segment_size: usize,
-    /// Extra header bytes kept free for in-place header rewrites.
+    /// Spaces kept free after the metadata, at least, for in-place header
+    /// rewrites (more when the metadata slot can end with the first page).
     pub reserve: usize,
     /// fsync the file before renaming it.
     pub fsync: bool,
 }
 
-/// Header room reserved in protected files, so that recipients can be added
-/// later without rewriting the data.
-pub const DEFAULT_RESERVE: usize = 4096;
+/// The least room left after the metadata of protected files, so that
+/// recipients can be added or the file re-signed later by rewriting the
+/// header in place (see [`header::slot_padding`]).
+pub const DEFAULT_RESERVE: usize = 1024;
 
 /// Where the bytes go.
 trait Sink: Sync {
@@ -312,7 +314,11 @@ impl Plan<'_> {
             };
             meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
         }
-        header::encode(Some(&meta), self.infos(), p.reserve)
+        header::encode(
+            Some(&meta),
+            self.infos(),
+            header::slot_padding(&meta, p.reserve)?,
+        )
     }
 
     /// Writes header, data and trailer to `sink`.

@@ -74,7 +74,7 @@ pub fn serialize<'py>(
         policy,
         segment_size,
         reserve,
-        fsync: std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1"),
+        fsync: fsync_requested(),
     };
     match path {
         Some(path) => {
@@ -126,6 +126,12 @@ pub fn rewrap(
         } else {
             policy.map(Some)
         },
+        fsync: fsync_requested(),
     };
     py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+}
+
+/// `CRYPTOTENSORS_FSYNC=1`: flush saves and rewraps to disk before they return.
+fn fsync_requested() -> bool {
+    std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1")
 }
