@@ -93,8 +93,8 @@ pub fn serialize<'py>(
     }
 }
 
-/// Rewrites a file's header to change recipients or its signature; tensor
-/// bytes are copied unchanged and the result is renamed over `dst`.
+/// Rewrites a file's header to change recipients, policy or signature;
+/// tensor bytes stay unchanged (see `cryptotensors::rewrap`).
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false))]
 #[allow(clippy::too_many_arguments)]
