@@ -137,6 +137,15 @@ fn resolve_one(ix: Index, len: usize, axis: usize) -> Result<Dim> {
 }
 
 impl SliceRuns {
+    /// Bytes `[offset, offset + len)` of a tensor, as one flat run.
+    pub fn contiguous(offset: usize, len: usize) -> SliceRuns {
+        SliceRuns {
+            shape: vec![len],
+            runs: vec![(offset, len)],
+            len,
+        }
+    }
+
     /// Resolves `index` against a tensor of `dtype` and `shape`.
     pub fn new(dtype: Dtype, shape: &[usize], index: &[Index]) -> Result<SliceRuns> {
         let dims = resolve(index, shape)?;
