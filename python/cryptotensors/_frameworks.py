@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import operator
+import os
 from typing import Tuple
 
 from ._core import SafetensorError
@@ -162,6 +163,13 @@ class Framework:
         return None
 
 
+# Torch outputs from this size up are numpy buffers (see Torch.empty), the size
+# from which numpy advises huge pages; CRYPTOTENSORS_HUGEPAGES=0 turns it off.
+_HUGE = 1 << 22
+_ALIGN = 64
+_HUGEPAGES = os.environ.get("CRYPTOTENSORS_HUGEPAGES", "1") != "0"
+
+
 class Torch(Framework):
     name = "pt"
     label = "pytorch"
@@ -184,7 +192,23 @@ class Torch(Framework):
         return shape
 
     def empty(self, dtype: str, shape):
-        t = self.torch.empty(self._torch_shape(dtype, shape), dtype=self._getdtype(dtype))
+        tshape, tdtype = self._torch_shape(dtype, shape), self._getdtype(dtype)
+        nbytes = tdtype.itemsize
+        for d in tshape:
+            nbytes *= d
+        if nbytes >= _HUGE and _HUGEPAGES:
+            # A load's main cost is faulting in fresh output memory. numpy asks
+            # the kernel for transparent huge pages on large buffers, torch's
+            # allocator does not (unless THP_MEM_ALLOC_ENABLE=1 at start-up):
+            # 512 times fewer page faults, measured 0.055 s against 0.19 s to
+            # fill 1 GiB here. Aligned to 64 bytes, as torch's own buffers.
+            import numpy
+
+            buf = numpy.empty(nbytes + _ALIGN, dtype=numpy.uint8)
+            skip = -buf.ctypes.data % _ALIGN
+            t = self.torch.from_numpy(buf[skip : skip + nbytes]).view(tdtype).view(tshape)
+        else:
+            t = self.torch.empty(tshape, dtype=tdtype)
         return t, t.data_ptr(), t.untyped_storage().nbytes()
 
     def finish(self, t, device: str):
