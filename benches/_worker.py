@@ -9,7 +9,8 @@ module level. Every API difference between the implementations lives in the
 Request fields: impl ("safetensors" | "ours" | "ref"), op ("probe" | "save" |
 "load_file" | "safe_open" | "slice"), framework ("numpy" | "torch"), enc
 (bool), path, size_gib, dtype ("bf16" | "f32"), keys (from the probe), touch
-("page" | "full", loads), reps (slice only).
+("page" | "full", loads), reps (slice only), backend (optional, ours' loads:
+"mmap" | "pread").
 
 Peak memory: after setup (imports, building the tensors) the worker resets the
 kernel's high-water mark (write "5" to /proc/self/clear_refs), so ``rss_peak``
@@ -51,6 +52,7 @@ class Backend:
 
     def __init__(self, keys=None):
         self.keys = keys
+        self.load_opts: dict = {}  # e.g. {"backend": "pread"} (ours only)
         self.pkg = importlib.import_module(self.package)
 
     def version(self) -> str:
@@ -104,10 +106,11 @@ class Ours(Backend):
 
     def load_file(self, framework, path, enc):
         kw = {"keys": self.keys} if enc else {}
-        return self.fw(framework).load_file(path, **kw)
+        return self.fw(framework).load_file(path, **kw, **self.load_opts)
 
     def safe_open(self, framework, path, enc):
         kw = {"keys": self.keys} if enc else {}
+        kw.update(self.load_opts)
         return self.pkg.safe_open(path, framework=FW_NAME[framework], **kw)
 
 
@@ -193,9 +196,12 @@ def _reset_peak() -> bool:
 
 
 def _cpu() -> float:
-    """CPU seconds used by this process so far, all threads (user + system)."""
-    t = os.times()
-    return t.user + t.system
+    """CPU seconds used by this process so far, all threads (user + system).
+    getrusage has microsecond resolution (os.times: clock ticks, 10 ms)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _mem(reset_ok: bool) -> dict:
@@ -402,6 +408,10 @@ def main() -> None:
     except (ImportError, Unsupported) as e:
         res = {"unavailable": f"{type(e).__name__}: {e}"}
     else:
+        if req.get("backend"):
+            if req["impl"] != "ours":
+                raise SystemExit(f"backend= is only wired for ours, not {req['impl']}")
+            be.load_opts["backend"] = req["backend"]
         if req["op"] == "probe":
             res = op_probe(be, req)
         else:
