@@ -134,7 +134,7 @@ def test_patch_rebinds_references_and_unpatch_restores_them():
         assert mu._safe_load_bytes is orig["torch.load"]
         cryptotensors.unpatch()  # idempotent
         assert _originals() == orig
-        assert not any(isinstance(f, _patch._Finder) for f in sys.meta_path)
+        assert _patch._finder is None and not any(getattr(f, "_then", None) is _patch._after_import for f in sys.meta_path)
     finally:
         del sys.modules[consumer.__name__]
 

@@ -52,6 +52,7 @@ import types
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _open
+from ._importhook import AfterImport
 
 ENV = "CRYPTOTENSORS_PATCH"
 
@@ -113,7 +114,7 @@ _SKIP_PREFIXES = ("cryptotensors.", "safetensors._safetensors_rust")
 
 _lock = threading.RLock()
 _active = False
-_finder: Optional[_Finder] = None
+_finder: Optional[AfterImport] = None
 # id(original) -> (original, replacement) and id(replacement) -> (replacement, original),
 # for the originals found while patched (the objects are held here, so ids stay theirs).
 _by_original: Dict[int, Tuple[Any, Any]] = {}
@@ -164,55 +165,11 @@ def _rebind(table: Dict[int, Tuple[Any, Any]]) -> int:
 # -- the import hook ---------------------------------------------------------------------------
 
 
-class _PatchingLoader:
-    """Runs the real loader of a safetensors module, then patches the module
-    before anyone can import names from it; afterwards the module shows its
-    own loader again."""
-
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        if getattr(module, "__loader__", None) is self:
-            module.__loader__ = self._loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and spec.loader is self:
-            spec.loader = self._loader
-        with _lock:
-            if _active:
-                _patch_safetensors_module(module)
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-
-class _Finder:
-    """Finds the safetensors modules as the rest of sys.meta_path would, and
-    wraps their loaders in a _PatchingLoader. (Plain classes, duck-typed as
-    importlib wants them: importlib.abc would cost ~10 ms at every start-up
-    under the .pth line.)"""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in _TARGETS or not _active:
-            return None
-        for finder in list(sys.meta_path):
-            if isinstance(finder, _Finder):
-                continue
-            find = getattr(finder, "find_spec", None)
-            if find is None:
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader)
-        return spec
+def _after_import(module) -> None:
+    """Patches a safetensors module that has just run (see _importhook)."""
+    with _lock:
+        if _active:
+            _patch_safetensors_module(module)
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -227,8 +184,8 @@ def patch() -> None:
     global _active, _finder
     with _lock:
         if _finder is None:
-            _finder = _Finder()
-            sys.meta_path.insert(0, _finder)
+            _finder = AfterImport(_TARGETS, _after_import)
+            _finder.install()
         _active = True
         for name in _TARGETS:
             module = sys.modules.get(name)
@@ -245,10 +202,7 @@ def unpatch() -> None:
     with _lock:
         _active = False
         if _finder is not None:
-            try:
-                sys.meta_path.remove(_finder)
-            except ValueError:
-                pass
+            _finder.remove()
             _finder = None
         if _by_replacement:
             _rebind(_by_replacement)

@@ -46,6 +46,8 @@ import threading
 import types
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ._importhook import AfterImport
+
 LOAD_FORMAT = "cryptotensors"
 REQUIRE_ENV = "CRYPTOTENSORS_REQUIRE_ENCRYPTION"
 MODEL_LOADER = "vllm.model_executor.model_loader"
@@ -60,7 +62,7 @@ DIRECT_READERS: Dict[str, str] = {
 logger = logging.getLogger("cryptotensors.vllm")
 
 _lock = threading.RLock()
-_finder: Optional[_Finder] = None
+_finder: Optional[AfterImport] = None
 _loader_cls: Optional[type] = None
 
 
@@ -292,56 +294,16 @@ def _install(model_loader: types.ModuleType) -> None:
 # -- the one-shot import hook ------------------------------------------------------------------
 
 
-class _Loader:
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        if getattr(module, "__loader__", None) is self:
-            module.__loader__ = self._loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and spec.loader is self:
-            spec.loader = self._loader
-        _remove_finder()
-        _install(module)
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-
-class _Finder:
-    """Finds vLLM's model-loader package as the rest of sys.meta_path would
-    and runs _install after it; removes itself once that import succeeded."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != MODEL_LOADER:
-            return None
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            if find is None or isinstance(finder, _Finder):
-                continue
-            spec = find(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _Loader(spec.loader)
-        return spec
+def _on_model_loader(module) -> None:
+    _remove_finder()
+    _install(module)
 
 
 def _remove_finder() -> None:
     global _finder
     with _lock:
         if _finder is not None:
-            try:
-                sys.meta_path.remove(_finder)
-            except ValueError:
-                pass
+            _finder.remove()
             _finder = None
 
 
@@ -359,8 +321,8 @@ def _when_model_loader_imported() -> None:
                 )
             return
         if _finder is None:
-            _finder = _Finder()
-            sys.meta_path.insert(0, _finder)
+            _finder = AfterImport([MODEL_LOADER], _on_model_loader)
+            _finder.install()
 
 
 # -- the entry point ---------------------------------------------------------------------------
