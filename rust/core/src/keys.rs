@@ -142,6 +142,16 @@ impl Drop for RawJwk {
     }
 }
 
+/// The private member `d` of an OKP or EC key, if present: 32 bytes.
+fn private_member(d: Option<&str>) -> Result<Option<SecretBytes>> {
+    d.map(|d| {
+        let bytes = Zeroizing::new(b64d("d", d)?);
+        SecretBytes::from_slice(&bytes)
+            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))
+    })
+    .transpose()
+}
+
 impl Jwk {
     /// Parses one JWK from JSON text.
     pub fn parse(json: &str) -> Result<Jwk> {
@@ -218,18 +228,13 @@ impl Jwk {
                 let public: [u8; 32] = b64d("x", x)?
                     .try_into()
                     .map_err(|_| Error::InvalidKey("\"x\" must be 32 bytes".into()))?;
-                let secret = match raw.d.as_deref() {
-                    None => None,
-                    Some(d) => {
-                        let bytes = Zeroizing::new(b64d("d", d)?);
-                        let s = SecretBytes::from_slice(&bytes)
-                            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))?;
-                        if derive_public(kind, &s) != public {
-                            return Err(Error::InvalidKey("\"x\" does not match \"d\"".into()));
-                        }
-                        Some(s)
-                    }
-                };
+                let secret = private_member(raw.d.as_deref())?;
+                if secret
+                    .as_ref()
+                    .is_some_and(|s| derive_public(kind, s) != public)
+                {
+                    return Err(Error::InvalidKey("\"x\" does not match \"d\"".into()));
+                }
                 (kind, secret, public)
             }
             "EC" => {
@@ -252,16 +257,10 @@ impl Jwk {
                 public_y = coordinate("y", &raw.y)?;
                 let point = p256_point(&x, &public_y);
                 p256_check_point(&point)?;
-                let secret = match raw.d.as_deref() {
-                    None => None,
-                    Some(d) => {
-                        let bytes = Zeroizing::new(b64d("d", d)?);
-                        let s = SecretBytes::from_slice(&bytes)
-                            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))?;
-                        p256_key_pair(&s, &point)?;
-                        Some(s)
-                    }
-                };
+                let secret = private_member(raw.d.as_deref())?;
+                if let Some(s) = &secret {
+                    p256_key_pair(s, &point)?;
+                }
                 (KeyKind::P256, secret, x)
             }
             other => return Err(Error::InvalidKey(format!("unsupported kty {other:?}"))),
