@@ -24,7 +24,7 @@ from cryptotensors import _providers
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed (pip install python-pkcs11)")
 
-from cryptotensors.pkcs11 import Pkcs11Provider, from_env, import_oct_key, open_session  # noqa: E402
+from cryptotensors.pkcs11 import Pkcs11Provider, from_env, generate_key, import_oct_key, open_session  # noqa: E402
 
 
 def _softhsm_module():
@@ -147,6 +147,75 @@ def test_the_key_is_sensitive_and_not_extractable(hsm):
     # Private: without a login the token does not even show it.
     with open_session(MODULE, TOKEN) as session:
         assert list(session.get_objects({Attribute.LABEL: kid})) == []
+
+
+def test_a_key_born_on_the_token_encrypts_and_opens_files(hsm, tmp_path, no_keys):
+    """generate_key makes the key on the token (never outside, never extractable);
+    encrypt_for= a Pkcs11Recipient wraps the file's data key on the token, and
+    only the token opens the file."""
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    kid = generate_key("born-on-token", MODULE, token_label=TOKEN, pin=PIN)
+    with open_session(MODULE, TOKEN, PIN) as session:
+        key = session.get_key(ObjectClass.SECRET_KEY, KeyType.AES, label=kid)
+        assert key[Attribute.SENSITIVE] is True and key[Attribute.EXTRACTABLE] is False
+        assert key[Attribute.ALWAYS_SENSITIVE] is True and key[Attribute.NEVER_EXTRACTABLE] is True
+        with pytest.raises(pkcs11.AttributeSensitive):
+            key[Attribute.VALUE]
+    with pytest.raises(ct.SafetensorError, match="already holds"):
+        generate_key(kid, MODULE, token_label=TOKEN, pin=PIN)
+
+    p = provider()
+    tensors = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    path = tmp_path / "hsm.safetensors"
+    other = ct.generate_key("oct")
+    cn.save_file(tensors, path, encrypt_for=[p.recipient(kid), other])
+    info = ct.inspect(str(path))
+    assert sorted(r["kid"] for r in info["recipients"]) == sorted([kid, other["kid"]])
+    assert_same(cn.load_file(path, keys=other), tensors)  # the JWK recipient opens it too
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path)  # nothing but the token could open it, and it is not registered
+    ct.register_key_provider(p)
+    assert_same(cn.load_file(path), tensors)
+    # The recipient alone, with no JWK at all.
+    only = tmp_path / "only.safetensors"
+    cn.save_file(tensors, only, encrypt_for=p.recipient(kid))
+    assert_same(cn.load_file(only), tensors)
+    # A key imported decrypt-only cannot wrap; an unknown label is refused.
+    with pytest.raises(ct.SafetensorError, match="may only decrypt"):
+        cn.save_file(tensors, tmp_path / "x.safetensors", encrypt_for=p.recipient(hsm["key"]["kid"]))
+    with pytest.raises(ct.SafetensorError, match="0 AES keys"):
+        cn.save_file(tensors, tmp_path / "y.safetensors", encrypt_for=p.recipient("no-such-key"))
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+    assert PIN not in repr(p.recipient(kid))
+
+
+def test_external_stanzas_are_checked_before_they_are_written(tmp_path):
+    """A wrapper returning a malformed stanza, or one for another data key
+    shape, is refused; nothing is written."""
+
+    class Bad:
+        def __init__(self, stanza):
+            self.stanza = stanza
+
+        def wrap(self, data_key):
+            return self.stanza
+
+    good = {"kid": "k", "alg": "A256GCMKW", "iv": "A" * 16, "tag": "A" * 22, "encrypted_key": "A" * 43}
+    for broken in (
+        {**good, "iv": "A" * 8},
+        {**good, "alg": "dir"},
+        {**good, "kid": ""},
+        {**good, "enc": "A" * 43},
+        {**good, "extra": "x"},
+        {k: v for k, v in good.items() if k != "tag"},
+    ):
+        with pytest.raises(ct.SafetensorError):
+            cn.save_file({"w": np.ones(3)}, tmp_path / "b.safetensors", encrypt_for=Bad(broken))
+        assert not (tmp_path / "b.safetensors").exists()
+    jwk = ct.generate_key("oct")
+    with pytest.raises(ct.SafetensorError, match="two recipients"):
+        cn.save_file({"w": np.ones(3)}, tmp_path / "b.safetensors", encrypt_for=[jwk, Bad({**good, "kid": jwk["kid"]})])
 
 
 def test_import_refuses_duplicates_and_non_oct_keys(hsm):

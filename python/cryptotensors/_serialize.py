@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _core, _keys, _policy, _providers
@@ -88,10 +89,21 @@ def save_options(
         if encrypted_tensors is not None or algorithm is not None or policy is not None:
             raise SafetensorError("encrypted_tensors, algorithm and policy need encrypt_for= (the recipients)")
         return opts
-    recipients = _key_text(encrypt_for)
-    if recipients is None:
-        raise SafetensorError("encrypt_for lists no recipient key")
+    # Key wrappers (objects with wrap(data_key) -> recipient stanza, such as
+    # cryptotensors.pkcs11.Pkcs11Recipient) wrap with a key that never leaves
+    # them; everything else is JWKs.
+    items = encrypt_for if isinstance(encrypt_for, (list, tuple)) else [encrypt_for]
+    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
+    if wrappers:
+        recipients = _key_text([r for r in items if not callable(getattr(r, "wrap", None))]) or "[]"
+    else:
+        recipients = _key_text(encrypt_for)
+        if recipients is None:
+            raise SafetensorError("encrypt_for lists no recipient key")
     opts["recipients"] = recipients
+    if wrappers:
+        data_key = secrets.token_bytes(32)
+        opts["external"] = (data_key, json.dumps([dict(w.wrap(data_key)) for w in wrappers]))
     opts["algorithm"] = algorithm or "AES-256-GCM"
     if encrypted_tensors is not None:
         if isinstance(encrypted_tensors, (str, re.Pattern)):

@@ -210,6 +210,70 @@ def import_oct_key(
     return label
 
 
+def generate_key(
+    label: str,
+    module: str,
+    token_label: Optional[str] = None,
+    pin: Optional[str] = None,
+    slot: Optional[int] = None,
+) -> str:
+    """Generates an AES-256 key-encryption key on the token itself (CKM_AES_KEY_GEN),
+    sensitive and non-extractable from birth, labelled ``label`` (its kid in
+    files; CKA_ID too). It may encrypt (wrap a file's data key, see
+    ``Pkcs11Provider.recipient``) and decrypt (unwrap it); no copy of it ever
+    exists outside the token. Returns the label."""
+    pkcs11 = _import_pkcs11()
+    from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+
+    if not isinstance(label, str) or not label:
+        raise SafetensorError("a token key needs a non-empty label (its kid)")
+    with open_session(module, token_label, pin, slot, rw=True) as session:
+        try:
+            if list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})):
+                raise SafetensorError(f"the token already holds a secret key labelled {label!r}")
+            session.generate_key(
+                KeyType.AES,
+                256,
+                id=label.encode(),
+                label=label,
+                store=True,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                template={
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.MODIFIABLE: False,
+                },
+            )
+        except pkcs11.PKCS11Error as e:
+            raise SafetensorError(f"the token could not generate the key: {type(e).__name__}") from None
+    return label
+
+
+def _b64e(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class Pkcs11Recipient:
+    """A recipient for ``encrypt_for=`` whose key stays on a token: the save
+    hands it the file's fresh data key and it returns an ``A256GCMKW`` stanza
+    made by the token (CKM_AES_GCM encrypt, random 96-bit IV, no AAD; FORMAT.md
+    §6). Made by ``Pkcs11Provider.recipient``."""
+
+    def __init__(self, provider: Pkcs11Provider, kid: str):
+        self._provider = provider
+        self.kid = kid
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Recipient(kid={self.kid!r}, token_label={self._provider.token_label!r})"
+
+    def __getstate__(self):
+        raise TypeError("a Pkcs11Recipient holds a token session; make one per process")
+
+    def wrap(self, data_key: bytes) -> dict:
+        return self._provider._wrap(self.kid, bytes(data_key))
+
+
 class Pkcs11Provider:
     """Unwraps ``A256GCMKW`` recipient stanzas with AES keys held on a PKCS#11
     token (see the module docstring). One session, opened at the first
@@ -361,8 +425,55 @@ class Pkcs11Provider:
         return None
 
 
+    # -- wrapping (saving for a key on the token) ---------------------------
+
+    def recipient(self, kid: Optional[str] = None) -> Pkcs11Recipient:
+        """A recipient for ``encrypt_for=`` that wraps with the token key
+        labelled ``kid`` (default: this provider's key label)."""
+        kid = kid or self.key_label
+        if not kid:
+            raise SafetensorError("recipient() needs the kid (label) of a key on the token")
+        return Pkcs11Recipient(self, kid)
+
+    def _wrap(self, kid: str, data_key: bytes) -> dict:
+        import pkcs11
+        from pkcs11 import Mechanism
+        from pkcs11.mechanisms import GCMParams
+
+        if len(data_key) != 32:
+            raise SafetensorError("a data key has 32 bytes")
+        iv = os.urandom(12)
+        with self._lock:
+            session = self._ensure_session()
+            keys = self._keys(session, kid)
+            if len(keys) != 1:
+                raise SafetensorError(
+                    f"PKCS#11 token {self.token_label!r}: {len(keys)} AES keys answer to kid {kid!r}, need exactly one"
+                )
+            # python-pkcs11 gives a key an encrypt method only when its
+            # CKA_ENCRYPT is set; import_oct_key's keys may only decrypt.
+            encrypt = getattr(keys[0], "encrypt", None)
+            try:
+                if encrypt is None:
+                    raise _NoEncrypt()
+                sealed = bytes(encrypt(data_key, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, None, 128)))
+            except (pkcs11.PKCS11Error, _NoEncrypt) as e:
+                raise SafetensorError(
+                    f"PKCS#11 token {self.token_label!r}: wrapping for kid {kid!r} failed: {type(e).__name__} "
+                    "(a key imported with import_oct_key may only decrypt; generate_key makes one that wraps)"
+                ) from None
+            # The stanza must open before it goes into a file.
+            if len(sealed) != 48 or self._try(kid, iv, sealed) != data_key:
+                raise SafetensorError(f"PKCS#11 token {self.token_label!r}: the wrapped key for {kid!r} does not open")
+        return {"kid": kid, "alg": ALG, "iv": _b64e(iv), "tag": _b64e(sealed[32:]), "encrypted_key": _b64e(sealed[:32])}
+
+
 class _Stale(Exception):
     pass
+
+
+class _NoEncrypt(Exception):
+    """The token key lacks CKA_ENCRYPT."""
 
 
 def _env_pin() -> Optional[str]:

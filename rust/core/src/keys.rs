@@ -563,6 +563,55 @@ pub struct Recipient {
     pub encrypted_key: String,
 }
 
+impl Recipient {
+    /// Parses a JSON list of stanzas made outside this crate, each checked
+    /// with [`Recipient::check`].
+    pub fn parse_list(json: &str) -> Result<Vec<Recipient>> {
+        let list: Vec<Recipient> = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "not a list of recipient stanzas ({:?} error)",
+                e.classify()
+            ))
+        })?;
+        list.iter().try_for_each(Recipient::check)?;
+        Ok(list)
+    }
+
+    /// Checks a stanza made outside this crate (by an HSM, say) before it
+    /// goes into a file: a known algorithm with exactly its members, each
+    /// base64url of the right length. It cannot check that the stanza opens.
+    pub fn check(&self) -> Result<()> {
+        let len = |name: &str, v: &Option<String>, n: usize| -> Result<()> {
+            match decode_field(self, name, v)?.len() == n {
+                true => Ok(()),
+                false => Err(Error::InvalidEnvelope(format!(
+                    "recipient {:?}: {name:?} must be {n} bytes",
+                    self.kid
+                ))),
+            }
+        };
+        if self.kid.is_empty() {
+            return Err(Error::InvalidEnvelope("a recipient needs a kid".into()));
+        }
+        let key = Some(self.encrypted_key.clone());
+        match self.alg.as_str() {
+            ALG_A256GCMKW if self.enc.is_none() => {
+                len("iv", &self.iv, 12)?;
+                len("tag", &self.tag, 16)?;
+                len("encrypted_key", &key, 32)
+            }
+            ALG_HPKE if self.iv.is_none() && self.tag.is_none() => {
+                len("enc", &self.enc, 32)?;
+                len("encrypted_key", &key, 48)
+            }
+            _ => Err(Error::InvalidEnvelope(format!(
+                "recipient {:?}: unsupported algorithm or members ({:?})",
+                self.kid, self.alg
+            ))),
+        }
+    }
+}
+
 fn gcm_key(key: &[u8]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&aead::AES_256_GCM, key).expect("32-byte key"))
 }
@@ -819,6 +868,30 @@ pub(crate) mod hpke {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stanzas this crate makes pass the check given to stanzas made
+    /// elsewhere; malformed ones do not.
+    #[test]
+    fn recipient_check() {
+        let dk = DataKey::generate().unwrap();
+        for kind in [KeyKind::Oct, KeyKind::X25519] {
+            let k = Jwk::generate(kind).unwrap();
+            let r = wrap(&dk, &k.public().unwrap_or(k.clone())).unwrap();
+            r.check().unwrap();
+            let json = serde_json::to_string(&vec![r.clone()]).unwrap();
+            assert_eq!(Recipient::parse_list(&json).unwrap(), vec![r.clone()]);
+            let mut bad = r.clone();
+            bad.encrypted_key.pop();
+            assert!(bad.check().is_err());
+            let mut bad = r.clone();
+            bad.kid.clear();
+            assert!(bad.check().is_err());
+            let mut bad = r;
+            bad.alg = "dir".into();
+            assert!(bad.check().is_err());
+        }
+        assert!(Recipient::parse_list(r#"[{"kid":"a"}]"#).is_err());
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())

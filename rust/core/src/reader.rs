@@ -539,6 +539,7 @@ mod tests {
                 recipients: to,
                 tensors: None,
                 algorithm: Algorithm::Aes256Gcm,
+                external: None,
             }),
             ..Default::default()
         };
@@ -627,6 +628,7 @@ mod tests {
                 recipients: vec![key.clone()],
                 tensors: None,
                 algorithm: Algorithm::Aes256Gcm,
+                external: None,
             }),
             segment_size: seg,
             ..Default::default()

@@ -26,7 +26,7 @@ use crate::envelope::{
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
-use crate::keys::{self, b64e, Jwk};
+use crate::keys::{self, b64e, Jwk, Recipient};
 use crate::policy::Policy;
 use crate::sign;
 
@@ -52,6 +52,18 @@ pub struct EncryptOptions {
     pub tensors: Option<BTreeSet<String>>,
     /// AEAD of the segments.
     pub algorithm: Algorithm,
+    /// Recipients wrapped outside this crate, for a data key drawn outside.
+    pub external: Option<ExternalRecipients>,
+}
+
+/// Recipient stanzas made elsewhere (an HSM that wraps with a key it never
+/// lets out), all for `data_key`, which becomes the file's data key.
+#[derive(Debug, Clone)]
+pub struct ExternalRecipients {
+    /// The file's data key: fresh and random, drawn by the caller.
+    pub data_key: DataKey,
+    /// Its wrapped copies, checked with [`Recipient::check`].
+    pub stanzas: Vec<Recipient>,
 }
 
 /// Options of a save.
@@ -178,7 +190,9 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
     let (encryption, payload, encrypted) = match &opts.encrypt {
         None => (None, None, BTreeSet::new()),
         Some(enc) => {
-            if enc.recipients.is_empty() {
+            if enc.recipients.is_empty()
+                && enc.external.as_ref().is_none_or(|x| x.stanzas.is_empty())
+            {
                 return Err(Error::InvalidArgument(
                     "encrypt_for lists no recipient".into(),
                 ));
@@ -199,14 +213,27 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
                     "encrypted_tensors selects no tensor".into(),
                 ));
             }
-            let data_key = DataKey::generate()?;
+            let data_key = match &enc.external {
+                Some(x) => x.data_key.clone(),
+                None => DataKey::generate()?,
+            };
             let mut salt = [0u8; SALT_LEN];
             crypto::fill_random(&mut salt)?;
-            let recipients = enc
+            let mut recipients = enc
                 .recipients
                 .iter()
                 .map(|r| keys::wrap(&data_key, r))
                 .collect::<Result<Vec<_>>>()?;
+            for stanza in enc.external.iter().flat_map(|x| &x.stanzas) {
+                stanza.check()?;
+                if recipients.iter().any(|r| r.kid == stanza.kid) {
+                    return Err(Error::InvalidArgument(format!(
+                        "two recipients have kid {:?}",
+                        stanza.kid
+                    )));
+                }
+                recipients.push(stanza.clone());
+            }
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
                 salt: b64e(&salt),

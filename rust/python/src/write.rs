@@ -3,10 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use cryptotensors::crypto::Algorithm;
-use cryptotensors::keys::Jwk;
+use cryptotensors::crypto::{Algorithm, DataKey};
+use cryptotensors::keys::{Jwk, Recipient};
 use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
-use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
+use cryptotensors::writer::{
+    self, EncryptOptions, ExternalRecipients, TensorData, WriteOptions, DEFAULT_RESERVE,
+};
+use cryptotensors::Error;
 use cryptotensors::{with_threads, Dtype};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -19,9 +22,11 @@ use crate::errors::IntoPy;
 ///
 /// The Python layer keeps every object owning a `data_ptr` alive for the
 /// call. Encryption: `recipients` (JWKS JSON text) with the optional
-/// `encrypted` names, `algorithm` and `segment_size`; signing: `sign_with`.
+/// `encrypted` names, `algorithm` and `segment_size`, and `external`, a data
+/// key with recipient stanzas wrapped for it elsewhere (JSON list); signing:
+/// `sign_with`.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=0))]
+#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=0, external=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn serialize<'py>(
     py: Python<'py>,
@@ -35,6 +40,7 @@ pub fn serialize<'py>(
     sign_with: Option<&str>,
     policy: Option<String>,
     threads: usize,
+    external: Option<(Vec<u8>, String)>,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     let dtypes = tensors
         .iter()
@@ -59,6 +65,7 @@ pub fn serialize<'py>(
             recipients: Jwk::parse_set(json).py_err()?,
             tensors: encrypted,
             algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
+            external: external.map(external_recipients).transpose().py_err()?,
         }),
     };
     let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
@@ -134,4 +141,15 @@ pub fn rewrap(
 /// `CRYPTOTENSORS_FSYNC=1`: flush saves and rewraps to disk before they return.
 fn fsync_requested() -> bool {
     std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1")
+}
+
+fn external_recipients(
+    (key, stanzas): (Vec<u8>, String),
+) -> cryptotensors::Result<ExternalRecipients> {
+    Ok(ExternalRecipients {
+        data_key: DataKey::from_bytes(&key).ok_or_else(|| {
+            Error::InvalidArgument("external recipients: the data key must be 32 bytes".into())
+        })?,
+        stanzas: Recipient::parse_list(&stanzas)?,
+    })
 }
