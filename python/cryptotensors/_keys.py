@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 KEYS_ENV = "CRYPTOTENSORS_KEYS"
@@ -18,11 +17,13 @@ CONFIG_ENV = "CRYPTOTENSORS_CONFIG_DIR"
 KEYS_FILE = "keys.jwks"
 
 
-def _config_dir() -> Path:
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
+def _config_dir() -> str:
+    # os.path rather than pathlib: this runs at every open.
+    configured = os.environ.get(CONFIG_ENV)
+    if configured:
+        return configured
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "cryptotensors"
+    return os.path.join(base, "cryptotensors")
 
 
 def _as_list(value: Any) -> list:
@@ -79,7 +80,7 @@ def _from_env(name: str) -> list:
 
 def keyring_json(keys: Any = None) -> Optional[str]:
     """The key ring of one load, as JSON text for the core: call, env, config file."""
-    ring = _as_list(keys) + _from_env(KEYS_ENV) + _read_jwks_file(_config_dir() / KEYS_FILE)
+    ring = _as_list(keys) + _from_env(KEYS_ENV) + _read_jwks_file(os.path.join(_config_dir(), KEYS_FILE))
     return json.dumps(ring) if ring else None
 
 

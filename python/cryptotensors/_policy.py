@@ -35,26 +35,41 @@ def _loader() -> str:
     return "safe_open"
 
 
+_host: Optional[str] = None
+_clock = (-1, "")
+_EVERY = json.dumps(["*"])
+
+
+def _host_json() -> str:
+    """The host part of the input, as JSON: read once per process."""
+    global _host
+    if _host is None:
+        _host = json.dumps(
+            {"hostname": socket.gethostname(), "os": platform.system(), "platform": sys.platform, "machine": platform.machine()}
+        )
+    return _host
+
+
+def _rfc3339(seconds: int) -> str:
+    global _clock
+    if _clock[0] != seconds:
+        _clock = (seconds, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)))
+    return _clock[1]
+
+
 def input_json(framework: str, device: str, claims: Any = None, every_tensor: bool = False) -> str:
+    """The input document (see the module docstring) as JSON text. It is built
+    at every open, policy or not, so it is assembled from cached parts."""
     if claims is not None and not isinstance(claims, dict):
         raise TypeError("policy_input must be a dict of claims")
     now = time.time_ns()
-    doc = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now // 1_000_000_000)),
-        "time_ns": now,
-        "host": {
-            "hostname": socket.gethostname(),
-            "os": platform.system(),
-            "platform": sys.platform,
-            "machine": platform.machine(),
-        },
-        "framework": framework,
-        "device": device,
-        "loader": _loader(),
-        "tensors": ["*"] if every_tensor else None,
-        "claims": claims or {},
-    }
-    return json.dumps(doc)
+    tensors = _EVERY if every_tensor else "null"
+    claims_json = json.dumps(claims) if claims else "{}"
+    return (
+        f'{{"time":"{_rfc3339(now // 1_000_000_000)}","time_ns":{now},"host":{_host_json()},'
+        f'"framework":{json.dumps(framework)},"device":{json.dumps(device)},"loader":"{_loader()}",'
+        f'"tensors":{tensors},"claims":{claims_json}}}'
+    )
 
 
 def policy_text(policy: Optional[str]) -> Optional[str]:
