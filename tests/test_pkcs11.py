@@ -428,6 +428,39 @@ def test_a_fresh_process_opens_with_only_the_environment(hsm, model, tmp_path):
     assert_same({k: np.array(v, dtype=tensors[k].dtype) for k, v in out["tensors"].items()}, tensors)
 
 
+@NEEDS_ENTRY_POINT
+def test_command_line_encrypts_for_a_token_key_and_decrypts_with_it(hsm, tmp_path):
+    """`cryptotensors encrypt -r pkcs11:LABEL` and `decrypt` with no key file:
+    the token wraps and unwraps; without the token configured, exit code 4."""
+    label = "cli-token-key"
+    generate_key(label, MODULE, token_label=TOKEN, pin=PIN)
+    src = tmp_path / "plain.safetensors"
+    tensors = {"w": np.arange(20, dtype=np.float32).reshape(4, 5)}
+    cn.save_file(tensors, src)
+    cli = [os.path.join(os.path.dirname(sys.executable), "cryptotensors")]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOTENSORS_")}
+    (tmp_path / "cfg").mkdir()
+    base.update(SOFTHSM2_CONF=hsm["conf"], CRYPTOTENSORS_CONFIG_DIR=str(tmp_path / "cfg"), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    token = dict(base, CRYPTOTENSORS_PKCS11_MODULE=MODULE, CRYPTOTENSORS_PKCS11_TOKEN=TOKEN,
+                 CRYPTOTENSORS_PKCS11_PIN_FILE=hsm["pin_file"])
+
+    def run(args, env):
+        return subprocess.run(cli + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=120)
+
+    enc, out = tmp_path / "enc.safetensors", tmp_path / "out.safetensors"
+    r = run(["encrypt", src, "-o", enc, "-r", f"pkcs11:{label}", "-q"], base)
+    assert r.returncode == 4 and "CRYPTOTENSORS_PKCS11_MODULE" in r.stderr and not enc.exists(), r.stderr
+    r = run(["encrypt", src, "-o", enc, "-r", f"pkcs11:{label}", "-q"], token)
+    assert r.returncode == 0, r.stderr
+    assert [x["kid"] for x in ct.inspect(str(enc))["recipients"]] == [label]
+    r = run(["decrypt", enc, "-o", out, "-q"], base)
+    assert r.returncode == 4 and not out.exists(), r.stderr
+    r = run(["decrypt", enc, "-o", out, "-q"], token)
+    assert r.returncode == 0, r.stderr
+    assert_same(cn.load_file(out), tensors)
+    assert PIN not in r.stderr + r.stdout
+
+
 # -- the PIN stays out of sight -------------------------------------------------------
 
 

@@ -302,9 +302,28 @@ def _check_save_keys(source: str, **options) -> None:
         _dry_run(**options)
 
 
-def _recipients(sources: Sequence[str]) -> List[dict]:
-    recipients = []
+def _token_recipient(label: str):
+    """`pkcs11:LABEL`: the key LABEL on the PKCS#11 token that the environment
+    configures (CRYPTOTENSORS_PKCS11_*), which wraps each file's data key."""
+    from . import pkcs11
+
+    try:
+        provider = pkcs11.from_env()
+    except ImportError as e:
+        raise CliError(EXIT_KEY, str(e)) from None
+    if provider is None:
+        raise CliError(EXIT_KEY, f"-r pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE (and _TOKEN, _PIN) first")
+    if not label:
+        raise CliError(EXIT_USAGE, "-r pkcs11:LABEL needs the label of a key on the token")
+    return provider.recipient(label)
+
+
+def _recipients(sources: Sequence[str]) -> list:
+    recipients: list = []
     for source in sources:
+        if source.startswith("pkcs11:"):
+            recipients.append(_token_recipient(source[len("pkcs11:") :]))
+            continue
         keys = _read_jwks(source)
         _check_save_keys(source, encrypt_for=keys)
         recipients += keys
@@ -1233,7 +1252,8 @@ def _parser() -> argparse.ArgumentParser:
     p = command("encrypt", cmd_encrypt, "encrypt (and sign) a file or a model directory")
     _output_args(p)
     p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
-                   help="encrypt for this key: a public X25519 JWK or an oct JWK (repeatable)")
+                   help="encrypt for this key: a public X25519 JWK or an oct JWK, or pkcs11:LABEL for a key "
+                        "on the token set by CRYPTOTENSORS_PKCS11_* (repeatable)")
     p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
     p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
