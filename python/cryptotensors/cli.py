@@ -1158,7 +1158,9 @@ Next, on your own model (a directory from save_pretrained, or one .safetensors f
   {PROG} encrypt ./my-model -o ./my-model-encrypted -r customer.pub.jwk --sign-key publisher.jwk
   {PROG} inspect ./my-model-encrypted
   {PROG} verify ./my-model-encrypted --trusted-signer publisher.pub.jwk -k customer.jwk
-  CRYPTOTENSORS_KEYS=customer.jwk python your_loader.py    # safe_open/load_file decrypt transparently"""
+  CRYPTOTENSORS_KEYS=customer.jwk python your_loader.py    # cryptotensors' safe_open/load_file decrypt
+  CRYPTOTENSORS_PATCH=1 CRYPTOTENSORS_KEYS=customer.jwk python serve.py   # transformers/accelerate, unchanged
+  CRYPTOTENSORS_KEYS=customer.jwk vllm serve ./my-model-encrypted         # vLLM, through the plugin"""
 
 
 # ---------------------------------------------------------------- arguments
