@@ -111,6 +111,11 @@ fn json_edit(f: &mut Vec<u8>, sub: u8, a: u8, b: u8) -> Option<()> {
     let mut v: Value = serde_json::from_slice(&f[s..e]).ok()?;
     let o = v.as_object_mut()?;
     let names = tensor_keys(o);
+    // The edits below index entries as objects (serde_json panics on a
+    // mutable index into anything else); earlier edits may have broken that.
+    if names.iter().any(|n| !o[n].is_object()) {
+        return None;
+    }
     let pick = |i: u8| names.get(i as usize % names.len().max(1)).cloned();
     const DTYPES: [&str; 8] = ["F32", "I32", "U32", "U8", "BF16", "F16", "I64", "F4"];
     match sub % 16 {
