@@ -150,6 +150,14 @@ def _kid(jwk: dict) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
+def _refuse_taken(session, label: str) -> None:
+    """Labels are kids: two keys under one label would make files ambiguous."""
+    from pkcs11 import Attribute, ObjectClass
+
+    if list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})):
+        raise SafetensorError(f"the token already holds a secret key labelled {label!r}")
+
+
 def import_oct_key(
     jwk: dict,
     module: str,
@@ -182,8 +190,7 @@ def import_oct_key(
     label = label or _kid(jwk)
     with open_session(module, token_label, pin, slot, rw=True) as session:
         try:
-            if list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})):
-                raise SafetensorError(f"the token already holds a secret key labelled {label!r}")
+            _refuse_taken(session, label)
             session.create_object(
                 {
                     Attribute.CLASS: ObjectClass.SECRET_KEY,
@@ -223,14 +230,13 @@ def generate_key(
     ``Pkcs11Provider.recipient``) and decrypt (unwrap it); no copy of it ever
     exists outside the token. Returns the label."""
     pkcs11 = _import_pkcs11()
-    from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+    from pkcs11 import Attribute, KeyType, MechanismFlag
 
     if not isinstance(label, str) or not label:
         raise SafetensorError("a token key needs a non-empty label (its kid)")
     with open_session(module, token_label, pin, slot, rw=True) as session:
         try:
-            if list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})):
-                raise SafetensorError(f"the token already holds a secret key labelled {label!r}")
+            _refuse_taken(session, label)
             session.generate_key(
                 KeyType.AES,
                 256,

@@ -264,6 +264,29 @@ mod tests {
         Ok(out)
     }
 
+    /// Saves `data` as the U8 tensor "w", encrypted for `to`.
+    fn save_for(path: &Path, to: &Jwk, data: &[u8], policy: Option<String>, segment_size: usize) {
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[data.len()],
+            data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![to.clone()],
+                tensors: None,
+                algorithm: crypto::Algorithm::Aes256Gcm,
+                external: None,
+            }),
+            policy,
+            segment_size,
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, path).unwrap();
+    }
+
     #[test]
     fn add_remove_recipients_keeps_data_bytes() {
         let dir = std::env::temp_dir().join(format!("ct-rewrap-{}", std::process::id()));
@@ -274,25 +297,7 @@ mod tests {
             Jwk::generate(KeyKind::X25519).unwrap(),
         );
         let data: Vec<u8> = (0..4096 * 3).map(|i| (i % 251) as u8).collect();
-        let shape = [data.len()];
-        let t = [TensorData {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &shape,
-            data: &data,
-        }];
-        let opts = WriteOptions {
-            encrypt: Some(EncryptOptions {
-                recipients: vec![a.clone()],
-                tensors: None,
-                algorithm: crypto::Algorithm::Aes256Gcm,
-                external: None,
-            }),
-            segment_size: 4096,
-            reserve: DEFAULT_RESERVE,
-            ..Default::default()
-        };
-        serialize_to_file(&t, &opts, &path).unwrap();
+        save_for(&path, &a, &data, None, 4096);
         let before = std::fs::read(&path).unwrap();
         let rw = RewrapOptions {
             keys: vec![a.clone()],
@@ -352,31 +357,13 @@ mod tests {
             Jwk::generate(KeyKind::X25519).unwrap(),
         );
         let data = vec![5u8; 4096 * 3];
-        let shape = [data.len()];
-        let t = [TensorData {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &shape,
-            data: &data,
-        }];
         let long = format!(
             "package cryptotensors\n# {}\ndefault allow := true\n",
             "x".repeat(5000)
         );
         for (policy, in_place) in [(None, true), (Some(long), false)] {
             let path = dir.join("m.safetensors");
-            let opts = WriteOptions {
-                encrypt: Some(EncryptOptions {
-                    recipients: vec![a.clone()],
-                    tensors: None,
-                    algorithm: crypto::Algorithm::Aes256Gcm,
-                    external: None,
-                }),
-                policy,
-                reserve: DEFAULT_RESERVE,
-                ..Default::default()
-            };
-            serialize_to_file(&t, &opts, &path).unwrap();
+            save_for(&path, &a, &data, policy, 0);
             let (before, ino) = (std::fs::read(&path).unwrap(), inode(&path));
             let rw = RewrapOptions {
                 keys: vec![a.clone()],
