@@ -16,9 +16,13 @@ Key arguments are files holding a JWK or a JWK set ({"keys": [...]}). A policy
 on every load; --claims passes the loader's claims (e.g. TEE attestation
 results, a JSON object) to it. Outputs are written atomically: a directory is
 built beside its destination and moved into place when complete, so a failure
-leaves nothing behind; in place (encrypt/decrypt --in-place, rewrap without -o)
-each file is replaced atomically. Errors are one line on stderr, and the exit
-code says which kind of failure it was:
+leaves nothing behind (a killed run leaves a hidden staging directory, removed
+by the next run to the same output); in place (encrypt/decrypt --in-place,
+rewrap without -o) each file is replaced atomically. A link in an input
+directory must lead to a regular file inside it, and an output may not lie
+inside its input. Text from files is printed with control and bidi
+characters escaped. Errors are one line on stderr, and the exit code says
+which kind of failure it was:
 
     0  ok
     1  other failure (not a safetensors file, unsupported content)
@@ -537,6 +541,10 @@ def _refused(path: Path, why: str) -> CliError:
     return CliError(EXIT_UNSAFE_PATH, f"{path}: {why}; refused")
 
 
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _walk(root: Path, follow_links: bool) -> Iterator[Tuple[Path, str]]:
     """The files of the directory `root` as (path to read, path relative to
     `root`), sorted, skipping version-control directories (a .git directory
@@ -551,11 +559,11 @@ def _walk(root: Path, follow_links: bool) -> Iterator[Tuple[Path, str]]:
     (FIFOs, sockets, devices), are refused too: skipping them would make an
     output that silently lacks what the input has."""
     top = root.resolve()
-    for parent, dirs, files in os.walk(top):
+    for parent, dirs, files in os.walk(top, onerror=_raise):  # an unreadable directory is not skipped either
+        dirs[:] = sorted(d for d in dirs if d not in (".git", ".hg"))
         for d in dirs:
             if os.path.islink(os.path.join(parent, d)):
                 raise _refused(Path(parent) / d, "a link to a directory")
-        dirs[:] = sorted(d for d in dirs if d not in (".git", ".hg"))
         for name in sorted(files):
             path = Path(parent) / name
             rel = path.relative_to(top).as_posix()
