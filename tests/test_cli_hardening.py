@@ -242,6 +242,13 @@ def test_the_library_error_holds_no_key_text(tmp_path, hostile, monkeypatch, var
     assert isinstance(info.value, cryptotensors.SafetensorError)
     assert variable in str(info.value) or str(tmp_path) in str(info.value)
     _holds_no_secret(info.value, set())
+    # Nor do the locals of the library's frames it passed through (loggers
+    # and crash reporters that show locals would print them).
+    tb = info.value.__traceback__
+    while tb is not None:
+        if "cryptotensors" in Path(tb.tb_frame.f_code.co_filename).parts:
+            _holds_no_secret(dict(tb.tb_frame.f_locals), set())
+        tb = tb.tb_next
 
 
 def _holds_no_secret(obj, seen):

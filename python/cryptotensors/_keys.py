@@ -26,16 +26,20 @@ class KeyConfigError(SafetensorError):
     no attribute, argument, cause or context holds the key material."""
 
 
-def _parsed(text: Any, source: str) -> list:
-    """The JWKs of key text from `source` (a variable or a file path). The
-    error is raised outside the handler, so that nothing chains to the
-    parser's exception (JSONDecodeError.doc and UnicodeDecodeError.object
-    hold the text)."""
+def _jwks_or_none(text: Any) -> Optional[list]:
+    """The JWKs in key text, or None when it is not a JWK or a JWK set. The
+    caller raises KeyConfigError outside any handler, after dropping the
+    text: the parser's exception holds it (JSONDecodeError.doc,
+    UnicodeDecodeError.object) and would become the error's __context__,
+    and a local holding it would stay in the error's traceback frames."""
     try:
         return _as_list(text)
     except (ValueError, TypeError):
-        pass
-    raise KeyConfigError(f"{source}: not a JWK or a JWK set (JSON)")
+        return None
+
+
+def _unusable(source: str) -> KeyConfigError:
+    return KeyConfigError(f"{source}: not a JWK or a JWK set (JSON)")
 
 
 def _config_dir() -> str:
@@ -80,7 +84,9 @@ def _read_jwks_file(path) -> list:
     if cached is not None and cached[0] == stamp:
         return cached[1]
     with open(path, "rb") as f:
-        keys = _parsed(f.read(), str(path))
+        keys = _jwks_or_none(f.read())
+    if keys is None:
+        raise _unusable(str(path))
     if len(_FILES) > 64:
         _FILES.clear()
     _FILES[stamp[0]] = (stamp, keys)
@@ -93,7 +99,10 @@ def _from_env(name: str) -> list:
     if not raw:
         return []
     if raw[0] in "[{":
-        return _parsed(raw, name)
+        keys, raw = _jwks_or_none(raw), None
+        if keys is None:
+            raise _unusable(name)
+        return keys
     if not os.path.exists(raw):
         raise FileNotFoundError(f"{name} names a key file that does not exist: {raw}")
     return _read_jwks_file(raw)
