@@ -2,6 +2,8 @@
 outputs inside inputs, hostile text in headers, malformed key variables and
 files left behind by killed writers."""
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -336,3 +338,36 @@ def test_encrypt_removes_staging_left_by_a_killed_run(tmp_path, model, keys):
     assert run("encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk").returncode == 0
     assert not stale.exists() and fresh.exists() and other.exists()
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_killed_encrypt_leaves_no_output_and_no_half_written_file(tmp_path, keys):
+    """The staging directory of a directory output only ever holds complete
+    files: a copied file appears whole (it had no name until then)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    big = os.urandom(1 << 20) * 128  # 128 MiB, copied unencrypted (sorted first)
+    size, digest = len(big), hashlib.sha256(big).hexdigest()
+    (model / "big.dat").write_bytes(big)
+    del big
+    save_file({"w": np.ones(16 << 20, np.float32)}, model / "model.safetensors")  # 64 MiB, encrypted after it
+    out = tmp_path / "enc"
+    proc = subprocess.Popen([str(BIN), "encrypt", model, "-o", out, "-r", keys / "customer.pub.jwk", "-q"],
+                            stderr=subprocess.DEVNULL)
+    seen = None
+    try:
+        while seen is None and proc.poll() is None:
+            for staging in tmp_path.glob(".enc.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    seen = (staging / "big.dat").stat().st_size
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen == size, "a half-copied file was visible"
+    if not out.exists():  # killed before the end, as intended: nothing at the output, complete files staged
+        for staging in tmp_path.glob(".enc.*.tmp"):
+            for f in staging.iterdir():
+                assert f.name in ("big.dat", "model.safetensors"), f.name
+                if f.name == "big.dat":
+                    assert hashlib.sha256(f.read_bytes()).hexdigest() == digest
+                if f.name == "model.safetensors":
+                    assert cryptotensors.inspect(f)["algorithm"] == "AES-256-GCM"
