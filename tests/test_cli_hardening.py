@@ -371,3 +371,17 @@ def test_a_killed_encrypt_leaves_no_output_and_no_half_written_file(tmp_path, ke
                     assert hashlib.sha256(f.read_bytes()).hexdigest() == digest
                 if f.name == "model.safetensors":
                     assert cryptotensors.inspect(f)["algorithm"] == "AES-256-GCM"
+
+
+@pytest.mark.parametrize("anonymous", [True, False])
+def test_key_files_are_written_whole_with_or_without_o_tmpfile(tmp_path, monkeypatch, anonymous):
+    if not anonymous:  # a system or file system without O_TMPFILE: a named temporary, renamed or linked in
+        monkeypatch.setattr(cli, "_open_anonymous", lambda directory, mode: None)
+    key = tmp_path / "k.jwk"
+    assert cli.main(["keygen", "--type", "oct", "-o", str(key), "-q"]) == cli.EXIT_OK
+    first = key.read_text()
+    assert cli.main(["keygen", "--type", "oct", "-o", str(key), "-q"]) == cli.EXIT_USAGE
+    assert key.read_text() == first
+    assert cli.main(["keygen", "--type", "oct", "-o", str(key), "--force", "-q"]) == cli.EXIT_OK
+    assert key.read_text() != first and json.loads(key.read_text())["kty"] == "oct"
+    assert os.stat(key).st_mode & 0o777 == 0o600 and os.listdir(tmp_path) == ["k.jwk"]

@@ -694,9 +694,11 @@ _STALE_AFTER = 60.0
 
 def _lock(directory: Path) -> int:
     """Takes the lock that tells other runs this staging directory is in use
-    (held until the descriptor is closed, or the process dies)."""
+    (held until the descriptor is closed, or the process dies). Best effort:
+    where the file system has no flock, the age rule alone protects it."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
 
 

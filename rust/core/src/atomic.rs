@@ -73,9 +73,10 @@ impl AtomicFile {
             }
         };
         // Held until the file is closed (or the process dies): tells
-        // `remove_stale` of other writers that this one is alive.
-        rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
-            .map_err(std::io::Error::from)?;
+        // `remove_stale` of other writers that this one is alive. Best
+        // effort: a file system without flock still gets its file (with
+        // the age rule alone to protect it).
+        let _ = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive);
         Ok(AtomicFile {
             file,
             dir,
@@ -229,6 +230,7 @@ fn remove_stale(dir: &Path, name: &str) {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
 
     fn dir() -> PathBuf {
         let mut rnd = [0u8; 8];
@@ -322,6 +324,18 @@ mod tests {
             assert!(left.contains(&kept.to_string()), "{kept} removed: {left:?}");
         }
         drop(holder);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn named_fallback_matches_the_stale_pattern() {
+        let d = dir();
+        let (file, tmp) = create_named(&d, "m.safetensors").unwrap();
+        assert!(
+            is_temp_of(tmp.file_name().unwrap(), "m.safetensors"),
+            "{tmp:?}"
+        );
+        assert_eq!(file.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         fs::remove_dir_all(&d).unwrap();
     }
 
