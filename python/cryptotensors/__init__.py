@@ -15,6 +15,7 @@ from ._core import (
     SafetensorError,
     SignatureError,
 )
+from ._keys import KeyConfigError
 from ._open import PySafeSlice, safe_open
 from ._patch import patch, unpatch
 from ._providers import register_key_provider
@@ -98,5 +99,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__", "patch", "unpatch",
+    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__", "patch", "unpatch",
 ]

@@ -11,10 +11,35 @@ import json
 import os
 from typing import Any, Optional
 
+from ._core import SafetensorError
+
 KEYS_ENV = "CRYPTOTENSORS_KEYS"
 TRUSTED_ENV = "CRYPTOTENSORS_TRUSTED_SIGNERS"
 CONFIG_ENV = "CRYPTOTENSORS_CONFIG_DIR"
 KEYS_FILE = "keys.jwks"
+
+
+class KeyConfigError(SafetensorError):
+    """A key source of the environment (CRYPTOTENSORS_KEYS,
+    CRYPTOTENSORS_TRUSTED_SIGNERS, a key file they or the config directory
+    name) is not a JWK or a JWK set. It names the source, never its text:
+    no attribute, argument, cause or context holds the key material."""
+
+
+def _jwks_or_none(text: Any) -> Optional[list]:
+    """The JWKs in key text, or None when it is not a JWK or a JWK set. The
+    caller raises KeyConfigError outside any handler, after dropping the
+    text: the parser's exception holds it (JSONDecodeError.doc,
+    UnicodeDecodeError.object) and would become the error's __context__,
+    and a local holding it would stay in the error's traceback frames."""
+    try:
+        return _as_list(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def _unusable(source: str) -> KeyConfigError:
+    return KeyConfigError(f"{source}: not a JWK or a JWK set (JSON)")
 
 
 def _config_dir() -> str:
@@ -58,8 +83,10 @@ def _read_jwks_file(path) -> list:
     cached = _FILES.get(stamp[0])
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    with open(path, encoding="utf-8") as f:
-        keys = _as_list(f.read())
+    with open(path, "rb") as f:
+        keys = _jwks_or_none(f.read())
+    if keys is None:
+        raise _unusable(str(path))
     if len(_FILES) > 64:
         _FILES.clear()
     _FILES[stamp[0]] = (stamp, keys)
@@ -72,7 +99,10 @@ def _from_env(name: str) -> list:
     if not raw:
         return []
     if raw[0] in "[{":
-        return _as_list(raw)
+        keys, raw = _jwks_or_none(raw), None
+        if keys is None:
+            raise _unusable(name)
+        return keys
     if not os.path.exists(raw):
         raise FileNotFoundError(f"{name} names a key file that does not exist: {raw}")
     return _read_jwks_file(raw)

@@ -16,9 +16,13 @@ Key arguments are files holding a JWK or a JWK set ({"keys": [...]}). A policy
 on every load; --claims passes the loader's claims (e.g. TEE attestation
 results, a JSON object) to it. Outputs are written atomically: a directory is
 built beside its destination and moved into place when complete, so a failure
-leaves nothing behind; in place (encrypt/decrypt --in-place, rewrap without -o)
-each file is replaced atomically. Errors are one line on stderr, and the exit
-code says which kind of failure it was:
+leaves nothing behind (a killed run leaves a hidden staging directory, removed
+by the next run to the same output); in place (encrypt/decrypt --in-place,
+rewrap without -o) each file is replaced atomically. A link in an input
+directory must lead to a regular file inside it, and an output may not lie
+inside its input. Text from files is printed with control and bidi
+characters escaped. Errors are one line on stderr, and the exit code says
+which kind of failure it was:
 
     0  ok
     1  other failure (not a safetensors file, unsupported content)
@@ -29,6 +33,7 @@ code says which kind of failure it was:
     6  signature missing, invalid or untrusted
     7  access policy denied
     8  disk full or another operating-system error
+    9  refused input: a link leads out of the input directory, or an entry is not a regular file
 """
 
 from __future__ import annotations
@@ -36,19 +41,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import (
     IntegrityError,
+    KeyConfigError,
     KeyNotFoundError,
     PolicyDeniedError,
     SafetensorError,
@@ -77,6 +85,7 @@ EXIT_INTEGRITY = 5
 EXIT_SIGNATURE = 6
 EXIT_POLICY = 7
 EXIT_OS = 8
+EXIT_UNSAFE_PATH = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -89,12 +98,14 @@ EXIT_CODES = {
     EXIT_SIGNATURE: "signature missing, invalid or untrusted",
     EXIT_POLICY: "access policy denied",
     EXIT_OS: "disk full or another operating-system error",
+    EXIT_UNSAFE_PATH: "refused input: a link leads out of the input directory, or an entry is not a regular file",
 }
 
 # Library and OS errors to exit codes, most specific first (all library
 # errors derive from SafetensorError).
 _ERROR_CODES = (
     (KeyNotFoundError, EXIT_KEY),
+    (KeyConfigError, EXIT_KEY),
     (IntegrityError, EXIT_INTEGRITY),
     (SignatureError, EXIT_SIGNATURE),
     (PolicyDeniedError, EXIT_POLICY),
@@ -173,11 +184,28 @@ def _about(what: str) -> Iterator[None]:
 def _info(args: argparse.Namespace, message: str) -> None:
     """A result line on stdout, unless -q."""
     if not args.quiet:
-        print(message, flush=True)
+        print(_shown(message), flush=True)
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: warning: {_shown(message)}", file=sys.stderr, flush=True)
+
+
+def _shown(text: object, keep: str = "") -> str:
+    """Text safe to print on a terminal, as one line. Whatever a file says
+    (tensor names, kids, metadata, a policy, a file name, errors quoting any
+    of them) could otherwise move the cursor, erase or recolour lines, or
+    reorder them (bidi overrides), and so forge a line such as "OK,
+    signature valid". Every character that is not printable (C0 and C1
+    controls, DEL, newlines, tabs, format characters such as U+202A-U+202E
+    and U+2066-U+2069, separators other than the space, unpaired
+    surrogates) is written as Python escapes it in a repr: \\x1b, \\n,
+    \\u202e. Printable text is unchanged, so escaping twice changes nothing.
+    `keep` names harmless characters to leave as they are (a policy's tabs)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def _human(n: float) -> str:
@@ -235,7 +263,7 @@ class _Progress:
     def println(self, line: str) -> None:
         """Prints a line on stdout above the progress line."""
         self._clear()
-        print(line, flush=True)
+        print(_shown(line), flush=True)
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
@@ -247,7 +275,7 @@ class _Progress:
         bar = ("#" * int(share * 20)).ljust(20, ".")
         line = (
             f"{self.verb} [{bar}] {int(share * 100):3d}%  {_human(self.done)}/{_human(self.total)}"
-            f"  file {self.index}/{self.count} {self.name} {self.phase}"
+            f"  file {self.index}/{self.count} {_shown(self.name)} {self.phase}"
         )
         width = shutil.get_terminal_size().columns - 1
         sys.stderr.write("\r" + line[:width] + "\x1b[K")
@@ -385,28 +413,79 @@ def _key_text(doc: dict) -> bytes:
 
 
 def _write_new_file(path: Path, data: bytes, mode: int, force: bool) -> None:
-    """Writes `data` to `path` atomically, through a temporary file created
-    with `mode` (a secret is never readable by others, not even briefly).
-    Without `force` an existing `path` is refused, atomically (link(2))."""
+    """Writes `data` to `path` atomically, created with `mode` (a secret is
+    never readable by others, not even briefly). Without `force` an existing
+    `path` is refused, atomically (link(2))."""
     if path.exists() and not force:
         raise CliError(EXIT_USAGE, f"{path} exists (use --force to replace it)")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     with _about(str(path)):
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if force:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)
+            _write_atomic(path, lambda fh: fh.write(data), mode, replace=force)
         except FileExistsError:
             raise CliError(EXIT_USAGE, f"{path} exists (use --force to replace it)") from None
-        finally:
+
+
+def _write_atomic(path: Path, fill: Callable[[BinaryIO], object], mode: int, replace: bool) -> None:
+    """Creates `path` with what `fill` writes, and `mode`: readers and a
+    writer killed midway never leave a partial file under any name. On Linux
+    the file is anonymous (O_TMPFILE) until complete, then linked in: at
+    `path` itself when it must not `replace` (linkat fails if it exists), or
+    at a fresh temporary name renamed over `path`. Elsewhere a named
+    temporary `.NAME.RANDOM.tmp` is written and renamed (or linked) in."""
+    fd, tmp = _open_anonymous(path.parent, mode), None
+    if fd is None:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+            if tmp is None:
+                if not replace:
+                    _link_anonymous(fh.fileno(), path)
+                    return
+                tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+                _link_anonymous(fh.fileno(), tmp)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def _open_anonymous(directory: Path, mode: int) -> Optional[int]:
+    """An O_TMPFILE descriptor in `directory`, or None where the system or
+    the file system has none (or /proc, to link it, is missing)."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError:  # EOPNOTSUPP, EISDIR (old kernels), EINVAL: the named fallback says what else is wrong
+        return None
+
+
+def _link_anonymous(fd: int, path: Path) -> None:
+    """Gives an O_TMPFILE file the name `path` (which must not exist):
+    linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW. os.link uses that
+    flag only with a directory descriptor; without one it calls link(2),
+    which links the /proc entry itself and fails (EXDEV)."""
+    proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+def _copy_file(src: Path, target: Path) -> None:
+    """Copies a file with its mode and times (as shutil.copy2), atomically."""
+    with open(src, "rb") as fh:
+        _write_atomic(target, lambda out: shutil.copyfileobj(fh, out, 1 << 20), 0o600, replace=True)
+    shutil.copystat(src, target)
 
 
 def _emit_key(args: argparse.Namespace, doc: dict, secret: bool) -> None:
@@ -450,29 +529,67 @@ class _Job:
         return str(self.path)
 
 
-def _job(path: Path, root: Path) -> _Job:
-    rel = path.name if path == root else path.relative_to(root).as_posix()
+def _job(path: Path, rel: str) -> _Job:
     with _about(str(path)):
-        if path == root or path.suffix == ".safetensors":
+        if not rel or Path(rel).suffix == ".safetensors":
             header = inspect_file(path)
-            return _Job(path, rel, header, sum(t["nbytes"] for t in header["tensors"]))
+            return _Job(path, rel or path.name, header, sum(t["nbytes"] for t in header["tensors"]))
         return _Job(path, rel, None, path.stat().st_size)
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Files under `root`, sorted, skipping version-control directories (a
-    .git directory of a model holds its weights again, in plain text)."""
-    for parent, dirs, files in os.walk(root):
+def _refused(path: Path, why: str) -> CliError:
+    return CliError(EXIT_UNSAFE_PATH, f"{path}: {why}; refused")
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _walk(root: Path, follow_links: bool) -> Iterator[Tuple[Path, str]]:
+    """The files of the directory `root` as (path to read, path relative to
+    `root`), sorted, skipping version-control directories (a .git directory
+    of a model holds its weights again, in plain text).
+
+    What a directory holds is not trusted: a link to a file outside it (an
+    ssh key, another model) would be copied or encrypted into an output that
+    is then shipped, so a link must resolve to a regular file inside `root`
+    (it is read, and written as a regular file), and without `follow_links`
+    (in place: replacing a link would leave its target as it was) there may
+    be none. Links to directories, and entries that are not regular files
+    (FIFOs, sockets, devices), are refused too: skipping them would make an
+    output that silently lacks what the input has."""
+    top = root.resolve()
+    for parent, dirs, files in os.walk(top, onerror=_raise):  # an unreadable directory is not skipped either
         dirs[:] = sorted(d for d in dirs if d not in (".git", ".hg"))
+        for d in dirs:
+            if os.path.islink(os.path.join(parent, d)):
+                raise _refused(Path(parent) / d, "a link to a directory")
         for name in sorted(files):
-            yield Path(parent) / name
+            path = Path(parent) / name
+            rel = path.relative_to(top).as_posix()
+            real = path
+            if path.is_symlink():
+                if not follow_links:
+                    raise _refused(path, "a link, which cannot be replaced in place")
+                real = path.resolve()
+                if not real.is_relative_to(top):
+                    raise _refused(path, f"a link to {real}, outside {root}")
+            try:
+                mode = real.stat().st_mode
+            except FileNotFoundError:
+                raise CliError(EXIT_NOT_FOUND, f"{path}: a link to a missing file") from None
+            if not stat.S_ISREG(mode):
+                raise _refused(path, "not a regular file")
+            yield real, rel
 
 
-def _collect(src: Path) -> List[_Job]:
+def _collect(src: Path, follow_links: bool = True) -> List[_Job]:
     """The jobs for a file or a model directory (header-only: fast, no key)."""
     if not src.exists():
         raise CliError(EXIT_NOT_FOUND, f"{src}: No such file or directory")
-    jobs = [_job(p, src) for p in _walk(src)] if src.is_dir() else [_job(src, src)]
+    if not src.is_dir() and not src.is_file():
+        raise _refused(src, "not a regular file")
+    jobs = [_job(p, rel) for p, rel in _walk(src, follow_links)] if src.is_dir() else [_job(src, "")]
     if not any(j.header is not None for j in jobs):
         raise CliError(EXIT_NOT_FOUND, f"{src}: no .safetensors file in it")
     return jobs
@@ -557,19 +674,71 @@ def _check_parent(path: Path) -> None:
         raise CliError(EXIT_NOT_FOUND, f"{parent}: No such directory")
 
 
+def _check_apart(src: Path, out: Path, hint: str) -> None:
+    """Refuses an output that is, holds or lies inside the input (after
+    links are resolved): writing it would replace the input, or put the
+    output among the files being read (and a plaintext copy inside the
+    encrypted model directory that is shipped)."""
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or out_r in src_r.parents:
+        raise CliError(EXIT_USAGE, f"{out}: the output would replace the input ({hint})")
+    if src_r in out_r.parents:
+        raise CliError(EXIT_USAGE, f"{out}: the output is inside the input {src}")
+
+
+# A staging directory `.OUT.RANDOM.tmp` beside the output OUT.
+_STAGING = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
+# How long an unlocked staging directory must have been untouched to be removed.
+_STALE_AFTER = 60.0
+
+
+def _lock(directory: Path) -> int:
+    """Takes the lock that tells other runs this staging directory is in use
+    (held until the descriptor is closed, or the process dies). Best effort:
+    where the file system has no flock, the age rule alone protects it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Removes staging directories of `out` left by runs that were killed:
+    only names of our exact pattern, only real directories (not links), only
+    those whose lock is free (their run is gone) and untouched for a minute."""
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = _STAGING.fullmatch(entry.name)
+        if not m or m.group("name") != out.name or not entry.is_dir(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < _STALE_AFTER:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(entry.path)
+            finally:
+                os.close(fd)
+
+
 @contextlib.contextmanager
 def _destination(src: Path, out: Optional[Path], in_place: bool, force: bool) -> Iterator[Callable[[str], Path]]:
     """Yields where each input (by relative path) is written. A directory is
-    built beside `out` and moved into place only once complete; on failure it
-    is removed, so no partial output is ever left. Single files are written
-    atomically by the library."""
+    built beside `out` (as `.OUT.RANDOM.tmp`, each file in it complete or
+    absent) and moved into place only once complete; on failure it is
+    removed, so no partial output is ever left. A run killed outright leaves
+    the staging directory, which the next run to the same `out` removes.
+    Single files are written atomically by the library."""
     if in_place:
         yield (lambda rel: src / rel) if src.is_dir() else (lambda rel: src)
         return
     assert out is not None
-    src_r, out_r = src.resolve(), out.resolve()
-    if out_r == src_r or out_r in src_r.parents:
-        raise CliError(EXIT_USAGE, f"{out}: the output would replace the input (use --in-place)")
+    _check_apart(src, out, "use --in-place")
+    out_r = out.resolve()
     if src.is_file():
         target = out / src.name if out.is_dir() else out
         if target.exists() and not force:
@@ -582,9 +751,11 @@ def _destination(src: Path, out: Optional[Path], in_place: bool, force: bool) ->
     if out.is_dir() and any(out.iterdir()) and not force:
         raise CliError(EXIT_USAGE, f"{out} exists and is not empty (use --force to replace it)")
     _check_parent(out_r)
+    _remove_stale_staging(out_r)
     staging = out_r.parent / f".{out_r.name}.{secrets.token_hex(4)}.tmp"
     with _about(str(out)):
         staging.mkdir()
+        lock = _lock(staging)
 
     def target(rel: str) -> Path:
         path = staging / rel
@@ -598,10 +769,13 @@ def _destination(src: Path, out: Optional[Path], in_place: bool, force: bool) ->
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Moves a complete directory into place, replacing `out` if it exists."""
+    """Moves a complete directory into place, replacing `out` if it exists
+    (killed between the two renames, the old output is left as `.OUT.RANDOM.old`)."""
     if not out.exists():
         os.rename(staging, out)
         return
@@ -625,7 +799,7 @@ def _transform(args: argparse.Namespace, jobs: List[_Job], convert: Convert, ver
                 convert(job, target(job.rel), progress)
             elif not args.in_place:
                 with _about(f"copying {job.rel}"):
-                    shutil.copy2(job.path, target(job.rel))
+                    _copy_file(job.path, target(job.rel))
     n = len(_tensor_jobs(jobs))
     _info(args, f"{done or verb + 'ed'} {_plural(n, 'file')} ({_human(sum(j.size for j in jobs))}) -> {src if args.in_place else args.output}")
     return EXIT_OK
@@ -661,7 +835,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     recipients = _recipients(args.recipient)
     signer = _signing_key(args.sign_key) if args.sign_key else None
     policy = _read_policy(args.policy) if args.policy else None
-    jobs = _collect(Path(args.input))
+    jobs = _collect(Path(args.input), follow_links=not args.in_place)
     selection = _check_encryptable(args, jobs)
     _check_writable(jobs)
 
@@ -680,16 +854,21 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
 def _load_options(args: argparse.Namespace) -> dict:
     """safe_open's keys, trusted signers and policy claims from -k, --trusted-signer and --claims."""
-    return {
+    options = {
         "keys": _load_keys(args.key),
         "trusted_signers": _load_keys(args.trusted_signer),
         "policy_input": _read_claims(args.claims),
     }
+    # A malformed CRYPTOTENSORS_KEYS or _TRUSTED_SIGNERS (KeyConfigError, exit
+    # 4) fails here, as itself: at the first open it would read as "no key".
+    _keys.keyring_json(options["keys"])
+    _keys.trusted_json(options["trusted_signers"])
+    return options
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
     load = _load_options(args)
-    jobs = _collect(Path(args.input))
+    jobs = _collect(Path(args.input), follow_links=not args.in_place)
     _check_writable(jobs)
     os.umask(os.umask(0o077) | 0o077)  # plaintext weights are the secret: outputs readable by their owner only
 
@@ -770,9 +949,9 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
                                    "--drop-signature, --policy or --remove-policy")
     load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer)}
     src = Path(args.input)
-    if args.output is not None and args.output.resolve() in (src.resolve(), *src.resolve().parents):
-        raise CliError(EXIT_USAGE, f"{args.output}: the output would replace the input (leave out -o to rewrap in place)")
-    jobs = _collect(src)
+    if args.output is not None:
+        _check_apart(src, args.output, "leave out -o to rewrap in place")
+    jobs = _collect(src, follow_links=args.output is not None)
     plans = {job.rel: _rewrap_plan(job, changes, single=not src.is_dir()) for job in _tensor_jobs(jobs)}
     if not any(plans.values()):
         raise CliError(EXIT_USAGE, f"{src}: no file in it is encrypted or signed: nothing to rewrap")
@@ -784,7 +963,7 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
             _rewrap_file(job, target, load, plan)
         elif not args.in_place:
             with _about(f"copying {job.rel}"):
-                shutil.copy2(job.path, target)
+                _copy_file(job.path, target)
 
     return _transform(args, jobs, convert, "rewrap", "rewrapped")
 
@@ -818,19 +997,14 @@ def _facts(h: dict) -> List[Tuple[str, str]]:
     return facts
 
 
-def _printable(line: str) -> str:
-    """A line of a file's text with control characters escaped: a header read
-    with no key is not trusted to drive the terminal."""
-    return "".join(c if c == "\t" or c.isprintable() else repr(c)[1:-1] for c in line)
-
-
 def _render(job: _Job) -> str:
     h = job.header
-    rows = [(t["name"], t["dtype"], _shape(t["shape"]), "yes" if t["encrypted"] else "no") for t in h["tensors"]]
-    lines = [job.display, *_table(("tensor", "dtype", "shape", "encrypted"), rows)]
-    width = max(len(label) for label, _ in _facts(h))
-    lines += [f"  {label.ljust(width)}  {text}" for label, text in _facts(h)]
-    lines += [f"      {_printable(line)}".rstrip() for line in (h.get("policy") or "").splitlines()]
+    rows = [(_shown(t["name"]), _shown(t["dtype"]), _shape(t["shape"]), "yes" if t["encrypted"] else "no") for t in h["tensors"]]
+    lines = [_shown(job.display), *_table(("tensor", "dtype", "shape", "encrypted"), rows)]
+    facts = [(label, _shown(text)) for label, text in _facts(h)]
+    width = max(len(label) for label, _ in facts)
+    lines += [f"  {label.ljust(width)}  {text}" for label, text in facts]
+    lines += [("      " + _shown(line, keep="\t")).rstrip() for line in (h.get("policy") or "").splitlines()]
     return "\n".join(lines)
 
 
@@ -839,7 +1013,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     jobs = _tensor_jobs(_collect(src))
     if args.json:
         doc = jobs[0].header if src.is_file() else {"files": {j.rel: j.header for j in jobs}}
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(doc, indent=2, ensure_ascii=True))  # \u-escapes controls and bidi overrides too
     else:
         print("\n\n".join(_render(j) for j in jobs))
     return EXIT_OK
@@ -1312,7 +1486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             message = f"{exc.filename}: {message}"
     except KeyboardInterrupt:
         code, message = EXIT_INTERRUPTED, "interrupted"
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {_shown(message)}", file=sys.stderr, flush=True)
     return code
 
 

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod atomic;
 pub mod crypto;
 pub mod dtype;
 pub mod envelope;

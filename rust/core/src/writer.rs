@@ -10,10 +10,10 @@
 //! Files are written to a temporary file that is renamed over the target.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use rayon::prelude::*;
 use ring::digest;
@@ -502,8 +502,8 @@ pub fn serialize(tensors: &[TensorData], opts: &WriteOptions) -> Result<Vec<u8>>
     Ok(sink.0.into_inner().expect("not poisoned"))
 }
 
-/// Serializes to a file, atomically: a temporary file in the same directory
-/// is written and then renamed over `path`.
+/// Serializes to a file, atomically: readers see the old file or the new
+/// one, and a writer killed midway leaves no file behind ([`AtomicFile`]).
 pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Path) -> Result<()> {
     let plan = plan(tensors, opts)?;
     let tmp = AtomicFile::create(path)?;
@@ -522,58 +522,4 @@ pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Pat
     tmp.commit(opts.fsync)
 }
 
-/// A temporary file beside its target, removed unless committed.
-pub struct AtomicFile {
-    /// The open temporary file.
-    pub file: File,
-    tmp: PathBuf,
-    target: PathBuf,
-    done: bool,
-}
-
-impl AtomicFile {
-    /// Creates a fresh temporary file in the directory of `target`.
-    pub fn create(target: &Path) -> Result<AtomicFile> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = target.file_name().ok_or_else(|| {
-            Error::InvalidArgument(format!("{} is not a file path", target.display()))
-        })?;
-        let mut rnd = [0u8; 8];
-        crypto::fill_random(&mut rnd)?;
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), b64e(&rnd)));
-        // 0600 like safetensors: the file may hold plaintext weights.
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        Ok(AtomicFile {
-            file,
-            tmp,
-            target: target.to_path_buf(),
-            done: false,
-        })
-    }
-
-    /// Flushes (and with `fsync`, syncs) the file and renames it over the target.
-    pub fn commit(mut self, fsync: bool) -> Result<()> {
-        if fsync {
-            self.file.sync_all()?;
-        }
-        fs::rename(&self.tmp, &self.target)?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
+pub use crate::atomic::AtomicFile;
