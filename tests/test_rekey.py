@@ -153,3 +153,40 @@ def test_rekey_refuses_files_without_a_data_key(tmp_path):
     cn.save_file({"w": np.arange(3)}, path)
     with pytest.raises(ct.SafetensorError, match="neither encrypted nor signed"):
         ct.rekey(path)
+
+
+REKEY_RSS = """
+import json, os, sys, cryptotensors, cryptotensors.numpy
+
+def peak_kib():  # this process's own peak RSS (ru_maxrss would include the parent's, from before exec)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+
+before = peak_kib()
+key = json.loads(os.environ["KEY"])
+if sys.argv[1] == "load":
+    cryptotensors.numpy.load_file(os.environ["FILE"], keys=key)
+else:
+    cryptotensors.rekey(os.environ["FILE"], keys=key, num_threads=2)
+print(before, peak_kib())
+"""
+
+
+def test_rekey_streams(tmp_path):
+    """A rekey holds a few batches of segments, not the tensor nor the file:
+    rekeying a 192 MiB tensor raises the peak RSS by far less than that."""
+    import subprocess
+    import sys
+
+    key = ct.generate_key("oct")
+    path = tmp_path / "big.safetensors"
+    cn.save_file({"w": np.ones(48 << 20, np.float32)}, path, encrypt_for=key)
+    env = dict(os.environ, FILE=str(path), KEY=json.dumps(key))
+
+    def growth(op):
+        out = subprocess.run([sys.executable, "-c", REKEY_RSS, op], env=env, check=True, capture_output=True, text=True).stdout
+        before, after = (int(x) for x in out.split())
+        return (after - before) << 10
+
+    assert growth("load") > 192 << 20, "the measure sees a whole tensor in memory"
+    assert growth("rekey") < 48 << 20, f"peak RSS grew by {growth('rekey') >> 20} MiB"
+    assert cn.load_file(path, keys=key)["w"][-1] == 1
