@@ -173,3 +173,115 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
     drop(opened);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Algorithm;
+    use crate::reader::{LoadOptions, Reader};
+    use crate::writer::{serialize_to_file, TensorData};
+    use crate::Dtype;
+    use std::sync::Arc;
+
+    fn read_all(bytes: Vec<u8>, key: &Jwk, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+        let opts = LoadOptions {
+            keys: vec![key.clone()],
+            ..Default::default()
+        };
+        let r = Reader::open(Arc::new(bytes), &opts)?;
+        names
+            .iter()
+            .map(|n| {
+                let mut out = vec![0u8; r.header().tensor(n)?.len()];
+                r.read_into(n, &mut out).map(|_| out)
+            })
+            .collect()
+    }
+
+    /// Encrypted tensors of several segments, a plain one and empty ones come
+    /// back under the new key; the old header in front of the new data opens
+    /// nothing; a damaged segment leaves the target as it was.
+    #[test]
+    fn rekey_round_trip_revokes_and_fails_closed() {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let big: Vec<u8> = (0..4096 * 5 + 3).map(|i| (i * 13 % 251) as u8).collect();
+        let small = [9u8; 40];
+        let t = [
+            TensorData {
+                name: "big",
+                dtype: Dtype::U8,
+                shape: &[big.len()],
+                data: &big,
+            },
+            TensorData {
+                name: "plain",
+                dtype: Dtype::U8,
+                shape: &[40],
+                data: &small,
+            },
+            TensorData {
+                name: "e8",
+                dtype: Dtype::U8,
+                shape: &[0],
+                data: &[],
+            },
+            TensorData {
+                name: "e32",
+                dtype: Dtype::F32,
+                shape: &[0],
+                data: &[],
+            },
+        ];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: Some(["big", "e8", "e32"].map(String::from).into()),
+                algorithm: Algorithm::ChaCha20Poly1305,
+                external: None,
+            }),
+            segment_size: 4096,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let rk = RekeyOptions {
+            rewrap: RewrapOptions {
+                keys: vec![key.clone()],
+                ..Default::default()
+            },
+            recipients: Vec::new(),
+        };
+        rekey_file(&src, &dst, &rk).unwrap();
+        let names = ["big", "plain", "e8", "e32"];
+        let (old, new) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        let got = read_all(new.clone(), &key, &names).unwrap();
+        assert_eq!(got, [big.clone(), small.to_vec(), vec![], vec![]]);
+        let head = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        assert_eq!(head(&old), head(&new));
+        let spliced = [&old[..head(&old)], &new[head(&new)..]].concat();
+        assert!(matches!(
+            read_all(spliced, &key, &names),
+            Err(Error::Integrity)
+        ));
+
+        let mut damaged = old.clone();
+        damaged[head(&old) + 4096 * 2 + 1] ^= 1; // in "big", which the layout puts first
+        std::fs::write(&src, &damaged).unwrap();
+        let err = rekey_file(&src, &dst, &rk).unwrap_err();
+        assert!(matches!(err, Error::Integrity), "{err:?}");
+        assert_eq!(std::fs::read(&dst).unwrap(), new, "the target is untouched");
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a.safetensors", "b.safetensors"],
+            "no temporary file left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
