@@ -186,7 +186,7 @@ def test_console_script_help_and_exit_codes(run):
         assert f"{code}  {meaning}" in out
         assert f"{code}  {meaning}" in cli.__doc__
     assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 9
-    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap"):
+    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap", "rekey"):
         assert command in out
     module = subprocess.run([sys.executable, "-m", "cryptotensors", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and cryptotensors.__version__ in module.stdout
