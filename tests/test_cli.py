@@ -186,7 +186,7 @@ def test_console_script_help_and_exit_codes(run):
         assert f"{code}  {meaning}" in out
         assert f"{code}  {meaning}" in cli.__doc__
     assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 10
-    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap"):
+    for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap", "rekey"):
         assert command in out
     module = subprocess.run([sys.executable, "-m", "cryptotensors", "--version"], capture_output=True, text=True)
     assert module.returncode == 0 and cryptotensors.__version__ in module.stdout
@@ -475,9 +475,58 @@ def test_rewrap_sets_and_removes_a_policy(run, encrypted, keys, policies, tmp_pa
     fails(run("decrypt", shard, "-o", tmp_path / "plain.safetensors", *key), cli.EXIT_POLICY, "denied by test")
     assert not (tmp_path / "plain.safetensors").exists()
 
-    ok(run("rewrap", shard, *key, "--remove-policy", "--sign-key", keys / "publisher.jwk"))
+    # A rewrap is verified as a load is: the policy that denies loads denies it too.
+    before = shard.read_bytes()
+    fails(run("rewrap", shard, *key, "--remove-policy", "--sign-key", keys / "publisher.jwk"), cli.EXIT_POLICY, "denied by test")
+    assert shard.read_bytes() == before
+
+    shutil.copy(encrypted / "model-00002-of-00002.safetensors", shard)
+    ok(run("rewrap", shard, *key, "--policy", policies / "tee.rego", "--sign-key", keys / "publisher.jwk"))
+    fails(run("rewrap", shard, *key, "--remove-policy", "--sign-key", keys / "publisher.jwk"), cli.EXIT_POLICY, "TEE")
+    ok(run("rewrap", shard, *key, "--remove-policy", "--sign-key", keys / "publisher.jwk", "--claims", policies / "tee-claims.json"))
     assert cryptotensors.inspect(shard)["policy"] is None
     ok(run("verify", shard, *key, "--trusted-signer", keys / "publisher.pub.jwk"))
+
+
+def test_rekey_directory_revokes_a_recipient(run, model, encrypted, keys, tmp_path):
+    """rekey: a new data key for the recipients that stay, every tensor
+    re-encrypted; the removed recipient's key, and the old header, open nothing."""
+    both = tmp_path / "both"
+    ok(run("rewrap", encrypted, "-o", both, "-k", keys / "customer.jwk", "--add-recipient", keys / "other.pub.jwk",
+           "--sign-key", keys / "publisher.jwk"))
+    out = tmp_path / "rekeyed"
+    common = ["-k", keys / "other.jwk", "--sign-key", keys / "publisher.jwk"]
+    fails(run("rekey", both, "-o", out, *common), cli.EXIT_USAGE, _kid(keys / "customer.jwk"), "-r KEY.jwk")
+    fails(run("rekey", both, "-o", out, *common, "--remove-recipient", _kid(keys / "customer.jwk"), "-r", keys / "customer.pub.jwk"),
+          cli.EXIT_USAGE, "not a recipient that stays")
+    fails(run("rekey", both, "-o", out, "-k", keys / "other.jwk", "--remove-recipient", _kid(keys / "customer.jwk")),
+          cli.EXIT_USAGE, "--drop-signature")
+    assert not out.exists()
+    result = ok(run("rekey", both, "-o", out, *common, "--remove-recipient", _kid(keys / "customer.jwk")))
+    assert "rekeyed 2 files" in result.stdout
+    assert _files(out) == _files(encrypted) and _left_over(tmp_path) == []
+    for shard in _shards(out):
+        old = both / shard.name
+        assert _data(shard) != _data(old), "re-encrypted"
+        header = cryptotensors.inspect(shard)
+        assert [r["kid"] for r in header["recipients"]] == [_kid(keys / "other.jwk")]
+        spliced = tmp_path / "spliced.safetensors"
+        raw = old.read_bytes()
+        spliced.write_bytes(raw[:8 + struct.unpack("<Q", raw[:8])[0]] + _data(shard))
+        fails(run("verify", spliced, "-k", keys / "customer.jwk"), cli.EXIT_INTEGRITY)
+    fails(run("verify", out, "-k", keys / "customer.jwk"), cli.EXIT_KEY)
+    ok(run("decrypt", out, "-o", tmp_path / "plain", "-k", keys / "other.jwk", "--trusted-signer", keys / "publisher.pub.jwk"))
+    for name in _files(model):
+        assert (tmp_path / "plain" / name).read_bytes() == (model / name).read_bytes(), name
+
+    # In place, keeping both recipients (the customer's public key is enough).
+    ok(run("rekey", both, "-k", keys / "other.jwk", "-r", keys / "customer.pub.jwk", "--drop-signature", "-q"))
+    assert _left_over(both) == []
+    for k in ("customer", "other"):
+        ok(run("verify", both, "-k", keys / f"{k}.jwk"))
+    plain = run("rekey", model, "-o", tmp_path / "x")
+    assert plain.returncode == cli.EXIT_USAGE and "no file in it is encrypted: nothing to rekey" in plain.stderr
+    fails(run("rekey", model / "model-00001-of-00002.safetensors", "-o", tmp_path / "x.safetensors"), cli.EXIT_USAGE, "not encrypted")
 
 
 def test_encrypt_with_a_policy_and_load_with_claims(run, model, keys, policies, tmp_path):

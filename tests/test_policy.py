@@ -125,9 +125,13 @@ def test_bad_policies_are_refused_at_save(tmp_path):
 
 
 def test_rewrap_changes_the_policy(tmp_path):
-    path = save(tmp_path, example("gpu_only"))
-    ct.rewrap(path, keys=KEY, policy=example("expiry"))
-    assert "2028" in ct.inspect(path)["policy"]
+    path = save(tmp_path, example("expiry"))
+    ct.rewrap(path, keys=KEY, policy=example("gpu_only"))
+    assert "GPU" in ct.inspect(path)["policy"]
+    # A rewrap is verified as a load is, and it is no GPU load: denied.
+    with pytest.raises(ct.PolicyDeniedError, match="only onto a GPU"):
+        ct.rewrap(path, keys=KEY, policy=example("expiry"))
+    path = save(tmp_path, example("expiry"))
     cn.load_file(path, keys=KEY)
     ct.rewrap(path, keys=KEY, remove_policy=True)
     assert ct.inspect(path)["policy"] is None

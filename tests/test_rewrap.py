@@ -126,3 +126,119 @@ def test_sigkill_during_rewrap_leaves_old_or_new(tmp_path):
         if opened == ["new"]:
             cn.save_file({"w": w}, path, encrypt_for=old)
     assert outcomes, "no run was observed"
+
+
+# ---------------------------------------------------------------- concurrency
+
+EDITOR = """
+import json, os, sys, time, cryptotensors
+k = json.loads(os.environ["KEYS"])
+op, path = sys.argv[1], os.environ["FILE"]
+while not os.path.exists(os.environ["GO"]):
+    time.sleep(0.001)
+for key in k[op]:
+    if op == "remove":
+        cryptotensors.rewrap(path, keys=k["opener"], remove=[key["kid"]])
+    else:
+        cryptotensors.rewrap(path, keys=k["opener"], add=key)
+"""
+
+
+@pytest.mark.parametrize("n, in_place", [(2, True), (8, False)])
+def test_concurrent_rewraps_lose_no_update(tmp_path, n, in_place):
+    """Processes that add and remove recipients of one file at the same time:
+    every change survives (rewraps of one file are serialized by a lock and
+    re-read the header under it). With few recipients every rewrap is in
+    place (the inode stays); with many the header outgrows its first page
+    and every rewrap renames a new file over the old."""
+    for r in range(3):
+        opener = ct.generate_key("oct")
+        k = {"opener": opener, "remove": [ct.generate_key("oct") for _ in range(n)],
+             "add": [ct.generate_key("oct") for _ in range(n)], "add2": [ct.generate_key("oct") for _ in range(n)]}
+        path, go = tmp_path / f"m{r}.safetensors", tmp_path / f"go{r}"
+        cn.save_file({"w": np.arange(64, dtype=np.float32)}, path, encrypt_for=[opener, *k["remove"]])
+        ino = path.stat().st_ino
+        env = dict(os.environ, FILE=str(path), GO=str(go), KEYS=json.dumps(k))
+        procs = [subprocess.Popen([sys.executable, "-c", EDITOR, op], env=env, stderr=subprocess.PIPE)
+                 for op in ("remove", "add", "add2")]
+        time.sleep(0.5)  # all three imported and waiting
+        go.touch()
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+        kids = sorted(r["kid"] for r in ct.inspect(path)["recipients"])
+        assert kids == sorted([opener["kid"]] + [x["kid"] for x in k["add"] + k["add2"]]), f"round {r}: lost update"
+        if in_place:
+            assert path.stat().st_ino == ino
+        else:  # a header past the first page is never rewritten in place (inode numbers get reused)
+            assert 8 + int.from_bytes(path.read_bytes()[:8], "little") > 4096
+        np.testing.assert_array_equal(cn.load_file(path, keys=k["add"][0])["w"], np.arange(64, dtype=np.float32))
+        assert sorted(os.listdir(tmp_path)) == sorted(
+            [f"m{i}.safetensors" for i in range(r + 1)] + [f"go{i}" for i in range(r + 1)]), "no lock or temporary file left"
+
+
+# ---------------------------------------------------------------- verification as a load does
+
+DENY = 'package cryptotensors\nimport rego.v1\ndefault allow := false\nreason := "denied by test"\n'
+TEE = ('package cryptotensors\nimport rego.v1\ndefault allow := false\n'
+       'allow if { input.claims.tee.verified == true }\n')
+
+
+def test_rewrap_evaluates_the_policy(tmp_path):
+    """A key holder whom the policy denies cannot strip (or change) the policy,
+    nor the recipients; claims the policy accepts let the rewrap through."""
+    key, other = ct.generate_key("oct"), ct.generate_key("oct")
+    path = tmp_path / "p.safetensors"
+    cn.save_file({"w": np.arange(8)}, path, encrypt_for=key, policy=DENY)
+    before = path.read_bytes()
+    for change in ({"remove_policy": True}, {"policy": TEE}, {"add": other}):
+        with pytest.raises(ct.PolicyDeniedError, match="denied by test"):
+            ct.rewrap(path, keys=key, **change)
+        assert path.read_bytes() == before
+    cn.save_file({"w": np.arange(8)}, path, encrypt_for=key, policy=TEE)
+    with pytest.raises(ct.PolicyDeniedError):
+        ct.rewrap(path, keys=key, remove_policy=True)
+    ct.rewrap(path, keys=key, remove_policy=True, policy_input={"tee": {"verified": True}})
+    assert ct.inspect(path)["policy"] is None
+    cn.load_file(path, keys=key)
+
+
+@pytest.mark.parametrize("damage", ["trailer", "appended", "truncated"])
+def test_rewrap_refuses_a_damaged_file(tmp_path, damage):
+    """A rewrap checks the file length and the trailer digest, as a load does:
+    it never re-MACs a corrupted file into one that looks fine."""
+    key, other = ct.generate_key("oct"), ct.generate_key("oct")
+    path = tmp_path / "d.safetensors"
+    cn.save_file({"w": np.arange(4096, dtype=np.float32)}, path, encrypt_for=key, segment_size=4096)
+    raw = bytearray(path.read_bytes())
+    if damage == "trailer":
+        raw[-3] ^= 1
+    elif damage == "appended":
+        raw += b"\0" * 16
+    else:
+        del raw[-16:]
+    path.write_bytes(bytes(raw))
+    error = ct.IntegrityError if damage == "trailer" else ct.SafetensorError
+    with pytest.raises(error):
+        ct.rewrap(path, keys=key, add=other)
+    assert path.read_bytes() == bytes(raw)
+
+
+def test_in_place_with_empty_tensors_of_two_dtypes(tmp_path):
+    """Empty tensors of different dtypes share an offset; the writer lists
+    protected files' tensors in file order (offsets, then name), so a rewrap
+    re-encodes the same header and stays in place."""
+    key, other = ct.generate_key("oct"), ct.generate_key("oct")
+    path = tmp_path / "e.safetensors"
+    d = {"a": np.zeros(0, np.uint8), "b": np.zeros(0, np.float32), "c": np.arange(3, dtype=np.float64)}
+    cn.save_file(d, path, encrypt_for=key)
+    before, ino = path.read_bytes(), path.stat().st_ino
+    ct.rewrap(path, keys=key, add=other)
+    after = path.read_bytes()
+    assert path.stat().st_ino == ino, "rewritten in place"
+    assert after[4096:] == before[4096:]
+    for k in (key, other):
+        got = cn.load_file(path, keys=k)
+        for name, v in d.items():
+            np.testing.assert_array_equal(got[name], v)
+            assert got[name].dtype == v.dtype

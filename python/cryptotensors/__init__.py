@@ -7,7 +7,7 @@ transparently given a key (keys=, CRYPTOTENSORS_KEYS or the config file).
 
 import json as _json
 
-from . import _core, _providers
+from . import _core, _keys, _providers
 from ._core import (
     IntegrityError,
     KeyNotFoundError,
@@ -53,42 +53,105 @@ def rewrap(
     trusted_signers=None,
     policy=None,
     remove_policy: bool = False,
+    policy_input=None,
     output=None,
 ) -> None:
-    """Rotates keys without re-encrypting: adds recipients (`add=`, JWKs),
-    removes them (`remove=`, kids), and re-signs (`sign_with=`) or drops the
-    signature (`drop_signature=True`; a signed file must do one or the other),
-    and sets (`policy=`, Rego text) or removes (`remove_policy=True`) the
-    access policy.
+    """Changes recipients, signature or policy without re-encrypting: adds
+    recipients (`add=`, JWKs), removes them (`remove=`, kids), and re-signs
+    (`sign_with=`) or drops the signature (`drop_signature=True`; a signed
+    file must do one or the other), and sets (`policy=`, Rego text) or
+    removes (`remove_policy=True`) the access policy.
     Replacing a key-encryption key is `add=new, remove=[old kid]`.
 
-    `keys=` (plus the usual key providers) must open the file now. Only the
-    header changes; tensor bytes are copied unchanged, and the new file is
-    renamed over `output` (default: `filename`), so a crash leaves the old
-    file or the new one."""
-    import os
+    What it guarantees: from the new file on, only its recipients can unwrap
+    the data key. What it does NOT do: revoke. The data key stays the same,
+    so a removed recipient who ever unwrapped it, or anyone who kept the old
+    header (a few KiB, e.g. from an old revision), can still decrypt this
+    file. To revoke, use `rekey`, which draws a new data key.
 
-    from . import _keys
-
-    src = os.fspath(filename)
-    kwargs = dict(
-        keys=_keys.keyring_json(keys),
-        trusted=_keys.trusted_json(trusted_signers),
+    The file is verified as a load verifies it first: `keys=` (plus the
+    usual key providers) must open it, its signature must verify (against
+    `trusted_signers=` when given), and its access policy must allow the
+    caller (`policy_input=`: claims, as for safe_open; the input's
+    "framework" is "rewrap"). Only the header changes; tensor bytes are
+    copied unchanged. Rewraps and rekeys of one file are serialized by an
+    advisory lock on it. The result replaces `output` (default: `filename`)
+    atomically: a crash leaves the old file or the new one."""
+    _rotate(_core.rewrap, "rewrap", filename, output, keys, policy_input, dict(
         add=_json.dumps(_keys._as_list(add)) if add else None,
+        **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
+    ))
+
+
+def rekey(
+    filename,
+    *,
+    keys=None,
+    recipients=None,
+    add=None,
+    remove=(),
+    sign_with=None,
+    drop_signature: bool = False,
+    trusted_signers=None,
+    policy=None,
+    remove_policy: bool = False,
+    policy_input=None,
+    output=None,
+    num_threads=None,
+) -> None:
+    """Re-encrypts a file under a fresh data key and salt: every encrypted
+    tensor is decrypted and verified under the old key and sealed under the
+    new one, streaming (a few batches of segments in memory, never a whole
+    tensor), in parallel.
+
+    The recipients stay (less `remove=`, plus `add=`, as for `rewrap`); the
+    file holds only wrapped copies of the old key, so each recipient that
+    stays needs its key: an opening key of `keys=`, or `recipients=` (JWKs:
+    a public X25519 key is enough, an oct key is its secret). The signature,
+    policy and verification rules are those of `rewrap` (the policy input's
+    "framework" is "rekey").
+
+    What it guarantees: the old data key opens nothing in the new file, so a
+    removed recipient, or an old header spliced onto it, decrypts nothing.
+    What it does NOT do: revoke copies of the old file, nor plaintext
+    already loaded. The result replaces `output` (default: `filename`)
+    atomically."""
+    _rotate(_core.rekey, "rekey", filename, output, keys, policy_input, dict(
+        recipients=_json.dumps(_keys._as_list(recipients)) if recipients else None,
+        add=_json.dumps(_keys._as_list(add)) if add else None,
+        threads=_keys.threads(num_threads),
+        **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
+    ))
+
+
+def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy) -> dict:
+    return dict(
+        trusted=_keys.trusted_json(trusted_signers),
         remove=[remove] if isinstance(remove, str) else list(remove),
         sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
         drop_signature=drop_signature,
         policy=policy,
         remove_policy=remove_policy,
     )
+
+
+def _rotate(core, operation: str, filename, output, keys, policy_input, kwargs: dict) -> None:
+    """Runs a rewrap or rekey in the core, with the key providers when the
+    call's keys do not open the file."""
+    import os
+
+    from . import _policy
+
+    src = os.fspath(filename)
     dst = os.fspath(output) if output is not None else src
+    kwargs.update(keys=_keys.keyring_json(keys), policy_input=_policy.input_json(operation, "cpu", policy_input, True))
     try:
-        _core.rewrap(src, dst, **kwargs)
+        core(src, dst, **kwargs)
     except KeyNotFoundError:
         provided = _providers.data_keys(_providers.recipients_of_file(src)) if _providers.providers() else []
         if not provided:
             raise
-        _core.rewrap(src, dst, data_keys=provided, **kwargs)
+        core(src, dst, data_keys=provided, **kwargs)
 
 
 def public_key(jwk) -> dict:
@@ -99,5 +162,5 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__", "patch", "unpatch",
+    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__", "patch", "unpatch",
 ]

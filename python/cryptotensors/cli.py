@@ -10,6 +10,8 @@ and verification of safetensors model files, one file or a whole model directory
     cryptotensors decrypt ENC_DIR -o PLAIN_DIR -k customer.jwk [--claims CLAIMS.json]
     cryptotensors rewrap ENC_DIR -k customer.jwk --add-recipient new.pub.jwk --remove-recipient OLD_KID \
         --sign-key publisher.jwk         # rotate keys: only headers change, nothing is re-encrypted
+    cryptotensors rekey ENC_DIR -k customer.jwk --remove-recipient OLD_KID \
+        --sign-key publisher.jwk         # revoke: a new data key, every tensor re-encrypted
 
 Key arguments are files holding a JWK or a JWK set ({"keys": [...]}). A policy
 (--policy, rewrap --policy) is a Rego module in `package cryptotensors`, checked
@@ -18,7 +20,7 @@ results, a JSON object) to it. Outputs are written atomically: a directory is
 built beside its destination and moved into place when complete, so a failure
 leaves nothing behind (a killed run leaves a hidden staging directory, removed
 by the next run to the same output); in place (encrypt/decrypt --in-place,
-rewrap without -o) each file is replaced atomically. A link in an input
+rewrap/rekey without -o) each file is replaced atomically. A link in an input
 directory must lead to a regular file inside it, and an output may not lie
 inside its input. Text from files is printed with control and bidi
 characters escaped. Errors are one line on stderr, and the exit code says
@@ -66,6 +68,7 @@ from . import (
     _keys,
     generate_key,
     public_key,
+    rekey,
     rewrap,
     safe_open,
     serialize,
@@ -923,20 +926,46 @@ def _rewrap_plan(job: _Job, changes: dict, single: bool) -> Optional[dict]:
     return changes
 
 
-def _rewrap_file(job: _Job, target: Path, load: dict, plan: dict) -> None:
+def _rekey_plan(job: _Job, changes: dict, single: bool, keyring: List[dict]) -> Optional[dict]:
+    """The rekey() options for one file, or None to leave it as it is (in a
+    directory: a file that is not encrypted). Like _rewrap_plan, refuses
+    before any file is written what the library would refuse, including a
+    recipient that stays and whose key is not given (found by kid)."""
+    h = job.header
+    if not h.get("algorithm"):
+        if single:
+            raise CliError(EXIT_USAGE, f"{job.display}: not encrypted: it has no data key to replace (use `{PROG} encrypt`)")
+        _warn(f"{job.display}: not encrypted; left as it is")
+        return None
+    plan = _rewrap_plan(job, changes, single)
+    kept = [r["kid"] for r in h.get("recipients") or () if r["kid"] not in changes["remove"]]
+    given = {k.get("kid") for k in [*(changes["recipients"] or ()), *keyring]}
+    missing = [kid for kid in kept if kid not in given]
+    if missing:
+        raise CliError(EXIT_USAGE, f"{job.display}: the new data key is wrapped for every recipient that stays: "
+                                   f"pass -r KEY.jwk for {', '.join(missing)} (a public key is enough for X25519), "
+                                   "or --remove-recipient it")
+    for jwk in changes["recipients"] or ():
+        if jwk.get("kid") not in kept:
+            raise CliError(EXIT_USAGE, f"{job.display}: -r: {jwk.get('kid')} is not a recipient that stays "
+                                       "(to give it access, use --add-recipient)")
+    return plan
+
+
+def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan: dict) -> None:
     try:
-        rewrap(job.path, output=target, **load, **plan)
+        operation(job.path, output=target, **load, **plan)
     except KeyNotFoundError:
         raise _no_key(job) from None
     except (SafetensorError, OSError) as exc:
         code, message = _classify(exc)
-        if message.startswith(_CORE_ARGUMENT_ERROR):  # what _rewrap_plan did not foresee: still the arguments
+        if message.startswith(_CORE_ARGUMENT_ERROR):  # what the plan did not foresee: still the arguments
             code, message = EXIT_USAGE, message[len(_CORE_ARGUMENT_ERROR):]
         raise CliError(code, f"{job.display}: {message}") from None
 
 
-def cmd_rewrap(args: argparse.Namespace) -> int:
-    changes = {
+def _rotation_changes(args: argparse.Namespace) -> dict:
+    return {
         "add": _recipients(args.add_recipient or ()) or None,
         "remove": args.remove_recipient or [],
         "sign_with": _signing_key(args.sign_key) if args.sign_key else None,
@@ -944,28 +973,52 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
         "policy": _read_policy(args.policy) if args.policy else None,
         "remove_policy": args.remove_policy,
     }
-    if not any(changes.values()):
-        raise CliError(EXIT_USAGE, "nothing to change: pass --add-recipient, --remove-recipient, --sign-key, "
-                                   "--drop-signature, --policy or --remove-policy")
-    load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer)}
+
+
+def _rotate(args: argparse.Namespace, operation: Callable, plan_of: Callable[[_Job, bool], Optional[dict]]) -> int:
+    """rewrap and rekey: each encrypted or signed file of IN, in place or into -o."""
+    verb = operation.__name__
+    load = {"keys": _load_keys(args.key), "trusted_signers": _load_keys(args.trusted_signer),
+            "policy_input": _read_claims(args.claims)}
     src = Path(args.input)
     if args.output is not None:
-        _check_apart(src, args.output, "leave out -o to rewrap in place")
+        _check_apart(src, args.output, f"leave out -o to {verb} in place")
     jobs = _collect(src, follow_links=args.output is not None)
-    plans = {job.rel: _rewrap_plan(job, changes, single=not src.is_dir()) for job in _tensor_jobs(jobs)}
+    plans = {job.rel: plan_of(job, not src.is_dir()) for job in _tensor_jobs(jobs)}
     if not any(plans.values()):
-        raise CliError(EXIT_USAGE, f"{src}: no file in it is encrypted or signed: nothing to rewrap")
+        what = "encrypted" if operation is rekey else "encrypted or signed"
+        raise CliError(EXIT_USAGE, f"{src}: no file in it is {what}: nothing to {verb}")
     args.in_place = args.output is None  # without -o, each file is replaced (atomically, by the library)
 
     def convert(job: _Job, target: Path, progress: _Progress) -> None:
         plan = plans[job.rel]
         if plan is not None:
-            _rewrap_file(job, target, load, plan)
+            _rotate_file(operation, job, target, load, plan)
         elif not args.in_place:
             with _about(f"copying {job.rel}"):
                 _copy_file(job.path, target)
 
-    return _transform(args, jobs, convert, "rewrap", "rewrapped")
+    return _transform(args, jobs, convert, verb, f"{verb}ped" if verb == "rewrap" else f"{verb}ed")
+
+
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    changes = _rotation_changes(args)
+    if not any(changes.values()):
+        raise CliError(EXIT_USAGE, "nothing to change: pass --add-recipient, --remove-recipient, --sign-key, "
+                                   "--drop-signature, --policy or --remove-policy")
+    return _rotate(args, rewrap, lambda job, single: _rewrap_plan(job, changes, single))
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    changes = _rotation_changes(args)
+    recipients = []
+    for source in args.recipient or ():
+        keys = _read_jwks(source)
+        _check_save_keys(source, encrypt_for=keys)
+        recipients += keys
+    changes["recipients"] = recipients or None
+    keyring = json.loads(_keys.keyring_json(_load_keys(args.key)) or "[]")
+    return _rotate(args, rekey, lambda job, single: _rekey_plan(job, changes, single, keyring))
 
 
 # ---------------------------------------------------------------- inspect
@@ -1388,11 +1441,40 @@ def _claims_arg(p: argparse.ArgumentParser) -> None:
 
 
 _REWRAP_EXAMPLES = f"""examples:
-  replace a key-encryption key (the new key gets access, the old kid loses it), re-signing:
+  replace a key-encryption key, re-signing: from the new file on, only the new key unwraps the data
+  key; this does NOT revoke the old one (it may still hold the data key, or the old header): use rekey
     {PROG} rewrap ENC_DIR -k old.jwk --add-recipient new.pub.jwk --remove-recipient OLD_KID --sign-key publisher.jwk
   set an access policy, in a copy; remove it, in place (the files were not signed):
     {PROG} rewrap ENC_DIR -o ENC_DIR2 -k customer.jwk --policy tee_required.rego
     {PROG} rewrap ENC_DIR2 -k customer.jwk --remove-policy"""
+
+_REKEY_EXAMPLES = f"""examples:
+  revoke a recipient: a new data key for the others, every tensor re-encrypted, re-signed
+  (copies of the old files, and weights already loaded, are not revoked):
+    {PROG} rekey ENC_DIR -k customer.jwk -r partner.pub.jwk --remove-recipient OLD_KID --sign-key publisher.jwk
+  a new data key for the same recipients, into a copy (the files were not signed):
+    {PROG} rekey ENC_DIR -o ENC_DIR2 -k customer.jwk"""
+
+
+def _rotation_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """The arguments rewrap and rekey share."""
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    p.add_argument("-o", "--output", metavar="OUT", type=Path,
+                   help="output file or directory (default: replace each input file, atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    _key_args(p, "a key that opens the files now (repeatable; CRYPTOTENSORS_KEYS is also used)")
+    _claims_arg(p)
+    p.add_argument("--add-recipient", action="append", metavar="R.jwk",
+                   help="give this key access: a public X25519 JWK or an oct JWK (repeatable)")
+    p.add_argument("--remove-recipient", action="append", metavar="KID",
+                   help="the new files are not wrapped for the recipient with this kid (see `inspect`; repeatable)")
+    sign = p.add_mutually_exclusive_group()
+    sign.add_argument("--sign-key", metavar="SK.jwk",
+                      help="re-sign with this private Ed25519 or P-256 JWK (a signed file needs this or --drop-signature)")
+    sign.add_argument("--drop-signature", action="store_true", help="remove the signature")
+    policy = p.add_mutually_exclusive_group()
+    _policy_arg(policy)
+    policy.add_argument("--remove-policy", action="store_true", help="remove the access policy")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1451,22 +1533,18 @@ def _parser() -> argparse.ArgumentParser:
     _claims_arg(p)
 
     p = command("rewrap", cmd_rewrap, "change recipients, signature or access policy without re-encrypting "
-                "(only headers are rewritten; tensor bytes are copied unchanged)", examples=_REWRAP_EXAMPLES)
-    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
-    p.add_argument("-o", "--output", metavar="OUT", type=Path,
-                   help="output file or directory (default: replace each input file, atomically)")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    _key_args(p, "a key that opens the files now (repeatable; CRYPTOTENSORS_KEYS is also used)")
-    p.add_argument("--add-recipient", action="append", metavar="R.jwk",
-                   help="give this key access: a public X25519 JWK or an oct JWK (repeatable)")
-    p.add_argument("--remove-recipient", action="append", metavar="KID",
-                   help="take access from the recipient with this kid (see `inspect`; repeatable)")
-    sign = p.add_mutually_exclusive_group()
-    sign.add_argument("--sign-key", metavar="SK.jwk", help="re-sign with this private Ed25519 or P-256 JWK (a signed file needs this or --drop-signature)")
-    sign.add_argument("--drop-signature", action="store_true", help="remove the signature")
-    policy = p.add_mutually_exclusive_group()
-    _policy_arg(policy)
-    policy.add_argument("--remove-policy", action="store_true", help="remove the access policy")
+                "(only headers are rewritten; tensor bytes are copied unchanged). It keeps the data key: "
+                "a removed recipient loses access to the new file only if it never unwrapped the key and "
+                "kept no old header; to revoke, use rekey", examples=_REWRAP_EXAMPLES)
+    _rotation_args(p, "rewrap")
+
+    p = command("rekey", cmd_rekey, "re-encrypt under a new data key, keeping recipients (less --remove-recipient, "
+                "plus --add-recipient): revokes the old data key for the new files; not copies of the old "
+                "files, nor weights already loaded", examples=_REKEY_EXAMPLES)
+    _rotation_args(p, "rekey")
+    p.add_argument("-r", "--recipient", action="append", metavar="R.jwk",
+                   help="the key of a recipient that stays: a public X25519 JWK or an oct JWK (repeatable); "
+                        "every recipient that stays needs one, unless -k gives it")
     return parser
 
 

@@ -121,7 +121,7 @@ impl Dtype {
         let bits = elements
             .checked_mul(self.bits())
             .ok_or(Error::ValidationOverflow)?;
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(Error::MisalignedSlice);
         }
         Ok(bits / 8)

@@ -5,8 +5,8 @@
 //! The modules follow FORMAT.md: [`header`] (the safetensors layout),
 //! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
 //! nonces, key schedule), [`keys`] (JWK and recipients), [`sign`] (JWS),
-//! [`reader`] and [`writer`], [`rewrap`] for key rotation, and [`slice`]
-//! for partial reads.
+//! [`reader`] and [`writer`], [`rewrap`] for key rotation, [`rekey`] for
+//! re-encryption under a new data key, and [`slice`] for partial reads.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -20,6 +20,7 @@ pub mod header;
 pub mod keys;
 pub mod policy;
 pub mod reader;
+pub mod rekey;
 pub mod rewrap;
 pub mod sign;
 pub mod slice;

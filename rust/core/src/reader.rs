@@ -298,7 +298,7 @@ impl Reader {
                 .try_for_each(|(i, c)| self.source.read_at(base + (i * CHUNK) as u64, c));
         };
         let seg = seal.segment_size;
-        if offset % seg != 0 || (end % seg != 0 && end != info.len()) {
+        if !offset.is_multiple_of(seg) || (!end.is_multiple_of(seg) && end != info.len()) {
             return self.read_slice_into(name, &SliceRuns::contiguous(offset, out.len()), out);
         }
         let first = offset / seg;
@@ -347,7 +347,7 @@ impl Reader {
         let seg = seal.segment_size;
         if let [(off, len)] = runs.runs[..] {
             let end = off + len;
-            if off % seg == 0 && (end % seg == 0 || end == info.len()) {
+            if off.is_multiple_of(seg) && (end.is_multiple_of(seg) || end == info.len()) {
                 // One aligned run (e.g. a block of rows): no scratch needed.
                 return self.read_range_into(name, off, out);
             }

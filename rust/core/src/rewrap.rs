@@ -3,6 +3,16 @@
 //! Only the header changes; tensor bytes and the trailer are copied
 //! unchanged, by the kernel where it can (`copy_file_range`).
 //!
+//! A rewrap keeps the data key: it changes who can unwrap it from this file
+//! on, and revokes no one who ever held it (a removed recipient who opened
+//! the file once, or anyone who kept the old header). [`crate::rekey`]
+//! draws a new data key for that.
+//!
+//! The file is verified as a load verifies it ([`Reader::open`]: signature,
+//! envelope, length, trailer digest, access policy, key) before anything is
+//! written, under an exclusive lock on the file ([`lock_for_update`]), so
+//! that concurrent rewraps of one file apply one after the other.
+//!
 //! A crash at any moment leaves the old file or the new one. When the new
 //! metadata fits in the old metadata's slot and that slot lies in the
 //! file's first page (writers pad it to end there, FORMAT.md §2), the slot
@@ -11,17 +21,18 @@
 //! go to a temporary file renamed over the target.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::crypto::{self, DataKey};
 use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
-use crate::error::{Error, Result, SignatureFailure};
+use crate::error::{Error, Result};
 use crate::header::{self, Header};
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
-use crate::reader::{read_header, unlock};
+use crate::reader::{unlock, LoadOptions, Reader};
 use crate::sign;
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
 use crate::{PreadFile, Source};
@@ -35,6 +46,9 @@ pub struct RewrapOptions {
     pub data_keys: Vec<DataKey>,
     /// Public keys the current signature must verify under, if any.
     pub trusted_signers: Vec<Jwk>,
+    /// The input document of the file's access policy (JSON text), which
+    /// must allow the rewrap as it would a load; `None`: an empty object.
+    pub policy_input: Option<String>,
     /// Recipients to add.
     pub add: Vec<Jwk>,
     /// Kids of recipients to remove.
@@ -50,29 +64,108 @@ pub struct RewrapOptions {
     pub fsync: bool,
 }
 
+/// A file opened for a read-modify-write: locked, and verified as a load
+/// verifies it. The lock lasts as long as `file`.
+pub(crate) struct Opened {
+    /// The locked file (read-write when it was asked for and allowed).
+    pub(crate) file: File,
+    pub(crate) writable: bool,
+    pub(crate) reader: Reader,
+    /// The data key of an encrypted file.
+    pub(crate) data_key: Option<DataKey>,
+    /// Where the tensor data starts.
+    pub(crate) data_start: u64,
+}
+
+/// Opens `path` and takes an exclusive `flock` on it, waiting for any other
+/// rewrap or rekey of the file to finish. A process that held the lock may
+/// have renamed a new file over the path meanwhile: the path is then
+/// opened again until the file locked is the one the path names. The lock
+/// is advisory (only rewraps and rekeys take it; a save or a copy does not)
+/// and, like `flock`, local to one machine.
+pub(crate) fn lock_for_update(path: &Path, writable: bool) -> Result<(File, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..1000 {
+        let (file, rw) = match writable {
+            true => match OpenOptions::new().read(true).write(true).open(path) {
+                Ok(f) => (f, true),
+                Err(_) => (File::open(path)?, false),
+            },
+            false => (File::open(path)?, false),
+        };
+        file.lock()?;
+        let (held, named) = (file.metadata()?, std::fs::metadata(path)?);
+        if (held.dev(), held.ino()) == (named.dev(), named.ino()) {
+            return Ok((file, rw));
+        }
+    }
+    Err(Error::Io(std::io::Error::other(
+        "the file kept being replaced while waiting for its lock",
+    )))
+}
+
+/// Locks `path` and verifies it with [`Reader::open`] under `opts`' keys,
+/// trusted signers and policy input; for an encrypted file, also returns
+/// the data key (unwrapped again: a `Reader` keeps only keys derived from it).
+pub(crate) fn open_for_update(path: &Path, writable: bool, opts: &RewrapOptions) -> Result<Opened> {
+    let (file, writable) = lock_for_update(path, writable)?;
+    let source = Arc::new(PreadFile::new(file.try_clone()?)?);
+    let load = LoadOptions {
+        keys: opts.keys.clone(),
+        trusted_signers: opts.trusted_signers.clone(),
+        policy_input: opts.policy_input.clone(),
+        data_keys: opts.data_keys.clone(),
+        ..Default::default()
+    };
+    let reader = Reader::open(source.clone(), &load)?;
+    let layout = reader
+        .layout()
+        .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
+    let data_key = match layout.encryption {
+        Some(_) => Some(unlock(reader.header(), layout, &opts.keys, &opts.data_keys)?.0),
+        None => None,
+    };
+    // Reader::open checked that the file is exactly header, data and trailer.
+    let data_start = source.len() - reader.header().data_len() as u64 - layout.trailer_len as u64;
+    Ok(Opened {
+        file,
+        writable,
+        reader,
+        data_key,
+        data_start,
+    })
+}
+
+/// A signed file must be re-signed or its signature explicitly dropped.
+pub(crate) fn check_signature_choice(old: &Header, opts: &RewrapOptions) -> Result<()> {
+    if old.metadata_value(SIGNATURE_KEY).is_some()
+        && opts.sign_with.is_none()
+        && !opts.drop_signature
+    {
+        return Err(Error::InvalidArgument(
+            "the file is signed: pass sign_with= to re-sign it, or drop_signature=True".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Rewrites the header of `src` into `dst` (which may be `src`).
 pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
     // Opened for writing when the target is the source itself, so that the
     // header checked and the header rewritten are those of one file.
     let same = src == dst || same_file(src, dst);
-    let file = match same {
-        true => OpenOptions::new().read(true).write(true).open(src),
-        false => Err(std::io::ErrorKind::Unsupported.into()),
-    };
-    let writable = file.as_ref().ok().map(File::try_clone).transpose()?;
-    let source = PreadFile::new(match file {
-        Ok(f) => f,
-        Err(_) => File::open(src)?,
-    })?;
-    let (old, data_start) = read_header(&source)?;
-    let new = rewrap_header(&old, opts)?;
-    if let Some(file) = writable {
+    let opened = open_for_update(src, same, opts)?;
+    let old = opened.reader.header();
+    let data_start = opened.data_start;
+    let new = rewrap_header(old, opened.data_key.as_ref(), opts)?;
+    let source = opened.reader.source();
+    if opened.writable {
         let mut json = vec![0u8; (data_start as usize).saturating_sub(header::PREFIX_LEN)];
         source.read_at(header::PREFIX_LEN as u64, &mut json)?;
-        if let Some(slot) = in_place_slot(&json, &old, &new)? {
+        if let Some(slot) = in_place_slot(&json, old, &new)? {
             // One write: a short one would be a torn header, so it is an error
             // and never retried piecewise.
-            let n = file.write_at(&slot, header::PREFIX_LEN as u64)?;
+            let n = opened.file.write_at(&slot, header::PREFIX_LEN as u64)?;
             if n != slot.len() {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
@@ -80,7 +173,7 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
                 )));
             }
             if opts.fsync {
-                file.sync_data()?;
+                opened.file.sync_data()?;
             }
             return Ok(());
         }
@@ -90,7 +183,7 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
     // Keep the data where it is when the new header fits in the old one's
     // room, so the file's layout (and the data's alignment) does not move.
     let tight = header::encode(new.metadata(), infos(&new), 0)?.len() as u64;
-    let reserve = if tight <= data_start && (data_start - 8) % 8 == 0 {
+    let reserve = if tight <= data_start && (data_start - 8).is_multiple_of(8) {
         (data_start - tight) as usize
     } else {
         DEFAULT_RESERVE
@@ -99,19 +192,22 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
     use std::io::Write;
     let mut out = &tmp.file;
     out.write_all(&bytes)?;
-    let mut input = File::open(src)?;
+    // From the file that was verified and is locked, not from the path.
+    let mut input = opened.file.try_clone()?;
     input.seek(SeekFrom::Start(data_start))?;
-    let copied = std::io::copy(&mut input, &mut out)?;
+    let copied = std::io::copy(&mut input.take(data_len), &mut out)?;
     if copied != data_len {
         return Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the file changed while it was rewrapped",
         )));
     }
+    // Renamed while the old file is still locked: a rewrap waiting for the
+    // lock then finds the path names another file, and opens that one.
     tmp.commit(opts.fsync)
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -149,37 +245,24 @@ fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
     h.tensors().iter().map(|(n, i)| (n.as_str(), i))
 }
 
-/// The new header: verified first, then recipients, MAC and signature
+/// The new header of a file verified by [`open_for_update`] (`data_key`:
+/// its data key, if encrypted): recipients, policy, MAC and signature
 /// replaced. Everything else (tensors, user metadata, salt, commitment,
 /// trailer digest) is carried over unchanged.
-pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
-    let signed = old.metadata_value(SIGNATURE_KEY);
-    if let Some(jws) = signed {
-        sign::verify(jws, &envelope::signature_input(old), &opts.trusted_signers)?;
-    } else if !opts.trusted_signers.is_empty() {
-        return Err(Error::Signature(SignatureFailure::Missing));
-    }
-    if signed.is_some() && opts.sign_with.is_none() && !opts.drop_signature {
-        return Err(Error::InvalidArgument(
-            "the file is signed: pass sign_with= to re-sign it, or drop_signature=True".into(),
-        ));
-    }
+fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions) -> Result<Header> {
+    check_signature_choice(old, opts)?;
     let layout = Layout::from_header(old)?
         .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
     let mut envelope = layout.envelope.clone();
     let mut meta = old.metadata().cloned().unwrap_or_default();
     meta.remove(MAC_KEY);
     meta.remove(SIGNATURE_KEY);
-    let data_key = match &envelope.encryption {
-        None if !opts.add.is_empty() || !opts.remove.is_empty() => {
-            return Err(Error::InvalidArgument(
-                "the file is not encrypted: it has no recipients to change".into(),
-            ))
-        }
-        None => None,
-        Some(_) => Some(unlock(old, &layout, &opts.keys, &opts.data_keys)?.0),
-    };
-    if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), &data_key) {
+    if envelope.encryption.is_none() && (!opts.add.is_empty() || !opts.remove.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "the file is not encrypted: it has no recipients to change".into(),
+        ));
+    }
+    if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), data_key) {
         for kid in &opts.remove {
             let before = enc.recipients.len();
             enc.recipients.retain(|r| &r.kid != kid);
@@ -220,7 +303,7 @@ pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
         serde_json::to_string(&envelope).expect("JSON"),
     );
     let tensors = old.tensors().to_vec();
-    if let (Some(enc), Some(dk)) = (&layout.encryption, &data_key) {
+    if let (Some(enc), Some(dk)) = (&layout.encryption, data_key) {
         let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
         let mac = crypto::header_mac(dk, &enc.salt, &envelope::mac_input(&h));
         meta.insert(MAC_KEY.into(), b64e(&mac));

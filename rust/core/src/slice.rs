@@ -154,7 +154,7 @@ impl SliceRuns {
         let bits = dtype.bits();
         let to_bytes = |elems: usize| -> Result<usize> {
             let b = elems.checked_mul(bits).ok_or(Error::ValidationOverflow)?;
-            if b % 8 != 0 {
+            if !b.is_multiple_of(8) {
                 return Err(Error::MisalignedSlice);
             }
             Ok(b / 8)

@@ -114,9 +114,69 @@ impl Sink for VecSink {
     }
 }
 
+/// Where a tensor's bytes come from while it is written.
+#[derive(Clone, Copy)]
+pub(crate) enum Plain<'a> {
+    /// The caller's memory.
+    Bytes(&'a [u8]),
+    /// A function that fills `buf` with the bytes at `offset` of the tensor
+    /// (a rekey: decrypted and verified from the old file on demand), so a
+    /// tensor never has to be in memory whole.
+    Fill(&'a (dyn Fn(usize, &mut [u8]) -> Result<()> + Sync)),
+}
+
+/// One tensor of a plan.
+#[derive(Clone, Copy)]
+pub(crate) struct Input<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: &'a [usize],
+    pub(crate) len: usize,
+    pub(crate) plain: Plain<'a>,
+}
+
+impl<'a> From<&TensorData<'a>> for Input<'a> {
+    fn from(t: &TensorData<'a>) -> Input<'a> {
+        Input {
+            name: t.name,
+            dtype: t.dtype,
+            shape: t.shape,
+            len: t.data.len(),
+            plain: Plain::Bytes(t.data),
+        }
+    }
+}
+
+impl Input<'_> {
+    /// The bytes of a tensor given in memory (all of a plain file's are).
+    fn bytes(&self) -> Result<&[u8]> {
+        match self.plain {
+            Plain::Bytes(b) => Ok(b),
+            Plain::Fill(_) => Err(Error::InvalidArgument(
+                "a plain file is written from tensors in memory".into(),
+            )),
+        }
+    }
+
+    /// Fills `buf` with the bytes at `offset`.
+    fn fill(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        match self.plain {
+            Plain::Bytes(b) => {
+                buf.copy_from_slice(&b[offset..offset + buf.len()]);
+                Ok(())
+            }
+            Plain::Fill(f) => f(offset, buf),
+        }
+    }
+}
+
 /// A save, validated and laid out.
 struct Plan<'a> {
-    tensors: Vec<(TensorData<'a>, TensorInfo)>,
+    /// Plain files: in the order safetensors writes them (§2), which is
+    /// also their header order. Protected files: in file order (offsets,
+    /// then name), which their header, trailer and canonical header share,
+    /// so that a rewrap that re-encodes the header reproduces it exactly.
+    tensors: Vec<(Input<'a>, TensorInfo)>,
     metadata: Option<Metadata>,
     protected: Option<Protected>,
 }
@@ -133,6 +193,10 @@ struct Protected {
 }
 
 fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>> {
+    plan_inputs(tensors.iter().map(Input::from).collect(), opts)
+}
+
+fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<'a>> {
     if let Some(m) = &opts.metadata {
         if let Some(k) = m.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
             return Err(Error::InvalidArgument(format!(
@@ -141,14 +205,14 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
         }
     }
     let mut seen = BTreeSet::new();
-    for t in tensors {
+    for t in &tensors {
         if !seen.insert(t.name) {
             return Err(Error::InvalidArgument(format!(
                 "tensor {:?} given twice",
                 t.name
             )));
         }
-        if t.dtype.byte_size(t.shape)? != t.data.len() {
+        if t.dtype.byte_size(t.shape)? != t.len {
             return Err(Error::TensorInvalidInfo(t.name.to_owned()));
         }
     }
@@ -161,13 +225,19 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
         })
         .collect();
     let laid = header::layout(entries)?;
-    let by_name: std::collections::HashMap<&str, &TensorData> =
+    let by_name: std::collections::HashMap<&str, &Input> =
         tensors.iter().map(|t| (t.name, t)).collect();
-    let ordered: Vec<(TensorData, TensorInfo)> = laid
+    let mut ordered: Vec<(Input, TensorInfo)> = laid
         .into_iter()
         .map(|(e, i)| (*by_name[e.name.as_str()], i))
         .collect();
     if opts.encrypt.is_none() && opts.sign_with.is_none() {
+        if let Some((t, _)) = ordered.iter().find(|(t, _)| t.bytes().is_err()) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?}: a plain file is written from tensors in memory",
+                t.name
+            )));
+        }
         return Ok(Plan {
             tensors: ordered,
             metadata: opts.metadata.clone(),
@@ -180,6 +250,10 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
         opts.segment_size
     };
     envelope::check_segment_size(segment_size)?;
+    // File order differs from the layout order only among empty tensors of
+    // different dtypes, which share their offsets.
+    ordered
+        .sort_by(|(ta, ia), (tb, ib)| (ia.data_offsets, ta.name).cmp(&(ib.data_offsets, tb.name)));
     if let Some(k) = &opts.sign_with {
         if !k.kind().signs() || !k.is_private() {
             return Err(Error::InvalidKey(
@@ -355,34 +429,23 @@ impl Plan<'_> {
             sink.write_at(0, &head)?;
             let mut pos = head.len() as u64;
             for (t, _) in &self.tensors {
-                sink.write_at(pos, t.data)?;
-                pos += t.data.len() as u64;
+                sink.write_at(pos, t.bytes()?)?;
+                pos += t.len as u64;
             }
             return Ok(());
         };
         let base = head.len() as u64;
+        // The trailer is in file order (FORMAT.md §3.3), as the plan is.
         let mut trailer = vec![0u8; p.trailer_len];
-        // The trailer is in file order (FORMAT.md §3.3): by offsets, then by
-        // name. That differs from the plan's order only among empty tensors,
-        // which share their offsets.
-        let mut order: Vec<usize> = (0..self.tensors.len()).collect();
-        order.sort_by(|&a, &b| {
-            let ((ta, ia), (tb, ib)) = (&self.tensors[a], &self.tensors[b]);
-            (ia.data_offsets, ta.name).cmp(&(ib.data_offsets, tb.name))
-        });
         let mut tpos = 0usize;
-        for i in order {
-            let (t, info) = &self.tensors[i];
-            let prot = p.protections[i];
+        for ((t, info), &prot) in self.tensors.iter().zip(&p.protections) {
             let n = envelope::trailer_bytes(prot, info, p.segment_size)?;
             let table = &mut trailer[tpos..tpos + n];
             tpos += n;
             let at = base + info.data_offsets.0 as u64;
+            let emit = |off: usize, bytes: &[u8]| sink.write_at(at + off as u64, bytes);
             match prot {
-                Protection::Digested => {
-                    digest_segments(t.data, p.segment_size, table);
-                    sink.write_at(at, t.data)?;
-                }
+                Protection::Digested => digest_segments(t, p.segment_size, table, emit)?,
                 Protection::Encrypted => {
                     let (_, payload, _) = p
                         .payload
@@ -394,9 +457,7 @@ impl Plan<'_> {
                         shape: t.shape,
                         offsets: info.data_offsets,
                     });
-                    seal_segments(&key, t.data, p.segment_size, table, |off, bytes| {
-                        sink.write_at(at + off as u64, bytes)
-                    })?;
+                    seal_segments(&key, t, p.segment_size, table, emit)?;
                 }
             }
         }
@@ -421,70 +482,107 @@ impl Plan<'_> {
     }
 }
 
-fn digest_segments(data: &[u8], seg: usize, table: &mut [u8]) {
-    if data.is_empty() {
-        table.copy_from_slice(digest::digest(&digest::SHA256, &[]).as_ref());
-        return;
+/// Segments handled at once: enough to keep every thread busy.
+fn batch_segments() -> usize {
+    (rayon::current_num_threads() * 4).max(4)
+}
+
+/// Digests a plain tensor into `table` and hands its bytes to `emit`. Bytes
+/// in memory are hashed where they are and written in one go; bytes read
+/// on demand go through one batch buffer.
+fn digest_segments(
+    t: &Input,
+    seg: usize,
+    table: &mut [u8],
+    mut emit: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let hash = |out: &mut [u8], chunk: &[u8]| {
+        out.copy_from_slice(digest::digest(&digest::SHA256, chunk).as_ref())
+    };
+    if t.len == 0 {
+        hash(table, &[]);
+        return Ok(());
     }
-    table
-        .par_chunks_mut(DIGEST_LEN)
-        .zip(data.par_chunks(seg))
-        .for_each(|(out, chunk)| {
-            out.copy_from_slice(digest::digest(&digest::SHA256, chunk).as_ref())
-        });
+    if let Plain::Bytes(data) = t.plain {
+        table
+            .par_chunks_mut(DIGEST_LEN)
+            .zip(data.par_chunks(seg))
+            .for_each(|(out, chunk)| hash(out, chunk));
+        return emit(0, data);
+    }
+    let batch_bytes = batch_segments() * seg;
+    let mut buf = vec![0u8; batch_bytes.min(t.len)];
+    for (b, tags) in table.chunks_mut(batch_segments() * DIGEST_LEN).enumerate() {
+        let start = b * batch_bytes;
+        let buf = &mut buf[..batch_bytes.min(t.len - start)];
+        buf.par_chunks_mut(seg)
+            .zip(tags.par_chunks_mut(DIGEST_LEN))
+            .enumerate()
+            .try_for_each(|(i, (chunk, out))| {
+                t.fill(start + i * seg, chunk)?;
+                hash(out, chunk);
+                Ok::<_, Error>(())
+            })?;
+        emit(start, buf)?;
+    }
+    Ok(())
 }
 
 /// Seals a tensor in batches of segments and hands each sealed batch to
 /// `emit` in order. Two batch buffers alternate: while one is written out,
-/// the next is copied and sealed in parallel. Memory stays at two batches.
+/// the next is filled and sealed in parallel. Memory stays at two batches.
 fn seal_segments(
     key: &crypto::TensorKey,
-    data: &[u8],
+    t: &Input,
     seg: usize,
     table: &mut [u8],
     mut emit: impl FnMut(usize, &[u8]) -> Result<()> + Send,
 ) -> Result<()> {
-    if data.is_empty() {
+    if t.len == 0 {
         table.copy_from_slice(&key.seal(0, &mut [])?);
         return Ok(());
     }
-    let batch_segments = (rayon::current_num_threads() * 4).max(4);
+    let batch_segments = batch_segments();
     let batch_bytes = batch_segments * seg;
-    let batches: Vec<(&[u8], &mut [u8])> = data
-        .chunks(batch_bytes)
-        .zip(table.chunks_mut(batch_segments * TAG_LEN))
+    // (first byte, length, tags) of each batch.
+    let batches: Vec<(usize, usize, &mut [u8])> = table
+        .chunks_mut(batch_segments * TAG_LEN)
+        .enumerate()
+        .map(|(b, tags)| {
+            let start = b * batch_bytes;
+            (start, batch_bytes.min(t.len - start), tags)
+        })
         .collect();
-    let cap = batch_bytes.min(data.len());
+    let cap = batch_bytes.min(t.len);
     let mut bufs = [vec![0u8; cap], vec![0u8; cap]];
-    let seal_batch = |b: usize, src: &[u8], out: &mut [u8], tags: &mut [u8]| -> Result<()> {
-        let first = b * batch_segments;
+    let seal_batch = |start: usize, out: &mut [u8], tags: &mut [u8]| -> Result<()> {
+        let first = start / seg;
         out.par_chunks_mut(seg)
-            .zip(src.par_chunks(seg))
             .zip(tags.par_chunks_mut(TAG_LEN))
             .enumerate()
-            .try_for_each(|(i, ((dst, plain), tag))| {
-                dst.copy_from_slice(plain);
+            .try_for_each(|(i, (dst, tag))| {
+                t.fill(start + i * seg, dst)?;
                 tag.copy_from_slice(&key.seal((first + i) as u64, dst)?);
                 Ok(())
             })
     };
     let mut batches = batches.into_iter().enumerate().peekable();
-    if let Some((b, (src, tags))) = batches.peek_mut() {
-        seal_batch(*b, src, &mut bufs[0][..src.len()], tags)?;
+    if let Some((_, (start, len, tags))) = batches.peek_mut() {
+        seal_batch(*start, &mut bufs[0][..*len], tags)?;
     }
-    while let Some((b, (src, _))) = batches.next() {
+    while let Some((b, (start, len, _))) = batches.next() {
         let (done, next) = bufs.split_at_mut(1);
-        let (done, next) = if b % 2 == 0 {
+        let (done, next) = if b.is_multiple_of(2) {
             (&mut done[0], &mut next[0])
         } else {
             (&mut next[0], &mut done[0])
         };
-        let sealed = &done[..src.len()];
+        let sealed = &done[..len];
         let following = batches.peek_mut();
         let (written, sealed_next) = rayon::join(
-            || emit(b * batch_bytes, sealed),
+            || emit(start, sealed),
             || match following {
-                Some((nb, (nsrc, ntags))) => seal_batch(*nb, nsrc, &mut next[..nsrc.len()], ntags),
+                Some((_, (nstart, nlen, ntags))) => seal_batch(*nstart, &mut next[..*nlen], ntags),
                 None => Ok(()),
             },
         );
@@ -505,7 +603,20 @@ pub fn serialize(tensors: &[TensorData], opts: &WriteOptions) -> Result<Vec<u8>>
 /// Serializes to a file, atomically: readers see the old file or the new
 /// one, and a writer killed midway leaves no file behind ([`AtomicFile`]).
 pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Path) -> Result<()> {
-    let plan = plan(tensors, opts)?;
+    write_to_file(plan(tensors, opts)?, opts, path)
+}
+
+/// [`serialize_to_file`] for tensors whose bytes may be filled on demand
+/// ([`Plain::Fill`]), for a protected file.
+pub(crate) fn serialize_inputs_to_file(
+    tensors: Vec<Input>,
+    opts: &WriteOptions,
+    path: &Path,
+) -> Result<()> {
+    write_to_file(plan_inputs(tensors, opts)?, opts, path)
+}
+
+fn write_to_file(plan: Plan, opts: &WriteOptions, path: &Path) -> Result<()> {
     let tmp = AtomicFile::create(path)?;
     if plan.protected.is_some() {
         tmp.file.set_len(plan.total_len()? as u64)?;
@@ -515,7 +626,7 @@ pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Pat
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
         w.write_all(&plan.header(None)?)?;
         for (t, _) in &plan.tensors {
-            w.write_all(t.data)?;
+            w.write_all(t.bytes()?)?;
         }
         w.flush()?;
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use cryptotensors::crypto::{Algorithm, DataKey};
 use cryptotensors::keys::{Jwk, Recipient};
+use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
 use cryptotensors::writer::{
     self, EncryptOptions, ExternalRecipients, TensorData, WriteOptions, DEFAULT_RESERVE,
@@ -101,9 +102,9 @@ pub fn serialize<'py>(
 }
 
 /// Rewrites a file's header to change recipients, policy or signature;
-/// tensor bytes stay unchanged (see `cryptotensors::rewrap`).
+/// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -118,12 +119,84 @@ pub fn rewrap(
     data_keys: Option<Vec<Vec<u8>>>,
     policy: Option<String>,
     remove_policy: bool,
+    policy_input: Option<String>,
 ) -> PyResult<()> {
+    let opts = rewrap_options(
+        keys,
+        trusted,
+        add,
+        remove,
+        sign_with,
+        drop_signature,
+        data_keys,
+        policy,
+        remove_policy,
+        policy_input,
+    )?;
+    py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+}
+
+/// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey`);
+/// `recipients`: keys of the recipients that stay, the other arguments as
+/// for `rewrap`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn rekey(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    keys: Option<&str>,
+    trusted: Option<&str>,
+    recipients: Option<&str>,
+    add: Option<&str>,
+    remove: Vec<String>,
+    sign_with: Option<&str>,
+    drop_signature: bool,
+    data_keys: Option<Vec<Vec<u8>>>,
+    policy: Option<String>,
+    remove_policy: bool,
+    policy_input: Option<String>,
+    threads: usize,
+) -> PyResult<()> {
+    let opts = RekeyOptions {
+        rewrap: rewrap_options(
+            keys,
+            trusted,
+            add,
+            remove,
+            sign_with,
+            drop_signature,
+            data_keys,
+            policy,
+            remove_policy,
+            policy_input,
+        )?,
+        recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
+    };
+    py.allow_threads(|| with_threads(threads, || rekey_file(&src, &dst, &opts)))
+        .py_err()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rewrap_options(
+    keys: Option<&str>,
+    trusted: Option<&str>,
+    add: Option<&str>,
+    remove: Vec<String>,
+    sign_with: Option<&str>,
+    drop_signature: bool,
+    data_keys: Option<Vec<Vec<u8>>>,
+    policy: Option<String>,
+    remove_policy: bool,
+    policy_input: Option<String>,
+) -> PyResult<RewrapOptions> {
     let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
-    let opts = RewrapOptions {
+    Ok(RewrapOptions {
         keys: parse(keys).py_err()?,
         data_keys: crate::handle::data_keys(data_keys).py_err()?,
         trusted_signers: parse(trusted).py_err()?,
+        policy_input,
         add: parse(add).py_err()?,
         remove,
         sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
@@ -134,8 +207,7 @@ pub fn rewrap(
             policy.map(Some)
         },
         fsync: fsync_requested(),
-    };
-    py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+    })
 }
 
 /// `CRYPTOTENSORS_FSYNC=1`: flush saves and rewraps to disk before they return.

@@ -1,0 +1,287 @@
+//! Re-encryption under a fresh data key (FORMAT.md §8.2): what revokes a
+//! data key, which a rewrap (§8.1) keeps.
+//!
+//! The file is locked and verified as a load verifies it (the same
+//! [`open_for_update`] a rewrap uses), then written anew by the writer: a
+//! fresh data key and salt, every encrypted tensor decrypted and verified
+//! segment by segment under the old key and sealed under the new one, in
+//! parallel batches, never a whole tensor in memory, to a temporary file
+//! renamed over the target. Plain tensors of a partly encrypted file are
+//! verified against their digests and copied. The recipient set is kept
+//! (less `remove`, plus `add`); each kept recipient's key must be given,
+//! since the file holds only wrapped copies of the old key.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::envelope::RESERVED_PREFIX;
+use crate::error::{Error, Result};
+use crate::header::Metadata;
+use crate::keys::{Jwk, KeyKind};
+use crate::rewrap::{check_signature_choice, open_for_update, RewrapOptions};
+use crate::writer::{self, EncryptOptions, Input, Plain, WriteOptions, DEFAULT_RESERVE};
+
+/// What a rekey keeps and changes.
+#[derive(Debug, Clone, Default)]
+pub struct RekeyOptions {
+    /// Opening keys, trusted signers, policy input, recipients to add and
+    /// remove, signature and policy changes: as for a rewrap. A signed file
+    /// must be re-signed (`sign_with`) or its signature dropped.
+    pub rewrap: RewrapOptions,
+    /// Keys of current recipients that stay: a public X25519 key or an oct
+    /// key, for every recipient not removed whose key is not among the
+    /// opening keys.
+    pub recipients: Vec<Jwk>,
+}
+
+/// The key that a recipient stanza of kid `kid` and algorithm `alg` is
+/// wrapped for, among `keys` (private X25519 keys give their public half).
+fn recipient_key(kid: &str, alg: &str, keys: &[&Jwk]) -> Result<Option<Jwk>> {
+    match keys
+        .iter()
+        .find(|k| k.matches(kid) && k.kind().alg() == alg)
+    {
+        None => Ok(None),
+        Some(k) if k.kind() == KeyKind::X25519 => Ok(Some(k.public()?)),
+        Some(k) => Ok(Some((*k).clone())),
+    }
+}
+
+/// Re-encrypts `src` under a fresh data key into `dst` (which may be `src`).
+pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
+    let rw = &opts.rewrap;
+    let opened = open_for_update(src, false, rw)?;
+    let reader = &opened.reader;
+    let header = reader.header();
+    let layout = reader.layout();
+    let Some((params, enc, layout)) =
+        layout.and_then(|l| Some((l.encryption.as_ref()?, l.envelope.encryption.as_ref()?, l)))
+    else {
+        return Err(Error::InvalidArgument(
+            "the file is not encrypted: it has no data key to replace".into(),
+        ));
+    };
+    check_signature_choice(header, rw)?;
+
+    for kid in &rw.remove {
+        if !enc.recipients.iter().any(|r| &r.kid == kid) {
+            return Err(Error::InvalidArgument(format!(
+                "no recipient has kid {kid:?}"
+            )));
+        }
+    }
+    let kept: Vec<_> = enc
+        .recipients
+        .iter()
+        .filter(|r| !rw.remove.contains(&r.kid))
+        .collect();
+    let given: Vec<&Jwk> = opts.recipients.iter().chain(&rw.keys).collect();
+    let mut recipients = Vec::new();
+    let mut missing = Vec::new();
+    for r in &kept {
+        match recipient_key(&r.kid, &r.alg, &given)? {
+            Some(k) => recipients.push(k),
+            None => missing.push(r.kid.as_str()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "the new data key is wrapped for every recipient that stays: pass the key of {} \
+             (a public key is enough for X25519), or remove it",
+            missing.join(", ")
+        )));
+    }
+    if let Some(k) = opts
+        .recipients
+        .iter()
+        .find(|k| !kept.iter().any(|r| k.matches(&r.kid)))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a recipient that stays (to give it access, add it)",
+            k.kid()
+        )));
+    }
+    for k in &rw.add {
+        if kept.iter().any(|r| k.matches(&r.kid)) {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is already a recipient",
+                k.kid()
+            )));
+        }
+        recipients.push(k.clone());
+    }
+    if recipients.is_empty() {
+        return Err(Error::InvalidArgument(
+            "removing every recipient would make the file unreadable".into(),
+        ));
+    }
+
+    let metadata: Metadata = header
+        .metadata()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let write = WriteOptions {
+        metadata: Some(metadata).filter(|m| !m.is_empty()),
+        encrypt: Some(EncryptOptions {
+            recipients,
+            tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),
+            algorithm: params.algorithm,
+            external: None,
+        }),
+        sign_with: rw.sign_with.clone(),
+        policy: match &rw.policy {
+            Some(p) => p.clone(),
+            None => layout.envelope.policy.clone(),
+        },
+        segment_size: layout.envelope.segment_size,
+        reserve: DEFAULT_RESERVE,
+        fsync: rw.fsync,
+    };
+    // Every segment is authenticated before its bytes are used: the writer
+    // fills each segment through the reader, which decrypts and verifies
+    // it. An empty tensor's one empty segment is checked here, since the
+    // writer has no byte of it to ask for.
+    for (name, info) in header.tensors() {
+        if info.is_empty() {
+            reader.read_into(name, &mut [])?;
+        }
+    }
+    let fills: Vec<_> = header
+        .tensors()
+        .iter()
+        .map(|(name, _)| {
+            move |offset: usize, buf: &mut [u8]| reader.read_range_into(name, offset, buf)
+        })
+        .collect();
+    let inputs = header
+        .tensors()
+        .iter()
+        .zip(&fills)
+        .map(|((name, info), fill)| Input {
+            name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            len: info.len(),
+            plain: Plain::Fill(fill),
+        })
+        .collect();
+    // Written and renamed while the source is locked (see rewrap_file).
+    writer::serialize_inputs_to_file(inputs, &write, dst)?;
+    drop(opened);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Algorithm;
+    use crate::reader::{LoadOptions, Reader};
+    use crate::writer::{serialize_to_file, TensorData};
+    use crate::Dtype;
+    use std::sync::Arc;
+
+    fn read_all(bytes: Vec<u8>, key: &Jwk, names: &[&str]) -> Result<Vec<Vec<u8>>> {
+        let opts = LoadOptions {
+            keys: vec![key.clone()],
+            ..Default::default()
+        };
+        let r = Reader::open(Arc::new(bytes), &opts)?;
+        names
+            .iter()
+            .map(|n| {
+                let mut out = vec![0u8; r.header().tensor(n)?.len()];
+                r.read_into(n, &mut out).map(|_| out)
+            })
+            .collect()
+    }
+
+    /// Encrypted tensors of several segments, a plain one and empty ones come
+    /// back under the new key; the old header in front of the new data opens
+    /// nothing; a damaged segment leaves the target as it was.
+    #[test]
+    fn rekey_round_trip_revokes_and_fails_closed() {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let big: Vec<u8> = (0..4096 * 5 + 3).map(|i| (i * 13 % 251) as u8).collect();
+        let small = [9u8; 40];
+        let t = [
+            TensorData {
+                name: "big",
+                dtype: Dtype::U8,
+                shape: &[big.len()],
+                data: &big,
+            },
+            TensorData {
+                name: "plain",
+                dtype: Dtype::U8,
+                shape: &[40],
+                data: &small,
+            },
+            TensorData {
+                name: "e8",
+                dtype: Dtype::U8,
+                shape: &[0],
+                data: &[],
+            },
+            TensorData {
+                name: "e32",
+                dtype: Dtype::F32,
+                shape: &[0],
+                data: &[],
+            },
+        ];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: Some(["big", "e8", "e32"].map(String::from).into()),
+                algorithm: Algorithm::ChaCha20Poly1305,
+                external: None,
+            }),
+            segment_size: 4096,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let rk = RekeyOptions {
+            rewrap: RewrapOptions {
+                keys: vec![key.clone()],
+                ..Default::default()
+            },
+            recipients: Vec::new(),
+        };
+        rekey_file(&src, &dst, &rk).unwrap();
+        let names = ["big", "plain", "e8", "e32"];
+        let (old, new) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        let got = read_all(new.clone(), &key, &names).unwrap();
+        assert_eq!(got, [big.clone(), small.to_vec(), vec![], vec![]]);
+        let head = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        assert_eq!(head(&old), head(&new));
+        let spliced = [&old[..head(&old)], &new[head(&new)..]].concat();
+        assert!(matches!(
+            read_all(spliced, &key, &names),
+            Err(Error::Integrity)
+        ));
+
+        let mut damaged = old.clone();
+        damaged[head(&old) + 4096 * 2 + 1] ^= 1; // in "big", which the layout puts first
+        std::fs::write(&src, &damaged).unwrap();
+        let err = rekey_file(&src, &dst, &rk).unwrap_err();
+        assert!(matches!(err, Error::Integrity), "{err:?}");
+        assert_eq!(std::fs::read(&dst).unwrap(), new, "the target is untouched");
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a.safetensors", "b.safetensors"],
+            "no temporary file left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

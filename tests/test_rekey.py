@@ -1,0 +1,192 @@
+"""Rekey: a fresh data key, every encrypted tensor re-encrypted; what a
+rewrap cannot do (revoke the old data key)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cryptotensors as ct
+import cryptotensors.numpy as cn
+
+
+def header_of(path):
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    return raw[: 8 + n], raw[8 + n :]
+
+
+def envelope(path):
+    h, _ = header_of(path)
+    meta = json.loads(h[8:])["__metadata__"]
+    return json.loads(meta["__cryptotensors__"])
+
+
+def model():
+    rng = np.random.default_rng(0)
+    return {
+        "w": rng.standard_normal(3 * 4096 + 77, dtype=np.float32),  # several segments, the last partial
+        "b": np.arange(10, dtype=np.int64),
+        "e8": np.zeros(0, np.uint8),
+        "e32": np.zeros(0, np.float32),
+        "plain": np.ones(5000, np.float16),
+    }
+
+
+def check(path, key, d):
+    got = cn.load_file(path, keys=key)
+    assert set(got) == set(d)
+    for name, v in d.items():
+        np.testing.assert_array_equal(got[name], v)
+        assert got[name].dtype == v.dtype
+
+
+def test_rekey_revokes_the_old_data_key(tmp_path):
+    """After a rewrap that removes a recipient, the old header spliced onto
+    the file opens it again for that recipient; after a rekey it opens
+    nothing, and the new file has a new salt, commitment and ciphertext."""
+    stays, leaves = ct.generate_key("oct"), ct.generate_key("oct")
+    d = model()
+    path = tmp_path / "m.safetensors"
+    cn.save_file(d, path, metadata={"format": "np"}, encrypt_for=[stays, leaves], segment_size=4096,
+                 encrypted_tensors=["w", "b", "e8", "e32"])
+    old_head, old_body = header_of(path)
+    old_env = envelope(path)
+
+    ct.rewrap(path, keys=stays, remove=[leaves["kid"]])
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path, keys=leaves)
+    spliced = tmp_path / "spliced.safetensors"
+    spliced.write_bytes(old_head + header_of(path)[1])
+    check(spliced, leaves, d)  # what a rewrap does not revoke
+
+    ct.rekey(path, keys=stays)
+    check(path, stays, d)
+    new_env = envelope(path)
+    assert new_env["encryption"]["salt"] != old_env["encryption"]["salt"]
+    assert new_env["encryption"]["key_commitment"] != old_env["encryption"]["key_commitment"]
+    assert [r["kid"] for r in new_env["encryption"]["recipients"]] == [stays["kid"]]
+    assert sorted(new_env["encryption"]["tensors"]) == ["b", "e32", "e8", "w"]
+    assert ct.inspect(path)["metadata"] == {"format": "np"}
+    new_body = header_of(path)[1]
+    assert new_body != old_body and len(new_body) == len(old_body)
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path, keys=leaves)
+    spliced.write_bytes(old_head + new_body)
+    with pytest.raises(ct.IntegrityError):
+        cn.load_file(spliced, keys=leaves)
+    # The plain tensor stays plain (its bytes are in the clear in both files).
+    assert np.ones(5000, np.float16).tobytes() in new_body
+
+
+def test_rekey_keeps_recipients_given_their_keys(tmp_path):
+    opener, pub_holder, oct_holder, added = (ct.generate_key("oct"), ct.generate_key("X25519"),
+                                             ct.generate_key("oct"), ct.generate_key("X25519"))
+    d = model()
+    path = tmp_path / "m.safetensors"
+    cn.save_file(d, path, encrypt_for=[opener, ct.public_key(pub_holder), oct_holder])
+    before = path.read_bytes()
+    with pytest.raises(ct.SafetensorError, match=pub_holder["kid"]) as e:
+        ct.rekey(path, keys=opener, recipients=oct_holder)
+    assert "remove it" in str(e.value)
+    with pytest.raises(ct.SafetensorError, match="not a recipient"):
+        ct.rekey(path, keys=opener, recipients=[ct.public_key(pub_holder), oct_holder, ct.public_key(added)])
+    with pytest.raises(ct.SafetensorError, match="already a recipient"):
+        ct.rekey(path, keys=opener, recipients=[ct.public_key(pub_holder), oct_holder], add=oct_holder)
+    with pytest.raises(ct.SafetensorError, match="no recipient has kid"):
+        ct.rekey(path, keys=opener, remove=["nope"])
+    with pytest.raises(ct.KeyNotFoundError):
+        ct.rekey(path, keys=added, recipients=[ct.public_key(pub_holder), oct_holder])
+    assert path.read_bytes() == before
+    out = tmp_path / "out.safetensors"
+    ct.rekey(path, keys=opener, recipients=[ct.public_key(pub_holder)], remove=[oct_holder["kid"]],
+             add=ct.public_key(added), output=out)
+    assert path.read_bytes() == before, "the source is left as it was"
+    for k in (opener, pub_holder, added):
+        check(out, k, d)
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(out, keys=oct_holder)
+
+
+def test_rekey_signature_policy_and_damage(tmp_path):
+    key, signer, other = ct.generate_key("oct"), ct.generate_key("Ed25519"), ct.generate_key("Ed25519")
+    d = {"w": np.arange(1000, dtype=np.float32)}
+    path = tmp_path / "s.safetensors"
+    cn.save_file(d, path, encrypt_for=key, sign_with=signer)
+    with pytest.raises(ct.SafetensorError, match="drop_signature"):
+        ct.rekey(path, keys=key)
+    with pytest.raises(ct.SignatureError):
+        ct.rekey(path, keys=key, sign_with=other, trusted_signers=ct.public_key(other))
+    ct.rekey(path, keys=key, sign_with=other, trusted_signers=ct.public_key(signer))
+    cn.load_file(path, keys=key, trusted_signers=ct.public_key(other))
+    ct.rekey(path, keys=key, drop_signature=True)
+    assert ct.inspect(path)["signer"] is None
+
+    deny = 'package cryptotensors\nimport rego.v1\ndefault allow := false\nreason := "denied by test"\n'
+    ct.rewrap(path, keys=key, policy=deny)
+    before = path.read_bytes()
+    with pytest.raises(ct.PolicyDeniedError):
+        ct.rekey(path, keys=key, remove_policy=True)
+    assert path.read_bytes() == before
+
+    allow = 'package cryptotensors\nimport rego.v1\ndefault allow := false\nallow if input.framework == "rekey"\n'
+    cn.save_file(d, path, encrypt_for=key, policy=allow, segment_size=4096)
+    ct.rekey(path, keys=key)
+    assert ct.inspect(path)["policy"] == allow, "the policy is kept"
+    raw = bytearray(path.read_bytes())
+    n = 8 + int.from_bytes(raw[:8], "little")
+    raw[n + 100] ^= 1  # a ciphertext byte: the trailer digest still matches
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ct.IntegrityError):
+        ct.rekey(path, keys=key)
+    assert path.read_bytes() == bytes(raw)
+    assert sorted(os.listdir(tmp_path)) == ["s.safetensors"], "no temporary file left"
+
+
+def test_rekey_refuses_files_without_a_data_key(tmp_path):
+    signer = ct.generate_key("Ed25519")
+    path = tmp_path / "p.safetensors"
+    cn.save_file({"w": np.arange(3)}, path, sign_with=signer)
+    with pytest.raises(ct.SafetensorError, match="not encrypted"):
+        ct.rekey(path, sign_with=signer)
+    cn.save_file({"w": np.arange(3)}, path)
+    with pytest.raises(ct.SafetensorError, match="neither encrypted nor signed"):
+        ct.rekey(path)
+
+
+REKEY_RSS = """
+import json, os, sys, cryptotensors, cryptotensors.numpy
+
+def peak_kib():  # this process's own peak RSS (ru_maxrss would include the parent's, from before exec)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])
+
+before = peak_kib()
+key = json.loads(os.environ["KEY"])
+if sys.argv[1] == "load":
+    cryptotensors.numpy.load_file(os.environ["FILE"], keys=key)
+else:
+    cryptotensors.rekey(os.environ["FILE"], keys=key, num_threads=2)
+print(before, peak_kib())
+"""
+
+
+def test_rekey_streams(tmp_path):
+    """A rekey holds a few batches of segments, not the tensor nor the file:
+    rekeying a 192 MiB tensor raises the peak RSS by far less than that."""
+    import subprocess
+    import sys
+
+    key = ct.generate_key("oct")
+    path = tmp_path / "big.safetensors"
+    cn.save_file({"w": np.ones(48 << 20, np.float32)}, path, encrypt_for=key)
+    env = dict(os.environ, FILE=str(path), KEY=json.dumps(key))
+
+    def growth(op):
+        out = subprocess.run([sys.executable, "-c", REKEY_RSS, op], env=env, check=True, capture_output=True, text=True).stdout
+        before, after = (int(x) for x in out.split())
+        return (after - before) << 10
+
+    assert growth("load") > 192 << 20, "the measure sees a whole tensor in memory"
+    assert growth("rekey") < 48 << 20, f"peak RSS grew by {growth('rekey') >> 20} MiB"
+    assert cn.load_file(path, keys=key)["w"][-1] == 1
