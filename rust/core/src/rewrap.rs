@@ -203,6 +203,8 @@ pub fn rewrap_header(old: &Header, opts: &RewrapOptions) -> Result<Header> {
                 "removing every recipient would make the file unreadable".into(),
             ));
         }
+        // Readers refuse more stanzas than this; never write such a file.
+        envelope::check_recipients(&enc.recipients)?;
     }
     if let Some(policy) = &opts.policy {
         if let Some(text) = policy {

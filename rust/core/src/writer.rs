@@ -234,6 +234,8 @@ fn plan<'a>(tensors: &[TensorData<'a>], opts: &WriteOptions) -> Result<Plan<'a>>
                 }
                 recipients.push(stanza.clone());
             }
+            // Readers refuse more stanzas than this; never write such a file.
+            envelope::check_recipients(&recipients)?;
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
                 salt: b64e(&salt),
