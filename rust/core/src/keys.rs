@@ -585,6 +585,11 @@ fn known_members(alg: &str) -> Option<&'static [&'static str]> {
 }
 
 impl Recipient {
+    /// The stanza as compact JSON, every member included.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a stanza serializes")
+    }
+
     /// Whether this build knows the stanza's algorithm (else it is skipped).
     pub fn is_known(&self) -> bool {
         known_members(&self.alg).is_some()
