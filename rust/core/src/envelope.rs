@@ -178,9 +178,13 @@ impl Layout {
         {
             return Err(bad(format!("unknown reserved metadata key {k:?}")));
         }
-        crate::header::unique_members(text)
-            .map_err(|e| bad(format!("the envelope is not JSON without repeated members: {e}")))?;
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        crate::header::unique_members(text).map_err(|e| {
+            bad(format!(
+                "the envelope is not JSON without repeated members: {e}"
+            ))
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let version = value
             .as_object()
             .ok_or_else(|| bad("the envelope is not a JSON object"))?

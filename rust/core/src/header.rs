@@ -542,10 +542,18 @@ mod tests {
     #[test]
     fn repeated_members_in_tensor_entries() {
         let e = parse(r#"{"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#);
-        assert!(matches!(e, Err(Error::InvalidHeaderDeserialization(m)) if m.contains("duplicate field")));
+        assert!(
+            matches!(e, Err(Error::InvalidHeaderDeserialization(m)) if m.contains("duplicate field"))
+        );
         let plain = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":1,"x":2}}"#;
-        assert!(!parse(plain).unwrap().has_duplicate_keys(), "plain: ignored, as in safetensors");
-        let protected = format!(r#"{{"__metadata__":{{"__cryptotensors__":"{{}}"}},{}"#, &plain[1..]);
+        assert!(
+            !parse(plain).unwrap().has_duplicate_keys(),
+            "plain: ignored, as in safetensors"
+        );
+        let protected = format!(
+            r#"{{"__metadata__":{{"__cryptotensors__":"{{}}"}},{}"#,
+            &plain[1..]
+        );
         assert!(parse(&protected).unwrap().has_duplicate_keys());
         let clean = protected.replace(r#","x":2"#, "");
         assert!(!parse(&clean).unwrap().has_duplicate_keys());

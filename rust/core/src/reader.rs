@@ -44,6 +44,24 @@ pub struct LoadOptions {
     pub cache: bool,
 }
 
+impl LoadOptions {
+    /// Refuses trusted signers that cannot sign (FORMAT.md §6, "Loader
+    /// keys"): an oct or X25519 key there is a mistake that would otherwise
+    /// show up only as "signature missing". Signing keys among the
+    /// decryption keys are allowed (a key ring may hold both kinds) and
+    /// simply match no stanza.
+    pub fn check(&self) -> Result<()> {
+        if let Some(k) = self.trusted_signers.iter().find(|k| !k.kind().signs()) {
+            return Err(Error::InvalidKey(format!(
+                "trusted signer {:?} is a {:?} key; signers are Ed25519 or P-256",
+                k.kid(),
+                k.kind()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What verifying a header established: the signer and the payload key.
 struct Verified {
     signer: Option<String>,
@@ -143,6 +161,7 @@ impl Reader {
     /// Opens and verifies a file: format, envelope, trailer digest, signature,
     /// requirements, and for encrypted files the data key.
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
+        opts.check()?;
         let (json, data_start) = read_header_bytes(source.as_ref())?;
         let header = Header::parse(&json)?;
         let key = (opts.cache && opts.data_keys.is_empty()).then(|| cache_key(&json, opts));
@@ -588,7 +607,11 @@ mod tests {
         let probe = Header::from_parts(Some(meta.clone()), h.tensors().to_vec()).unwrap();
         meta.insert(
             MAC_KEY.into(),
-            keys::b64e(&crate::crypto::header_mac(dk, &salt, &envelope::mac_input(&probe))),
+            keys::b64e(&crate::crypto::header_mac(
+                dk,
+                &salt,
+                &envelope::mac_input(&probe),
+            )),
         );
         let infos = h.tensors().iter().map(|(n, i)| (n.as_str(), i));
         let mut out = header::encode(Some(&meta), infos, 0).unwrap();

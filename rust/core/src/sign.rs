@@ -437,7 +437,8 @@ mod tests {
             assert!(h["jwk"].get("d").is_none(), "the writer never publishes d");
             let ok = forge(&h, b"header", |i| raw(&sk, i));
             assert!(verify(&ok, b"header", std::slice::from_ref(&pk)).is_ok());
-            let private: serde_json::Value = serde_json::from_str(&sk.to_json(true).unwrap()).unwrap();
+            let private: serde_json::Value =
+                serde_json::from_str(&sk.to_json(true).unwrap()).unwrap();
             let mut with_d = h.clone();
             with_d["jwk"] = private;
             let mut no_kid = h.clone();
@@ -450,18 +451,28 @@ mod tests {
                 _ => KeyKind::P256,
             })
             .unwrap();
-            other_type["jwk"] = serde_json::from_str(&other.public().unwrap().to_json(false).unwrap()).unwrap();
+            other_type["jwk"] =
+                serde_json::from_str(&other.public().unwrap().to_json(false).unwrap()).unwrap();
             let mut k_member = h.clone();
             k_member["jwk"]["k"] = "AAAA".into();
             for (what, bad) in [
                 ("jwk with d", forge(&with_d, b"header", |i| raw(&sk, i))),
                 ("jwk with k", forge(&k_member, b"header", |i| raw(&sk, i))),
                 ("no kid", forge(&no_kid, b"header", |i| raw(&sk, i))),
-                ("numeric kid", forge(&kid_number, b"header", |i| raw(&sk, i))),
-                ("jwk of another type", forge(&other_type, b"header", |i| raw(&sk, i))),
+                (
+                    "numeric kid",
+                    forge(&kid_number, b"header", |i| raw(&sk, i)),
+                ),
+                (
+                    "jwk of another type",
+                    forge(&other_type, b"header", |i| raw(&sk, i)),
+                ),
             ] {
                 for trusted in [vec![], vec![pk.clone()]] {
-                    assert!(is(verify(&bad, b"header", &trusted), SignatureFailure::Invalid), "{what}");
+                    assert!(
+                        is(verify(&bad, b"header", &trusted), SignatureFailure::Invalid),
+                        "{what}"
+                    );
                 }
             }
             // A repeated member: serde_json's Value cannot hold one, so the
@@ -473,12 +484,18 @@ mod tests {
             let protected = b64e(twice.as_bytes());
             let input = signing_input(&protected, b"header");
             let dup = format!("{protected}..{}", b64e(&raw(&sk, input.as_bytes())));
-            assert!(is(verify(&dup, b"header", std::slice::from_ref(&pk)), SignatureFailure::Invalid));
+            assert!(is(
+                verify(&dup, b"header", std::slice::from_ref(&pk)),
+                SignatureFailure::Invalid
+            ));
             let jwk_twice = text.replacen(r#""kty""#, r#""kty":"x","kty""#, 1);
             let protected = b64e(jwk_twice.as_bytes());
             let input = signing_input(&protected, b"header");
             let dup = format!("{protected}..{}", b64e(&raw(&sk, input.as_bytes())));
-            assert!(is(verify(&dup, b"header", std::slice::from_ref(&pk)), SignatureFailure::Invalid));
+            assert!(is(
+                verify(&dup, b"header", std::slice::from_ref(&pk)),
+                SignatureFailure::Invalid
+            ));
         }
     }
 
