@@ -150,53 +150,74 @@ def parse_layout(buf):
 
 
 # ---------------------------------------------------------------- §3.2 envelope
+ENVELOPE_MEMBERS = {"version", "segment_size", "digest", "encryption", "policy", "trailer_length", "trailer_sha256"}
+REQUIRED_MEMBERS = ENVELOPE_MEMBERS - {"encryption", "policy"}
+MAX_RECIPIENTS, MAX_STANZA_BYTES = 64, 4096
+
+
 def parse_envelope(text, tensors):
+    """In the order of §9: JSON, version, v1 members, digest and algorithm, the rest."""
     env = strict_json(text)
     if not isinstance(env, dict):
         raise FormatError("envelope is not an object")
-    unknown = set(env) - {"version", "segment_size", "digest", "encryption", "trailer_length", "trailer_sha256"}
-    if unknown:
-        raise UnsupportedError(f"unknown envelope members {sorted(unknown)}")
-    if env.get("version") != 1 or isinstance(env.get("version"), bool):
-        raise UnsupportedError(f"unsupported version {env.get('version')!r}")
+    version = env.get("version")
+    if not is_uint(version):
+        raise FormatError(f"version must be a non-negative integer, got {version!r}")
+    if version != 1:
+        raise UnsupportedError(f"unsupported version {version}")
+    if set(env) - ENVELOPE_MEMBERS or REQUIRED_MEMBERS - set(env):
+        raise FormatError(f"unknown or missing envelope members {sorted(set(env) ^ REQUIRED_MEMBERS)}")
+    if not all(isinstance(env[k], str) for k in ("digest", "trailer_sha256")):
+        raise FormatError("digest and trailer_sha256 are strings")
+    enc = env.get("encryption")
+    if enc is not None:
+        if not isinstance(enc, dict) or set(enc) != {"algorithm", "salt", "key_commitment", "recipients", "tensors"}:
+            raise FormatError("bad or unknown encryption members")
+        if not isinstance(enc["algorithm"], str) or not isinstance(enc["recipients"], list):
+            raise FormatError("bad encryption member types")
+    if env["digest"] != "SHA-256":
+        raise UnsupportedError("digest must be SHA-256")
+    if enc is not None and enc["algorithm"] not in AEADS:
+        raise UnsupportedError(f"unknown algorithm {enc['algorithm']!r}")
     ss = env.get("segment_size")
     if not is_uint(ss) or not 2**12 <= ss <= 2**30 or ss & (ss - 1):
         raise FormatError("bad segment_size")
-    if env.get("digest") != "SHA-256":
-        raise UnsupportedError("digest must be SHA-256")
     if not is_uint(env.get("trailer_length")):
         raise FormatError("bad trailer_length")
     env["trailer_sha256"] = unb64u(env.get("trailer_sha256"), 32)
-    enc = env.get("encryption")
-    if enc is None and "encryption" in env:
-        raise FormatError("encryption must be an object when present")
     if enc is not None:
-        if not isinstance(enc, dict) or set(enc) != {"algorithm", "salt", "key_commitment", "recipients", "tensors"}:
-            raise UnsupportedError("bad or unknown encryption members")
-        if not isinstance(enc["algorithm"], str) or enc["algorithm"] not in AEADS:
-            raise UnsupportedError(f"unknown algorithm {enc['algorithm']!r}")
-        enc["salt"] = unb64u(enc["salt"], 32)
-        enc["key_commitment"] = unb64u(enc["key_commitment"], 32)
+        if not 1 <= len(enc["recipients"]) <= MAX_RECIPIENTS:
+            raise FormatError(f"a file lists 1 to {MAX_RECIPIENTS} recipients")
+        for r in enc["recipients"]:
+            parse_stanza(r)
         names = enc["tensors"]
         if not isinstance(names, list) or not names or not all(isinstance(x, str) and x in tensors for x in names):
             raise FormatError("encryption.tensors must be non-empty names from the header")
         raw = [x.encode() for x in names]
         if any(a >= b for a, b in zip(raw, raw[1:])):
             raise FormatError("encryption.tensors not sorted by bytes and unique")
-        if not isinstance(enc["recipients"], list) or not enc["recipients"]:
-            raise FormatError("recipients must be a non-empty list")
-        for r in enc["recipients"]:
-            parse_stanza(r)
+        enc["salt"] = unb64u(enc["salt"], 32)
+        enc["key_commitment"] = unb64u(enc["key_commitment"], 32)
     return env
 
 
+STANZA_MEMBERS = {"A256GCMKW": {"kid", "alg", "iv", "tag", "encrypted_key"},
+                  HPKE_ALG: {"kid", "alg", "enc", "encrypted_key"}}
+
+
 def parse_stanza(r):
-    fields = {"A256GCMKW": {"kid", "alg", "iv", "tag", "encrypted_key"}, HPKE_ALG: {"kid", "alg", "enc", "encrypted_key"}}
-    alg = r.get("alg") if isinstance(r, dict) else None
-    if not isinstance(alg, str) or alg not in fields:
-        raise UnsupportedError(f"unknown recipient alg {alg!r}")
-    if set(r) != fields[r["alg"]] or not isinstance(r["kid"], str):
-        raise UnsupportedError("bad or unknown recipient members")
+    """§6 "Stanzas": known algs strict, others skipped whatever their members."""
+    if not isinstance(r, dict):
+        raise FormatError("a stanza is an object")
+    compact = json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(compact) > MAX_STANZA_BYTES:
+        raise FormatError("stanza too large")
+    if not isinstance(r.get("kid"), str) or not r["kid"] or not isinstance(r.get("alg"), str):
+        raise FormatError("a stanza needs a non-empty string kid and a string alg")
+    if r["alg"] not in STANZA_MEMBERS:
+        return
+    if set(r) != STANZA_MEMBERS[r["alg"]]:
+        raise FormatError("bad or unknown recipient members")
     if r["alg"] == "A256GCMKW":
         unb64u(r["iv"], 12), unb64u(r["tag"], 16), unb64u(r["encrypted_key"], 32)
     else:
@@ -229,7 +250,9 @@ def thumbprint(jwk):
 
 
 def matches(stanza, jwk):
-    if stanza["kid"] not in (jwk.get("kid"), thumbprint(jwk)):
+    """§6: the stanza's kid is the key's kid member or its thumbprint, and
+    its alg is the key type's."""
+    if stanza["alg"] not in STANZA_MEMBERS or stanza["kid"] not in (jwk.get("kid"), thumbprint(jwk)):
         return False
     if stanza["alg"] == "A256GCMKW":
         return jwk.get("kty") == "oct"
@@ -273,8 +296,12 @@ def unwrap(stanza, jwk):
 
 
 def open_data_key(enc, keys, canonical_mac, mac_b64):
-    matched = False
+    """§6.3: each distinct stanza once, each data key checked once, first success wins."""
+    matched, stanzas, checked = False, [], set()
     for stanza in enc["recipients"]:
+        if stanza not in stanzas:
+            stanzas.append(stanza)
+    for stanza in stanzas:
         for jwk in keys:
             if not matches(stanza, jwk):
                 continue
@@ -283,6 +310,9 @@ def open_data_key(enc, keys, canonical_mac, mac_b64):
                 dk = unwrap(stanza, jwk)
             except (InvalidTag, ValueError):
                 continue
+            if dk in checked:
+                continue
+            checked.add(dk)
             prk = hkdf_extract(enc["salt"], dk)  # §4.2
             if not hmac.compare_digest(hkdf_expand(prk, b"cryptotensors/v1 key commitment", 32),
                                        enc["key_commitment"]):
@@ -303,16 +333,24 @@ def key_alg(jwk):
     return {("OKP", "Ed25519"): "EdDSA", ("EC", "P-256"): "ES256"}.get((jwk.get("kty"), jwk.get("crv")))
 
 
-def verify_with(jwk, sig, signing_input):
-    """Raises InvalidSignature (or ValueError for a malformed key) unless jwk verifies sig."""
+def public_key(jwk):
+    """The cryptography public key of an Ed25519 or P-256 JWK (ValueError if invalid)."""
     if key_alg(jwk) == "EdDSA":
-        Ed25519PublicKey.from_public_bytes(unb64u(jwk["x"], 32)).verify(sig, signing_input)
+        return Ed25519PublicKey.from_public_bytes(unb64u(jwk["x"], 32))
+    x, y = (int.from_bytes(unb64u(jwk[c], 32), "big") for c in ("x", "y"))
+    return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+
+
+def verify_with(jwk, sig, signing_input):
+    """Raises InvalidSignature (or ValueError for a malformed key) unless jwk verifies sig.
+    ES256 accepts high and low S alike (§7)."""
+    key = public_key(jwk)
+    if key_alg(jwk) == "EdDSA":
+        key.verify(sig, signing_input)
         return
     # ES256: the signature is r || s, 32 bytes each (RFC 7518 §3.4).
     if len(sig) != 64:
         raise InvalidSignature("ES256 signatures are 64 bytes")
-    x, y = (int.from_bytes(unb64u(jwk[c], 32), "big") for c in ("x", "y"))
-    key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
     der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
 
@@ -323,9 +361,21 @@ def verify_signature(jws, payload, trusted):
     parts = jws.split(".") if isinstance(jws, str) else []
     if len(parts) != 3 or parts[1] != "":
         raise SignatureError("not a detached compact JWS")
-    header = strict_json(unb64u(parts[0]).decode())
-    if not isinstance(header, dict) or header.get("alg") not in ("EdDSA", "ES256"):
-        raise SignatureError("protected header alg must be EdDSA or ES256")
+    try:
+        header = strict_json(unb64u(parts[0]).decode())
+    except (ReaderError, UnicodeDecodeError) as e:  # §7: a malformed JWS is a signature error
+        raise SignatureError(f"bad protected header: {e}") from e
+    if not isinstance(header, dict) or set(header) != {"alg", "kid", "jwk"}:
+        raise SignatureError("the protected header has exactly alg, kid and jwk")
+    if header["alg"] not in ("EdDSA", "ES256") or not isinstance(header["kid"], str):
+        raise SignatureError("protected header alg must be EdDSA or ES256, kid a string")
+    jwk = header["jwk"]
+    if not isinstance(jwk, dict) or "d" in jwk or "k" in jwk or key_alg(jwk) != header["alg"]:
+        raise SignatureError("jwk must be a public key of the alg's type")
+    try:
+        public_key(jwk)
+    except (ValueError, FormatError, KeyError) as e:
+        raise SignatureError("jwk is not a valid public key") from e
     sig, signing_input = unb64u(parts[2]), (parts[0] + "." + b64u(payload)).encode()
     candidates = trusted or [header.get("jwk")]
     for jwk in candidates:
@@ -354,7 +404,12 @@ def read(buf, keys=(), trusted=()):
             raise SignatureError("unsigned file but trusted signers configured")
         return {k: (t["dtype"], t["shape"], data[t["s"]:t["e"]]) for k, t in tensors.items()}
 
-    # §4.4 step 1: layout, envelope, trailer
+    # §4.4 step 2: the signature, before anything it covers (§7: without
+    # trusted signers, checked against the embedded jwk)
+    if trusted or SIG in meta:
+        verify_signature(meta.get(SIG), canonical(meta, tensors, order, {SIG}), trusted)
+
+    # step 3: envelope, file length, trailer
     env = parse_envelope(meta[ENV], tensors)
     enc, ss = env.get("encryption"), env["segment_size"]
     if (MAC in meta) != (enc is not None):
@@ -370,10 +425,6 @@ def read(buf, keys=(), trusted=()):
     trailer = data[d:]
     if not hmac.compare_digest(hashlib.sha256(trailer).digest(), env["trailer_sha256"]):
         raise IntegrityError("trailer_sha256 mismatch")
-
-    # step 2: signature (§7: without trusted signers, check against the embedded jwk)
-    if trusted or SIG in meta:
-        verify_signature(meta.get(SIG), canonical(meta, tensors, order, {SIG}), trusted)
 
     # steps 3-5: unwrap, key commitment, header MAC
     prk = None
@@ -482,7 +533,11 @@ def set_shape(tensor, shape):
     ("aes_oct", lambda buf: rebuild(buf, lambda h: h["__metadata__"].update(
         {ENV: h["__metadata__"][ENV].replace('"version":1', '"version":2')})), "unsupported"),
     ("aes_oct", lambda buf: rebuild(buf, lambda h: h["__metadata__"].update(
-        {ENV: h["__metadata__"][ENV].replace('"digest"', '"extra":0,"digest"')})), "unsupported"),
+        {ENV: h["__metadata__"][ENV].replace('"digest"', '"extra":0,"digest"')})), "format"),  # §9 step 3
+    ("aes_oct", lambda buf: rebuild(buf, lambda h: h["__metadata__"].update(
+        {ENV: h["__metadata__"][ENV].replace('"version":1', '"version":2,"extra":0')})), "unsupported"),  # step 2
+    ("aes_oct", lambda buf: rebuild(buf, lambda h: h["__metadata__"].update(
+        {ENV: h["__metadata__"][ENV].replace('"digest":"SHA-256"', '"digest":"SHA-512"')})), "unsupported"),
 ])
 def test_mutation_rejected(vector, mutate, kind):
     spec, buf = load(vector)

@@ -4,6 +4,7 @@ import glob
 import hashlib
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -22,6 +23,15 @@ ERRORS = {
     "unsupported": ct.SafetensorError,
     "format": ct.SafetensorError,
 }
+
+
+def assert_kind(e, kind):
+    """The exact error kind of FORMAT.md §10: the class itself, not a base
+    class; `format` and `unsupported` share SafetensorError and differ by
+    the message, which names what is unsupported."""
+    assert type(e) is ERRORS[kind], (kind, type(e), e)
+    if ERRORS[kind] is ct.SafetensorError:
+        assert str(e).startswith("Unsupported:") == (kind == "unsupported"), (kind, e)
 
 
 def _load(name):
@@ -60,8 +70,51 @@ def test_vector_every_reader_path(name):
             for k, want in meta["tensors"].items():
                 assert hashlib.sha256(_bytes(got[k])).hexdigest() == want["sha256"], (label, k)
         else:
-            with pytest.raises(ERRORS[meta["expect"]]):
+            with pytest.raises(ct.SafetensorError) as info:
                 read()
+            assert_kind(info.value, meta["expect"])
+
+
+@pytest.mark.parametrize("name", [v for v in VECTORS if v != "plain"])
+def test_vectors_follow_the_metadata_slot_layout(name):
+    """FORMAT.md §2: a protected file's header is the compact encoding, its
+    metadata slot ending at offset 4096 when 1024 spaces fit, so that a
+    rewrap can replace it in place (§8.1)."""
+    _, path = _load(name)
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    meta = dict(sorted(header["__metadata__"].items(), key=lambda kv: kv[0].encode()))
+    opening = ('{"__metadata__":' + json.dumps(meta, separators=(",", ":"), ensure_ascii=False)).encode()
+    assert data[8:].startswith(opening), name
+    slot = len(opening) + len(data[8 + len(opening) :]) - len(data[8 + len(opening) :].lstrip(b" "))
+    assert 8 + slot == 4096 or (8 + len(opening) + 1024 > 4096 and slot == len(opening) + 1024), (name, slot)
+
+
+def _recipients(name):
+    with open(_load(name)[1], "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    env = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["__cryptotensors__"])
+    return len(env["encryption"]["recipients"])
+
+
+@pytest.mark.parametrize("name", [v for v in VECTORS if v != "plain" and _load(v)[0]["expect"] == "ok"
+                                  and _load(v)[0]["keys"]["keys"] and "signed" not in v and _recipients(v) < 64])
+def test_rewrapping_a_vector_is_done_in_place(name, tmp_path):
+    """FORMAT.md §8.1 on the committed vectors: adding a recipient keeps the
+    inode and every byte after the metadata slot."""
+    import shutil
+
+    meta, path = _load(name)
+    copy = tmp_path / "v.safetensors"
+    shutil.copy(path, copy)
+    before, inode = copy.read_bytes(), os.stat(copy).st_ino
+    ct.rewrap(copy, keys=meta["keys"]["keys"], add=ct.generate_key("oct"))
+    after = copy.read_bytes()
+    assert os.stat(copy).st_ino == inode and len(after) == len(before)
+    assert after[4096:] == before[4096:]
 
 
 @pytest.mark.parametrize("name", [v for v in VECTORS if v != "plain"])
@@ -71,3 +124,30 @@ def test_stock_safetensors_refuses_protected_vectors(name):
     _, path = _load(name)
     with pytest.raises(Exception, match="incomplete metadata|not fully covered"):
         safetensors.numpy.load_file(path)
+
+
+def test_a_rewrap_past_the_recipient_cap_is_refused(tmp_path):
+    """aes_oct_repeated_stanza lists 64 stanzas, the most a file may; adding
+    one more is refused, and the file is left as it was (FORMAT.md §3.2)."""
+    import shutil
+
+    meta, path = _load("aes_oct_repeated_stanza")
+    copy = tmp_path / "v.safetensors"
+    shutil.copy(path, copy)
+    with pytest.raises(ct.SafetensorError, match="more than the 64"):
+        ct.rewrap(copy, keys=meta["keys"]["keys"], add=ct.generate_key("oct"))
+    assert copy.read_bytes() == open(path, "rb").read()
+
+
+def test_invalid_loader_keys_are_invalid_key_errors():
+    """FORMAT.md §6 "Loader keys", §10: a malformed loader key or a trusted
+    signer that cannot sign is `invalid_key`, whatever the file."""
+    for name in ("plain", "signed_plain"):
+        _, path = _load(name)
+        for opts in ({"keys": {"kty": "oct", "k": "AAAA"}},
+                     {"trusted_signers": {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}},
+                     {"trusted_signers": ct.generate_key("oct")},
+                     {"trusted_signers": ct.public_key(ct.generate_key("X25519"))}):
+            with pytest.raises(ct.SafetensorError, match="^Invalid key:") as info:
+                ct.safe_open(path, "np", **opts)
+            assert type(info.value) is ct.SafetensorError, opts

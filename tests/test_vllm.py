@@ -206,9 +206,28 @@ def require():
             "plain": error_of(lambda: via_loader("cryptotensors", cfg["plain"])[1]),
             "enc": sum(1 for _ in via_loader("cryptotensors", cfg["enc"])[1]),
             "plain_safetensors_format": sum(1 for _ in via_loader("safetensors", cfg["plain"])[1]),
+            "swapped_after_check": swapped_after_check(),
         }
     finally:
         del os.environ["CRYPTOTENSORS_REQUIRE_ENCRYPTION"]
+
+def swapped_after_check():
+    # The header check passes on the encrypted model, then its first shard
+    # is replaced by the plain one: the open of that shard must refuse it.
+    import shutil, tempfile
+    d = tempfile.mkdtemp(dir=out)
+    for f in glob.glob(os.path.join(cfg["enc"], "*")):
+        shutil.copy(f, d)
+    first = sorted(glob.glob(os.path.join(d, "*.safetensors")))[0]
+    check = vllm_plugin.check_encrypted
+    def check_then_swap(files):
+        check(files)
+        shutil.copy(os.path.join(cfg["plain"], os.path.basename(first)), first)
+    vllm_plugin.check_encrypted = check_then_swap
+    try:
+        return error_of(lambda: via_loader("cryptotensors", d)[1])
+    finally:
+        vllm_plugin.check_encrypted = check
 record("require", require)
 record("plain_cryptotensors_format", lambda: sum(1 for _ in via_loader("cryptotensors", cfg["plain"])[1]))
 
@@ -364,6 +383,8 @@ def test_require_encryption_with_the_cryptotensors_format(results, llama):
     n = len(llama["reference"])
     assert got["plain"]["type"] == "SafetensorError" and "requires encryption" in got["plain"]["message"], got
     assert "CRYPTOTENSORS_REQUIRE_ENCRYPTION" in got["plain"]["message"]
+    swapped = got["swapped_after_check"]
+    assert swapped and swapped["type"] == "IntegrityError" and "requires encryption" in swapped["message"], got
     assert got["enc"] == n and got["plain_safetensors_format"] == n
     assert _ok(results, "plain_cryptotensors_format") == n  # unset: plain files load
 
@@ -470,3 +491,51 @@ def test_guard_refuses_protected_files_in_process(tmp_path):
     for p in (plain, signed):
         with pytest.raises(cryptotensors.SafetensorError, match="is not encrypted"):
             vp.check_encrypted([enc, p])
+
+
+def test_required_encryption_is_checked_by_every_open(tmp_path, monkeypatch):
+    """The "cryptotensors" load format's requirement without vLLM: inside
+    vllm_plugin.encrypted_only, every open through the patched loaders
+    (safe_open, load_file, load of bytes; in worker threads too) refuses a
+    plain file, so a shard swapped for a plain one after the header check
+    fails its own open. Outside it, plain files load as before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptotensors import _patch
+    from cryptotensors import vllm_plugin as vp
+
+    key = cryptotensors.generate_key("oct")
+    monkeypatch.setenv("CRYPTOTENSORS_KEYS", json.dumps(key))
+    t = {"w": torch.arange(6, dtype=torch.float32)}
+    plain, enc = tmp_path / "plain.safetensors", tmp_path / "model.safetensors"
+    cryptotensors.torch.save_file(t, plain)
+    cryptotensors.torch.save_file(t, enc, encrypt_for=key)
+
+    def via_safe_open(p):
+        with _patch.safe_open(str(p), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+
+    opens = {
+        "safe_open": via_safe_open,
+        "load_file": lambda p: _patch.torch_load_file(str(p)),
+        "load(bytes)": lambda p: _patch.torch_load(Path(p).read_bytes()),
+        "thread pool": lambda p: next(ThreadPoolExecutor(1).map(_patch.torch_load_file, [str(p)])),
+    }
+
+    def weights(open_, paths):  # how vLLM's iterators read: one open per shard
+        for p in paths:
+            yield from open_(p).items()
+
+    for label, open_ in opens.items():
+        assert torch.equal(open_(plain)["w"], t["w"]), label
+        got = dict(vp.encrypted_only(weights(open_, [enc])))
+        assert torch.equal(got["w"], t["w"]), label
+        with pytest.raises(cryptotensors.IntegrityError, match="requires encryption"):
+            list(vp.encrypted_only(weights(open_, [enc, plain])))
+        assert torch.equal(open_(plain)["w"], t["w"]), (label, "the requirement ends with the iteration")
+    # The swap: checked while encrypted, replaced by a plain file, then read.
+    vp.check_encrypted([enc])
+    enc.write_bytes(plain.read_bytes())
+    with pytest.raises(cryptotensors.IntegrityError):
+        list(vp.encrypted_only(weights(via_safe_open, [enc])))
+    assert _patch._require_depth == 0

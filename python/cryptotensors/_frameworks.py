@@ -159,6 +159,12 @@ class Framework:
     def finish(self, arr, device: str):
         return arr
 
+    def slice_to_cuda(self, handle, name, spec, dtype, shape, nbytes, device):
+        """A slice (`shape` is its own) to a CUDA device through pinned memory."""
+        from . import _cuda
+
+        return _cuda.load_slice(handle, name, spec, self._getdtype(dtype), self._torch_shape(dtype, shape), nbytes, device)
+
     def mapped(self, storage, offset, dtype, shape, nbytes):
         return None
 
@@ -219,6 +225,12 @@ class Torch(Framework):
         from . import _cuda
 
         return _cuda.load(handle, name, self._getdtype(dtype), self._torch_shape(dtype, shape), nbytes, device)
+
+    def slice_to_cuda(self, handle, name, spec, dtype, shape, nbytes, device):
+        """A slice (`shape` is its own) to a CUDA device through pinned memory."""
+        from . import _cuda
+
+        return _cuda.load_slice(handle, name, spec, self._getdtype(dtype), self._torch_shape(dtype, shape), nbytes, device)
 
     def mapped(self, storage, offset, dtype, shape, nbytes):
         """A zero-copy view of plain tensor bytes in torch's own file map

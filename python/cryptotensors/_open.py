@@ -369,6 +369,10 @@ class PySafeSlice:
         else:
             spec = _strict_spec(index, self._shape)
         shape, nbytes = self._handle.slice_shape(self._name, spec)
+        fw = self._framework
+        if self._device.startswith("cuda") and isinstance(fw, _frameworks.Torch):
+            # As get_tensor: through pinned memory, never pageable (see _cuda).
+            return fw.slice_to_cuda(self._handle, self._name, spec, self._dtype, shape, nbytes, self._device)
         arr, ptr, size = self._framework.empty(self._dtype, shape)
         if size != nbytes:
             raise SafetensorError(f"slice of {self._name!r} does not fit its dtype {self._dtype}")

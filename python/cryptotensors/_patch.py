@@ -45,6 +45,7 @@ patched call does not catch them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -69,36 +70,68 @@ PTH_LINE = "import os; 'CRYPTOTENSORS_PATCH' in os.environ and __import__('crypt
 # -- the replacements --------------------------------------------------------------------------
 
 
+_require_lock = threading.Lock()
+_require_depth = 0
+
+
+@contextlib.contextmanager
+def requiring_encryption():
+    """While this is active, in any thread, every open through the
+    replacements below refuses a file that is not encrypted (IntegrityError),
+    whatever its caller passed: the check is made by the open that reads the
+    file, so a file swapped after an earlier check cannot load. A loader
+    that needs encryption (vllm_plugin's "cryptotensors" load format) runs
+    its weight iteration inside it; thread pools of that iteration are
+    covered because the state is per process."""
+    global _require_depth
+    with _require_lock:
+        _require_depth += 1
+    try:
+        yield
+    finally:
+        with _require_lock:
+            _require_depth -= 1
+
+
+def _required(load_options: dict) -> dict:
+    if _require_depth:
+        load_options["require_encryption"] = True
+    return load_options
+
+
 class safe_open(_open.safe_open):
     __doc__ = _open.safe_open.__doc__
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **_required(kwargs))
 
 
 def torch_load_file(filename, device="cpu", **load_options):
     """cryptotensors.torch.load_file, installed as safetensors.torch.load_file."""
     from .torch import load_file
 
-    return load_file(filename, device, **load_options)
+    return load_file(filename, device, **_required(load_options))
 
 
 def torch_load(data, **load_options):
     """cryptotensors.torch.load, installed as safetensors.torch.load."""
     from .torch import load
 
-    return load(data, **load_options)
+    return load(data, **_required(load_options))
 
 
 def numpy_load_file(filename, **load_options):
     """cryptotensors.numpy.load_file, installed as safetensors.numpy.load_file."""
     from .numpy import load_file
 
-    return load_file(filename, **load_options)
+    return load_file(filename, **_required(load_options))
 
 
 def numpy_load(data, **load_options):
     """cryptotensors.numpy.load, installed as safetensors.numpy.load."""
     from .numpy import load
 
-    return load(data, **load_options)
+    return load(data, **_required(load_options))
 
 
 # safetensors module -> {attribute: its replacement}

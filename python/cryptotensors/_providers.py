@@ -20,6 +20,7 @@ none of those opens the file.
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 import threading
@@ -70,13 +71,31 @@ def providers() -> List[object]:
         return list(_registered) + list(_discovered)
 
 
+def distinct(recipients: List[dict]) -> List[dict]:
+    """The stanzas in file order, each identical one once (FORMAT.md §6.3:
+    a forged file may repeat a stanza to make every provider work for each
+    copy; a provider is an HSM or a network call)."""
+    seen, out = set(), []
+    for stanza in recipients:
+        try:
+            ident = json.dumps(stanza, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            continue
+        if ident not in seen:
+            seen.add(ident)
+            out.append(stanza)
+    return out
+
+
 def data_keys(recipients: List[dict]) -> List[bytes]:
-    """Asks every provider about every stanza; returns what they unwrapped."""
-    out = []
+    """Asks every provider about every distinct stanza, once; returns the
+    distinct keys they unwrapped, for the core to check."""
+    out: List[bytes] = []
+    stanzas = distinct(recipients)
     for provider in providers():
-        for stanza in recipients:
-            key = provider.unwrap(dict(stanza))
-            if key is not None:
+        for stanza in stanzas:
+            key = provider.unwrap(copy.deepcopy(stanza))
+            if key is not None and bytes(key) not in out:
                 out.append(bytes(key))
     return out
 

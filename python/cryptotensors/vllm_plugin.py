@@ -18,7 +18,11 @@ and each worker, spawned or forked. It:
    "safetensors": `*.safetensors` files only, never a `.bin`/`.pt` fallback)
    with the patch guaranteed on. With CRYPTOTENSORS_REQUIRE_ENCRYPTION=1 it
    also refuses, before reading any tensor, every weight file that is not
-   encrypted, so a model swapped for a plain one does not load silently.
+   encrypted, so a model swapped for a plain one does not load silently;
+   and every open its weight iteration makes (safe_open, load_file, or
+   load of the bytes, in any thread) requires encryption itself, so a shard
+   replaced by a plain one after that check fails its own open
+   (IntegrityError) instead of loading.
 3. guards the loaders that read files themselves and so cannot decrypt or
    verify: fastsafetensors, runai_streamer (and runai_streamer_sharded) and
    instanttensor. Their iterators (`*_weights_iterator` in weight_utils,
@@ -150,6 +154,17 @@ def check_encrypted(files: Iterable[Any]) -> None:
             )
 
 
+def encrypted_only(weights: Iterable[Any]) -> Iterable[Any]:
+    """Iterates `weights` with every open through the patched safetensors
+    loaders requiring encryption (see _patch.requiring_encryption). Like the
+    iterators it wraps, it does nothing until first iterated, and the
+    requirement lasts until it is exhausted or closed."""
+    from ._patch import requiring_encryption
+
+    with requiring_encryption():
+        yield from weights
+
+
 # -- guarding the direct readers ---------------------------------------------------------------
 
 
@@ -256,6 +271,10 @@ def loader_class() -> type:
                 if require_encryption():
                     check_encrypted(prepared[1])
                 return prepared
+
+            def _get_weights_iterator(self, *args, **kwargs):
+                weights = super()._get_weights_iterator(*args, **kwargs)
+                return encrypted_only(weights) if require_encryption() else weights
 
         CryptotensorsModelLoader.__module__ = __name__
         CryptotensorsModelLoader.__qualname__ = "CryptotensorsModelLoader"

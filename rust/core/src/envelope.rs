@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{self, Algorithm, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::header::{Header, TensorInfo};
-use crate::keys::{b64d, Recipient};
+use crate::keys::{b64d, Recipient, MAX_RECIPIENTS};
 
 /// Metadata key of the envelope (a JSON string).
 pub const ENVELOPE_KEY: &str = "__cryptotensors__";
@@ -123,6 +123,22 @@ pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> R
         .ok_or(Error::ValidationOverflow)
 }
 
+/// Checks the list of recipient stanzas an encrypted file may carry: at
+/// least one, at most [`MAX_RECIPIENTS`] (readers refuse more, so writers
+/// must not write more).
+pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
+    if recipients.is_empty() {
+        return Err(bad("encrypted file lists no recipients"));
+    }
+    if recipients.len() > MAX_RECIPIENTS {
+        return Err(bad(format!(
+            "{} recipient stanzas, more than the {MAX_RECIPIENTS} a file may list",
+            recipients.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that a segment size is one the format allows.
 pub fn check_segment_size(s: usize) -> Result<()> {
     if !s.is_power_of_two() || !(crypto::MIN_SEGMENT_SIZE..=crypto::MAX_SEGMENT_SIZE).contains(&s) {
@@ -136,7 +152,10 @@ pub fn check_segment_size(s: usize) -> Result<()> {
 }
 
 impl Layout {
-    /// Reads and validates the envelope of a header, if it has one.
+    /// Reads and validates the envelope of a header, if it has one, in the
+    /// order of FORMAT.md §9: the JSON (no repeated member), then `version`
+    /// ("unsupported" unless 1), then the v1 members strictly, then `digest`
+    /// and `algorithm` ("unsupported"), then everything else ("format").
     pub fn from_header(header: &Header) -> Result<Option<Layout>> {
         let Some(text) = header.metadata_value(ENVELOPE_KEY) else {
             if header
@@ -159,7 +178,34 @@ impl Layout {
         {
             return Err(bad(format!("unknown reserved metadata key {k:?}")));
         }
-        let envelope: Envelope = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        crate::header::unique_members(text).map_err(|e| {
+            bad(format!(
+                "the envelope is not JSON without repeated members: {e}"
+            ))
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let version = value
+            .as_object()
+            .ok_or_else(|| bad("the envelope is not a JSON object"))?
+            .get("version")
+            .ok_or_else(|| bad("the envelope has no \"version\""))?
+            .as_u64()
+            .ok_or_else(|| bad("\"version\" is not a non-negative integer"))?;
+        if version != u64::from(VERSION) {
+            return Err(Error::Unsupported(format!(
+                "cryptotensors format version {version} (this build reads version {VERSION})"
+            )));
+        }
+        let envelope: Envelope = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+        if envelope.digest != DIGEST_SHA256 {
+            return Err(Error::Unsupported(format!("digest {:?}", envelope.digest)));
+        }
+        let algorithm = envelope
+            .encryption
+            .as_ref()
+            .map(|enc| Algorithm::parse(&enc.algorithm))
+            .transpose()?;
         if envelope.policy.is_some() && envelope.encryption.is_none() {
             return Err(bad(
                 "a policy needs encryption: without it the data is readable directly",
@@ -168,21 +214,17 @@ impl Layout {
         if envelope.encryption.is_none() && header.metadata_value(SIGNATURE_KEY).is_none() {
             return Err(bad("an envelope with neither encryption nor a signature protects nothing (a stripped file?)"));
         }
-        if envelope.version != VERSION {
-            return Err(Error::Unsupported(format!(
-                "cryptotensors format version {} (this build reads version {VERSION})",
-                envelope.version
-            )));
+        if envelope.encryption.is_some() != header.metadata_value(MAC_KEY).is_some() {
+            return Err(bad(
+                "the header MAC must be present if and only if the file is encrypted",
+            ));
         }
         check_segment_size(envelope.segment_size).map_err(|e| bad(e.to_string()))?;
-        if envelope.digest != DIGEST_SHA256 {
-            return Err(Error::Unsupported(format!("digest {:?}", envelope.digest)));
-        }
-        let encryption = match &envelope.encryption {
-            None => None,
-            Some(enc) => {
-                if enc.recipients.is_empty() {
-                    return Err(bad("encrypted file lists no recipients"));
+        let encryption = match (&envelope.encryption, algorithm) {
+            (Some(enc), Some(algorithm)) => {
+                check_recipients(&enc.recipients)?;
+                for r in enc.recipients.iter().filter(|r| r.is_known()) {
+                    r.check()?;
                 }
                 if enc.tensors.is_empty() {
                     return Err(bad("encryption section lists no tensors"));
@@ -196,11 +238,12 @@ impl Layout {
                     })?;
                 }
                 Some(EncryptionParams {
-                    algorithm: Algorithm::parse(&enc.algorithm)?,
+                    algorithm,
                     salt: decode32("salt", &enc.salt)?,
                     commitment: decode32("key_commitment", &enc.key_commitment)?,
                 })
             }
+            _ => None,
         };
         let encrypted = |name: &str| {
             envelope

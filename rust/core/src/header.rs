@@ -14,6 +14,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::dtype::Dtype;
+use crate::envelope::RESERVED_PREFIX;
 use crate::error::{Error, Result};
 
 /// Size of the little-endian header length prefix.
@@ -22,6 +23,72 @@ pub const PREFIX_LEN: usize = 8;
 pub const MAX_HEADER_SIZE: usize = 100_000_000;
 /// The header key that holds string metadata instead of a tensor.
 pub const METADATA_KEY: &str = "__metadata__";
+
+/// Checks that no JSON object in `text`, at any depth, names a member twice
+/// (names compared after unescaping, so `"a"` and `"\u0061"` are one name).
+/// Protected headers, envelopes, stanzas and JWS headers must not: a MAC or
+/// a signature covers what one parser read, and a parser that resolves a
+/// repeated member differently must not read something else. Fails with the
+/// repeated name, or with the JSON error if `text` is not one JSON value.
+pub fn unique_members(text: &str) -> std::result::Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    Unique::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
+}
+
+/// A JSON value, walked only to find a repeated member name.
+struct Unique;
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Unique;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Unique, E> {
+                Ok(Unique)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Unique, A::Error> {
+                while seq.next_element::<Unique>()?.is_some() {}
+                Ok(Unique)
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Unique, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<Unique>()?;
+                    if !seen.insert(k) {
+                        return Err(de::Error::custom("an object repeats a member name"));
+                    }
+                }
+                Ok(Unique)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 /// User and format metadata: string keys to string values.
 pub type Metadata = BTreeMap<String, String>;
@@ -89,7 +156,15 @@ impl Header {
         let raw: RawHeader = serde_json::from_str(text)
             .map_err(|e| Error::InvalidHeaderDeserialization(e.to_string()))?;
         let mut h = Header::from_parts(raw.metadata, raw.tensors.into_iter().collect())?;
-        h.duplicate_keys = raw.duplicates;
+        // The parse above notes repeated top-level and metadata keys (which
+        // safetensors resolves last-one-wins) and refuses repeated fields of
+        // a tensor entry (as safetensors does). A protected file must repeat
+        // no member in any object (FORMAT.md §2): the whole text is walked
+        // once more, which plain files, read as safetensors reads them, skip.
+        let protected = h
+            .metadata()
+            .is_some_and(|m| m.keys().any(|k| k.starts_with(RESERVED_PREFIX)));
+        h.duplicate_keys = raw.duplicates || (protected && unique_members(text).is_err());
         Ok(h)
     }
 
@@ -445,6 +520,43 @@ mod tests {
         .unwrap();
         assert!(h.metadata().is_none());
         assert_eq!(h.data_len(), 4);
+    }
+
+    #[test]
+    fn repeated_members_are_found_at_any_depth() {
+        assert!(unique_members(r#"{"a":[1,{"b":{"c":null,"d":"x"}}],"e":1.5}"#).is_ok());
+        for text in [
+            r#"{"a":1,"a":1}"#,
+            r#"{"a":[{"b":1,"b":2}]}"#,
+            r#"{"x":{"y":{"z":true,"\u007a":false}}}"#,
+        ] {
+            assert!(unique_members(text).is_err(), "{text}");
+        }
+        assert!(unique_members("{} {}").is_err(), "two values");
+        assert!(unique_members("{").is_err());
+    }
+
+    /// What serde does with repeated members of a tensor entry (refused, for
+    /// every file, as in safetensors 0.8), and what protected files add:
+    /// a repeat anywhere, even of an ignored member, is noted.
+    #[test]
+    fn repeated_members_in_tensor_entries() {
+        let e = parse(r#"{"a":{"dtype":"U8","dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#);
+        assert!(
+            matches!(e, Err(Error::InvalidHeaderDeserialization(m)) if m.contains("duplicate field"))
+        );
+        let plain = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":1,"x":2}}"#;
+        assert!(
+            !parse(plain).unwrap().has_duplicate_keys(),
+            "plain: ignored, as in safetensors"
+        );
+        let protected = format!(
+            r#"{{"__metadata__":{{"__cryptotensors__":"{{}}"}},{}"#,
+            &plain[1..]
+        );
+        assert!(parse(&protected).unwrap().has_duplicate_keys());
+        let clean = protected.replace(r#","x":2"#, "");
+        assert!(!parse(&clean).unwrap().has_duplicate_keys());
     }
 
     #[test]

@@ -542,31 +542,155 @@ fn p256_generate() -> Result<(SecretBytes, [u8; 32], [u8; 32])> {
     Ok((d, x, y))
 }
 
-/// One recipient of a file: a wrapped copy of the data key (FORMAT.md §6.2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Most recipient stanzas a file may list (FORMAT.md §3.2). Each is a
+/// trial unwrap for every loader key that matches its kid, so a forged file
+/// with thousands of stanzas under a victim's kid must not be opened at all.
+pub const MAX_RECIPIENTS: usize = 64;
+/// Largest stanza, as its compact JSON encoding (FORMAT.md §6).
+pub const MAX_STANZA_BYTES: usize = 4096;
+
+/// One recipient of a file: a wrapped copy of the data key (FORMAT.md §6).
+///
+/// A stanza of a known `alg` has exactly that algorithm's members. A stanza
+/// of an `alg` this build does not know is kept with all its members in
+/// [`Recipient::other`] (written back unchanged by a rewrap) and never
+/// opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// The recipient key's id.
     pub kid: String,
-    /// `A256GCMKW` or [`ALG_HPKE`].
+    /// `A256GCMKW` or [`ALG_HPKE`], or one this build does not know.
     pub alg: String,
     /// A256GCMKW: the 96-bit IV.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iv: Option<String>,
     /// A256GCMKW: the 128-bit tag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// HPKE: the encapsulated key (the ephemeral X25519 public key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enc: Option<String>,
-    /// The wrapped data key (HPKE: ciphertext and tag).
+    /// The wrapped data key (HPKE: ciphertext and tag); empty for an
+    /// unknown `alg`.
     pub encrypted_key: String,
+    /// Every member but `kid` and `alg` of a stanza whose `alg` is unknown;
+    /// empty for known ones.
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The members of a known stanza algorithm besides `kid` and `alg`.
+fn known_members(alg: &str) -> Option<&'static [&'static str]> {
+    match alg {
+        ALG_A256GCMKW => Some(&["iv", "tag", "encrypted_key"]),
+        ALG_HPKE => Some(&["enc", "encrypted_key"]),
+        _ => None,
+    }
+}
+
+impl Recipient {
+    /// The stanza as compact JSON, every member included.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a stanza serializes")
+    }
+
+    /// Whether this build knows the stanza's algorithm (else it is skipped).
+    pub fn is_known(&self) -> bool {
+        known_members(&self.alg).is_some()
+    }
+
+    fn from_members(
+        mut m: serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<Recipient, String> {
+        let size = serde_json::to_vec(&m).map_err(|e| e.to_string())?.len();
+        if size > MAX_STANZA_BYTES {
+            return Err(format!(
+                "a recipient stanza is {size} bytes, more than {MAX_STANZA_BYTES}"
+            ));
+        }
+        fn string(
+            m: &mut serde_json::Map<String, serde_json::Value>,
+            name: &str,
+        ) -> std::result::Result<Option<String>, String> {
+            match m.remove(name) {
+                None => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(_) => Err(format!("recipient member {name:?} must be a string")),
+            }
+        }
+        let kid = string(&mut m, "kid")?.ok_or("a recipient stanza has no \"kid\"")?;
+        let alg = string(&mut m, "alg")?.ok_or("a recipient stanza has no \"alg\"")?;
+        if kid.is_empty() {
+            return Err("a recipient stanza has an empty \"kid\"".into());
+        }
+        let Some(members) = known_members(&alg) else {
+            return Ok(Recipient {
+                kid,
+                alg,
+                iv: None,
+                tag: None,
+                enc: None,
+                encrypted_key: String::new(),
+                other: m,
+            });
+        };
+        if let Some(extra) = m.keys().find(|k| !members.contains(&k.as_str())) {
+            return Err(format!(
+                "recipient {kid:?}: unknown member {extra:?} for alg {alg:?}"
+            ));
+        }
+        let mut take = |name: &str| -> std::result::Result<Option<String>, String> {
+            match members.contains(&name) {
+                true => string(&mut m, name)?
+                    .map(Some)
+                    .ok_or_else(|| format!("recipient {kid:?} lacks {name:?}")),
+                false => Ok(None),
+            }
+        };
+        Ok(Recipient {
+            iv: take("iv")?,
+            tag: take("tag")?,
+            enc: take("enc")?,
+            encrypted_key: take("encrypted_key")?.unwrap_or_default(),
+            other: serde_json::Map::new(),
+            kid,
+            alg,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Recipient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        Recipient::from_members(m).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Recipient {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("kid", &self.kid)?;
+        map.serialize_entry("alg", &self.alg)?;
+        if self.is_known() {
+            for (name, v) in [("iv", &self.iv), ("tag", &self.tag), ("enc", &self.enc)] {
+                if let Some(v) = v {
+                    map.serialize_entry(name, v)?;
+                }
+            }
+            map.serialize_entry("encrypted_key", &self.encrypted_key)?;
+        } else {
+            for (k, v) in &self.other {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
 }
 
 impl Recipient {
     /// Parses a JSON list of stanzas made outside this crate, each checked
     /// with [`Recipient::check`].
     pub fn parse_list(json: &str) -> Result<Vec<Recipient>> {
+        crate::header::unique_members(json).map_err(|_| {
+            Error::InvalidArgument("recipient stanzas repeat a member, or are not JSON".into())
+        })?;
         let list: Vec<Recipient> = serde_json::from_str(json).map_err(|e| {
             Error::InvalidArgument(format!(
                 "not a list of recipient stanzas ({:?} error)",
@@ -643,6 +767,7 @@ pub fn wrap(data_key: &DataKey, to: &Jwk) -> Result<Recipient> {
                 tag: Some(b64e(tag.as_ref())),
                 enc: None,
                 encrypted_key: b64e(&ct),
+                other: serde_json::Map::new(),
             })
         }
         KeyKind::X25519 => {
@@ -656,6 +781,7 @@ pub fn wrap(data_key: &DataKey, to: &Jwk) -> Result<Recipient> {
                 tag: None,
                 enc: Some(b64e(&enc)),
                 encrypted_key: b64e(&ct),
+                other: serde_json::Map::new(),
             })
         }
         KeyKind::Ed25519 | KeyKind::P256 => Err(Error::InvalidKey(format!(
@@ -679,7 +805,15 @@ pub fn unwrap(r: &Recipient, key: &Jwk) -> Option<Result<DataKey>> {
     Some(unwrap_with(r, key, secret))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Trial unwraps made on this thread, for tests that bound them.
+    pub(crate) static UNWRAPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn unwrap_with(r: &Recipient, key: &Jwk, secret: &SecretBytes) -> Result<DataKey> {
+    #[cfg(test)]
+    UNWRAPS.with(|n| n.set(n.get() + 1));
     let mut ct = Zeroizing::new(decode_field(
         r,
         "encrypted_key",

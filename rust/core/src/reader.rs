@@ -44,6 +44,24 @@ pub struct LoadOptions {
     pub cache: bool,
 }
 
+impl LoadOptions {
+    /// Refuses trusted signers that cannot sign (FORMAT.md §6, "Loader
+    /// keys"): an oct or X25519 key there is a mistake that would otherwise
+    /// show up only as "signature missing". Signing keys among the
+    /// decryption keys are allowed (a key ring may hold both kinds) and
+    /// simply match no stanza.
+    pub fn check(&self) -> Result<()> {
+        if let Some(k) = self.trusted_signers.iter().find(|k| !k.kind().signs()) {
+            return Err(Error::InvalidKey(format!(
+                "trusted signer {:?} is a {:?} key; signers are Ed25519 or P-256",
+                k.kid(),
+                k.kind()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What verifying a header established: the signer and the payload key.
 struct Verified {
     signer: Option<String>,
@@ -143,6 +161,7 @@ impl Reader {
     /// Opens and verifies a file: format, envelope, trailer digest, signature,
     /// requirements, and for encrypted files the data key.
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
+        opts.check()?;
         let (json, data_start) = read_header_bytes(source.as_ref())?;
         let header = Header::parse(&json)?;
         let key = (opts.cache && opts.data_keys.is_empty()).then(|| cache_key(&json, opts));
@@ -476,6 +495,10 @@ impl Sealer<'_> {
 /// payload key derived from it (FORMAT.md §4.4 steps 4–6, §6.3).
 /// Not-my-key stanzas are skipped; a key that matches a stanza but fails
 /// makes the result [`Error::Integrity`] unless another key succeeds.
+///
+/// Work is bounded by what is distinct: a stanza identical to an earlier
+/// one is not tried again, nor is a data key already checked, and the first
+/// success ends the search.
 pub fn unlock(
     header: &Header,
     layout: &Layout,
@@ -503,25 +526,37 @@ pub fn unlock(
             &mac,
         )
     };
-    let unwrapped = recipients
+    let distinct = recipients
         .iter()
+        .enumerate()
+        .filter(|&(i, r)| !recipients[..i].contains(r))
+        .map(|(_, r)| r);
+    let unwrapped = distinct
         .flat_map(|r| keys.iter().filter_map(move |k| keys::unwrap(r, k)))
         .chain(provided.iter().map(|dk| Ok(dk.clone())));
     let mut tried = false;
+    let mut checked: Vec<DataKey> = Vec::new();
     for candidate in unwrapped {
         tried = true;
-        if let Ok(dk) = candidate {
-            if let Ok(p) = verify(&dk) {
-                return Ok((dk, p));
-            }
+        let Ok(dk) = candidate else { continue };
+        if checked.iter().any(|c| c.0.expose() == dk.0.expose()) {
+            continue;
         }
+        if let Ok(p) = verify(&dk) {
+            return Ok((dk, p));
+        }
+        checked.push(dk);
     }
     if tried {
         Err(Error::Integrity)
     } else {
-        Err(Error::KeyNotFound {
-            kids: recipients.iter().map(|r| r.kid.clone()).collect(),
-        })
+        let mut kids: Vec<String> = Vec::new();
+        for r in recipients {
+            if !kids.contains(&r.kid) {
+                kids.push(r.kid.clone());
+            }
+        }
+        Err(Error::KeyNotFound { kids })
     }
 }
 
@@ -529,7 +564,7 @@ pub fn unlock(
 mod tests {
     use super::*;
     use crate::crypto::Algorithm;
-    use crate::keys::KeyKind;
+    use crate::keys::{KeyKind, MAX_RECIPIENTS};
     use crate::writer::{serialize, EncryptOptions, TensorData, WriteOptions};
     use crate::Dtype;
 
@@ -552,6 +587,109 @@ mod tests {
             cache: true,
             ..Default::default()
         }
+    }
+
+    /// A file whose envelope is edited (recipients replaced) and whose MAC is
+    /// recomputed with its data key: what a recipient could forge.
+    fn with_recipients(
+        bytes: &[u8],
+        dk: &DataKey,
+        edit: impl Fn(&mut Vec<serde_json::Value>),
+    ) -> Arc<dyn Source> {
+        let (h, start) = read_header(&bytes.to_vec()).unwrap();
+        let mut meta = h.metadata().unwrap().clone();
+        let mut env: serde_json::Value =
+            serde_json::from_str(&meta[envelope::ENVELOPE_KEY]).unwrap();
+        let list = env["encryption"]["recipients"].as_array_mut().unwrap();
+        edit(list);
+        meta.insert(envelope::ENVELOPE_KEY.into(), env.to_string());
+        let salt = keys::b64d("s", env["encryption"]["salt"].as_str().unwrap()).unwrap();
+        let probe = Header::from_parts(Some(meta.clone()), h.tensors().to_vec()).unwrap();
+        meta.insert(
+            MAC_KEY.into(),
+            keys::b64e(&crate::crypto::header_mac(
+                dk,
+                &salt,
+                &envelope::mac_input(&probe),
+            )),
+        );
+        let infos = h.tensors().iter().map(|(n, i)| (n.as_str(), i));
+        let mut out = header::encode(Some(&meta), infos, 0).unwrap();
+        out.extend_from_slice(&bytes[start as usize..]);
+        Arc::new(out)
+    }
+
+    /// §6.3: thousands of stanzas under the loader's kid cost at most
+    /// MAX_RECIPIENTS trial unwraps (more are refused unread), identical
+    /// stanzas are tried once, and the first success ends the search.
+    #[test]
+    fn stanzas_are_bounded_deduplicated_and_stop_at_success() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let dk = DataKey::generate().unwrap();
+        let data = [3u8; 16];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[16],
+            data: &data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![],
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+                external: Some(crate::writer::ExternalRecipients {
+                    data_key: dk.clone(),
+                    stanzas: vec![keys::wrap(&dk, &key).unwrap()],
+                }),
+            }),
+            ..Default::default()
+        };
+        let bytes = serialize(&t, &opts).unwrap();
+        let count = |file: Arc<dyn Source>| {
+            keys::UNWRAPS.with(|n| n.set(0));
+            let r = Reader::open(file, &loader(vec![key.clone()]));
+            (r.map(|_| ()), keys::UNWRAPS.with(|n| n.get()))
+        };
+        let fake = |i: u8| {
+            let wrong = Jwk::parse(&format!(
+                r#"{{"kty":"oct","kid":{:?},"k":"{}"}}"#,
+                key.kid(),
+                keys::b64e(&[i; 32])
+            ))
+            .unwrap();
+            serde_json::to_value(keys::wrap(&dk, &wrong).unwrap()).unwrap()
+        };
+        // 64 copies of one stanza that does not open: tried once.
+        let f = with_recipients(&bytes, &dk, |l| {
+            let bad = fake(1);
+            *l = vec![bad; MAX_RECIPIENTS];
+        });
+        let (r, n) = count(f);
+        assert!(matches!(r, Err(Error::Integrity)), "{r:?}");
+        assert_eq!(n, 1);
+        // 63 distinct forgeries, then the real stanza: all tried, in order.
+        let f = with_recipients(&bytes, &dk, |l| {
+            let real = l[0].clone();
+            *l = (0..MAX_RECIPIENTS as u8 - 1).map(fake).collect();
+            l.push(real);
+        });
+        let (r, n) = count(f);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(n, MAX_RECIPIENTS);
+        // The real stanza first: one unwrap, then done.
+        let f = with_recipients(&bytes, &dk, |l| {
+            l.extend((0..MAX_RECIPIENTS as u8 - 1).map(fake));
+        });
+        assert_eq!(count(f).1, 1);
+        // One stanza too many: refused before any unwrap, as a format error.
+        let f = with_recipients(&bytes, &dk, |l| {
+            let real = l[0].clone();
+            *l = vec![real; MAX_RECIPIENTS + 1];
+        });
+        let (r, n) = count(f);
+        assert!(matches!(r, Err(Error::InvalidEnvelope(_))), "{r:?}");
+        assert_eq!(n, 0);
     }
 
     /// Found by fuzzing (tests/FUZZING.md, crash 1): an OKP thumbprint covers

@@ -286,6 +286,8 @@ fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions)
                 "removing every recipient would make the file unreadable".into(),
             ));
         }
+        // Readers refuse more stanzas than this; never write such a file.
+        envelope::check_recipients(&enc.recipients)?;
     }
     if let Some(policy) = &opts.policy {
         if let Some(text) = policy {

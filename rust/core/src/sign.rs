@@ -87,11 +87,42 @@ fn signing_input(protected: &str, payload: &[u8]) -> String {
     format!("{protected}.{}", b64e(payload))
 }
 
+/// Private JWK members: a protected header that carries one publishes a
+/// secret, and is refused rather than read (FORMAT.md §7).
+const PRIVATE_MEMBERS: [&str; 2] = ["d", "k"];
+
+/// A protected header as FORMAT.md §7 allows it, with its `jwk` parsed.
+struct ProtectedHeader {
+    alg: String,
+    kid: String,
+    key: Jwk,
+}
+
+/// Parses the encoded protected header: strict JSON (no repeated member,
+/// no member beyond `alg`, `kid`, `jwk`), a known `alg`, and a `jwk` that
+/// is a valid public key of that algorithm's type. None otherwise.
+fn parse_protected(encoded: &str) -> Option<ProtectedHeader> {
+    let text = String::from_utf8(b64d("protected", encoded).ok()?).ok()?;
+    crate::header::unique_members(&text).ok()?;
+    let p: Protected = serde_json::from_str(&text).ok()?;
+    if p.alg != ALG_EDDSA && p.alg != ALG_ES256 {
+        return None;
+    }
+    let jwk = p.jwk.as_object()?;
+    if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+        return None;
+    }
+    let key = Jwk::parse(&p.jwk.to_string()).ok()?;
+    (key.kind().alg() == p.alg && !key.is_private()).then_some(ProtectedHeader {
+        alg: p.alg,
+        kid: p.kid,
+        key,
+    })
+}
+
 /// The signer named by a signature, unverified: for display only.
 pub fn signer_hint(jws: &str) -> Option<String> {
-    let protected = jws.split('.').next()?;
-    let p: Protected = serde_json::from_slice(&b64d("protected", protected).ok()?).ok()?;
-    Some(p.kid)
+    Some(parse_protected(jws.split('.').next()?)?.kid)
 }
 
 /// Verifies a detached JWS over `payload`. With `trusted` empty, only
@@ -105,22 +136,14 @@ pub fn verify(jws: &str, payload: &[u8], trusted: &[Jwk]) -> Result<String> {
     else {
         return Err(invalid);
     };
-    let header: Protected = b64d("protected", protected)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(Error::Signature(SignatureFailure::Invalid))?;
-    if header.alg != ALG_EDDSA && header.alg != ALG_ES256 {
-        return Err(invalid);
-    }
+    let header = parse_protected(protected).ok_or(Error::Signature(SignatureFailure::Invalid))?;
     let sig = b64d("signature", sig).map_err(|_| Error::Signature(SignatureFailure::Invalid))?;
     let input = signing_input(protected, payload);
     let check = |k: &Jwk| verifies(k, &header.alg, input.as_bytes(), &sig);
     if let Some(k) = trusted.iter().find(|k| check(k)) {
         return Ok(k.kid().to_owned());
     }
-    let hinted = Jwk::parse(&header.jwk.to_string())
-        .ok()
-        .filter(|k| check(k));
+    let hinted = Some(&header.key).filter(|k| check(k));
     match (hinted, trusted.is_empty()) {
         (Some(k), true) => Ok(k.kid().to_owned()),
         (Some(_), false) => Err(Error::Signature(SignatureFailure::Untrusted)),
@@ -395,6 +418,114 @@ mod tests {
             verify(&der, b"header", std::slice::from_ref(&pk)),
             SignatureFailure::Invalid
         ));
+    }
+
+    /// FORMAT.md §7: the protected header is strict. A `jwk` holding a
+    /// private member, a repeated member, a missing `kid` or a `jwk` of
+    /// another type all make the signature invalid, even when a trusted
+    /// key verifies the signature bytes.
+    #[test]
+    fn protected_header_is_strict() {
+        for kind in [KeyKind::Ed25519, KeyKind::P256] {
+            let sk = Jwk::generate(kind).unwrap();
+            let pk = sk.public().unwrap();
+            let raw = |k: &Jwk, i: &[u8]| match kind {
+                KeyKind::P256 => es256_raw(k, i),
+                _ => ed25519_raw(k, i),
+            };
+            let h = header_of(&sign(b"header", &sk).unwrap());
+            assert!(h["jwk"].get("d").is_none(), "the writer never publishes d");
+            let ok = forge(&h, b"header", |i| raw(&sk, i));
+            assert!(verify(&ok, b"header", std::slice::from_ref(&pk)).is_ok());
+            let private: serde_json::Value =
+                serde_json::from_str(&sk.to_json(true).unwrap()).unwrap();
+            let mut with_d = h.clone();
+            with_d["jwk"] = private;
+            let mut no_kid = h.clone();
+            no_kid.as_object_mut().unwrap().remove("kid");
+            let mut kid_number = h.clone();
+            kid_number["kid"] = 7.into();
+            let mut other_type = h.clone();
+            let other = Jwk::generate(match kind {
+                KeyKind::P256 => KeyKind::Ed25519,
+                _ => KeyKind::P256,
+            })
+            .unwrap();
+            other_type["jwk"] =
+                serde_json::from_str(&other.public().unwrap().to_json(false).unwrap()).unwrap();
+            let mut k_member = h.clone();
+            k_member["jwk"]["k"] = "AAAA".into();
+            for (what, bad) in [
+                ("jwk with d", forge(&with_d, b"header", |i| raw(&sk, i))),
+                ("jwk with k", forge(&k_member, b"header", |i| raw(&sk, i))),
+                ("no kid", forge(&no_kid, b"header", |i| raw(&sk, i))),
+                (
+                    "numeric kid",
+                    forge(&kid_number, b"header", |i| raw(&sk, i)),
+                ),
+                (
+                    "jwk of another type",
+                    forge(&other_type, b"header", |i| raw(&sk, i)),
+                ),
+            ] {
+                for trusted in [vec![], vec![pk.clone()]] {
+                    assert!(
+                        is(verify(&bad, b"header", &trusted), SignatureFailure::Invalid),
+                        "{what}"
+                    );
+                }
+            }
+            // A repeated member: serde_json's Value cannot hold one, so the
+            // text is edited ("alg" twice, same value).
+            let text = h.to_string();
+            let alg = format!(r#""alg":{}"#, h["alg"]);
+            let twice = text.replacen(&alg, &format!("{alg},{alg}"), 1);
+            assert_ne!(twice, text);
+            let protected = b64e(twice.as_bytes());
+            let input = signing_input(&protected, b"header");
+            let dup = format!("{protected}..{}", b64e(&raw(&sk, input.as_bytes())));
+            assert!(is(
+                verify(&dup, b"header", std::slice::from_ref(&pk)),
+                SignatureFailure::Invalid
+            ));
+            let jwk_twice = text.replacen(r#""kty""#, r#""kty":"x","kty""#, 1);
+            let protected = b64e(jwk_twice.as_bytes());
+            let input = signing_input(&protected, b"header");
+            let dup = format!("{protected}..{}", b64e(&raw(&sk, input.as_bytes())));
+            assert!(is(
+                verify(&dup, b"header", std::slice::from_ref(&pk)),
+                SignatureFailure::Invalid
+            ));
+        }
+    }
+
+    /// FORMAT.md §7: ES256 signatures with a high S (s > n/2) are accepted,
+    /// like their low-S twin (r, n - s): a detached signature over a
+    /// canonical header gains nothing from non-malleability.
+    #[test]
+    fn es256_high_and_low_s_both_verify() {
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let sk = Jwk::generate(KeyKind::P256).unwrap();
+        let pk = sk.public().unwrap();
+        let jws = sign(b"header", &sk).unwrap();
+        let sig = sig_of(&jws);
+        let mut twin = sig.clone();
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = N[i] as i16 - sig[32 + i] as i16 - borrow;
+            twin[32 + i] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        assert_ne!(twin, sig);
+        let protected = jws.split('.').next().unwrap();
+        let twin = format!("{protected}..{}", b64e(&twin));
+        for j in [&jws, &twin] {
+            assert!(verify(j, b"header", std::slice::from_ref(&pk)).is_ok());
+        }
     }
 
     #[test]

@@ -308,6 +308,8 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 }
                 recipients.push(stanza.clone());
             }
+            // Readers refuse more stanzas than this; never write such a file.
+            envelope::check_recipients(&recipients)?;
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
                 salt: b64e(&salt),

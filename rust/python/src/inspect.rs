@@ -58,18 +58,12 @@ pub fn inspect<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound
         if let Some(e) = &l.envelope.encryption {
             out.set_item("algorithm", &e.algorithm)?;
             let recipients = PyList::empty(py);
+            let loads = py.import("json")?.getattr("loads")?;
             for r in &e.recipients {
-                // Stanzas hold only public values; key providers get them whole.
-                let d = PyDict::new(py);
-                d.set_item("kid", &r.kid)?;
-                d.set_item("alg", &r.alg)?;
-                d.set_item("encrypted_key", &r.encrypted_key)?;
-                for (name, v) in [("iv", &r.iv), ("tag", &r.tag), ("enc", &r.enc)] {
-                    if let Some(v) = v {
-                        d.set_item(name, v)?;
-                    }
-                }
-                recipients.append(d)?;
+                // Stanzas hold only public values; key providers get them
+                // whole, with every member of a stanza of an unknown alg.
+                let text = r.to_json();
+                recipients.append(loads.call1((text,))?)?;
             }
             out.set_item("recipients", recipients)?;
         }
