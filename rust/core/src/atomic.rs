@@ -18,12 +18,8 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-
-use rustix::fs::{FlockOperation, Mode, OFlags, CWD};
 
 use crate::crypto;
 use crate::error::{Error, Result};
@@ -76,7 +72,7 @@ impl AtomicFile {
         // `remove_stale` of other writers that this one is alive. Best
         // effort: a file system without flock still gets its file (with
         // the age rule alone to protect it).
-        let _ = rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive);
+        let _ = file.try_lock();
         Ok(AtomicFile {
             file,
             dir,
@@ -102,7 +98,10 @@ impl AtomicFile {
     }
 
     /// Gives the anonymous file a fresh temporary name in its directory.
+    #[cfg(target_os = "linux")]
     fn link_anonymous(&self) -> Result<PathBuf> {
+        use rustix::fs::CWD;
+        use std::os::fd::AsRawFd;
         let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
         for _ in 0..NAME_ATTEMPTS {
             let tmp = temp_path(&self.dir, &self.name)?;
@@ -120,6 +119,13 @@ impl AtomicFile {
         }
         Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists).into())
     }
+
+    /// Only Linux makes anonymous files; elsewhere the file is named from the start.
+    #[cfg(not(target_os = "linux"))]
+    fn link_anonymous(&self) -> Result<PathBuf> {
+        let _ = (&self.dir, &self.name);
+        unreachable!("anonymous files exist only on Linux")
+    }
 }
 
 impl Drop for AtomicFile {
@@ -136,6 +142,8 @@ impl Drop for AtomicFile {
 /// to name it later; None otherwise (the caller falls back to a named file).
 #[cfg(target_os = "linux")]
 fn anonymous(dir: &Path) -> Option<File> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    use std::os::fd::AsRawFd;
     let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(CWD, dir, flags, Mode::from_raw_mode(0o600)).ok()?;
     let file = File::from(fd);
@@ -152,13 +160,11 @@ fn anonymous(_dir: &Path) -> Option<File> {
 fn create_named(dir: &Path, name: &str) -> Result<(File, PathBuf)> {
     for _ in 0..NAME_ATTEMPTS {
         let tmp = temp_path(dir, name)?;
-        match OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-        {
+        let mut options = OpenOptions::new();
+        options.write(true).read(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&tmp) {
             Ok(file) => return Ok((file, tmp)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e.into()),
@@ -215,18 +221,34 @@ fn remove_stale(dir: &Path, name: &str) {
         if !meta.file_type().is_file() || !old {
             continue;
         }
-        // NOFOLLOW: a name swapped for a link since the check is left alone.
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let Ok(fd) = rustix::fs::openat(CWD, &path, flags, Mode::empty()) else {
+        let Some(file) = open_nofollow(&path) else {
             continue;
         };
-        if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+        if file.try_lock().is_ok() {
             let _ = fs::remove_file(&path);
         }
     }
 }
 
-#[cfg(test)]
+/// Opens an existing temporary for reading, refusing a name that has been
+/// swapped for a link since it was checked (Unix `O_NOFOLLOW`; Windows
+/// opens the link itself, and the file-type check just before is the guard).
+fn open_nofollow(path: &Path) -> Option<File> {
+    #[cfg(unix)]
+    {
+        use rustix::fs::{Mode, OFlags, CWD};
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        rustix::fs::openat(CWD, path, flags, Mode::empty())
+            .ok()
+            .map(File::from)
+    }
+    #[cfg(not(unix))]
+    {
+        File::open(path).ok()
+    }
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::io::Write;
@@ -304,7 +326,7 @@ mod tests {
         age(&stale);
         age(&locked);
         let holder = File::open(&locked).unwrap();
-        rustix::fs::flock(&holder, FlockOperation::NonBlockingLockExclusive).unwrap();
+        holder.try_lock().unwrap();
         let link = d.join(".m.safetensors.GGGGGGGGGGG.tmp");
         std::os::unix::fs::symlink(&stale, &link).unwrap();
         AtomicFile::create(&target).unwrap().commit(false).unwrap();

@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod keys;
+mod platform;
 pub mod policy;
 pub mod reader;
 pub mod rekey;
@@ -30,7 +31,6 @@ pub use dtype::Dtype;
 pub use error::{Error, Result};
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// Random-access bytes a [`reader::Reader`] reads from: a file (pread), a
 /// buffer, or a memory map provided by the caller.
@@ -102,7 +102,7 @@ impl Source for PreadFile {
         {
             return Err(out_of_range());
         }
-        Ok(self.file.read_exact_at(buf, offset)?)
+        Ok(platform::read_exact_at(&self.file, buf, offset)?)
     }
 }
 

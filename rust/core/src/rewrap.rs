@@ -22,7 +22,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,8 +32,8 @@ use crate::header::{self, Header};
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 use crate::reader::{unlock, LoadOptions, Reader};
-use crate::sign;
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
+use crate::{platform, sign};
 use crate::{PreadFile, Source};
 
 /// What to change.
@@ -84,7 +83,6 @@ pub(crate) struct Opened {
 /// is advisory (only rewraps and rekeys take it; a save or a copy does not)
 /// and, like `flock`, local to one machine.
 pub(crate) fn lock_for_update(path: &Path, writable: bool) -> Result<(File, bool)> {
-    use std::os::unix::fs::MetadataExt;
     for _ in 0..1000 {
         let (file, rw) = match writable {
             true => match OpenOptions::new().read(true).write(true).open(path) {
@@ -95,7 +93,7 @@ pub(crate) fn lock_for_update(path: &Path, writable: bool) -> Result<(File, bool
         };
         file.lock()?;
         let (held, named) = (file.metadata()?, std::fs::metadata(path)?);
-        if (held.dev(), held.ino()) == (named.dev(), named.ino()) {
+        if platform::same_file(&held, &named) {
             return Ok((file, rw));
         }
     }
@@ -165,7 +163,7 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
         if let Some(slot) = in_place_slot(&json, old, &new)? {
             // One write: a short one would be a torn header, so it is an error
             // and never retried piecewise.
-            let n = opened.file.write_at(&slot, header::PREFIX_LEN as u64)?;
+            let n = platform::write_at(&opened.file, &slot, header::PREFIX_LEN as u64)?;
             if n != slot.len() {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::WriteZero,
@@ -208,9 +206,8 @@ pub fn rewrap_file(src: &Path, dst: &Path, opts: &RewrapOptions) -> Result<()> {
 }
 
 pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        (Ok(a), Ok(b)) => platform::same_file(&a, &b),
         _ => false,
     }
 }

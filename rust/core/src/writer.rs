@@ -12,7 +12,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -98,7 +97,7 @@ trait Sink: Sync {
 
 impl Sink for File {
     fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        Ok(self.write_all_at(bytes, offset)?)
+        Ok(crate::platform::write_all_at(self, bytes, offset)?)
     }
 }
 
