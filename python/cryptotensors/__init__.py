@@ -10,6 +10,7 @@ import json as _json
 from . import _core, _providers
 from ._core import (
     IntegrityError,
+    InternalError,
     KeyNotFoundError,
     PolicyDeniedError,
     SafetensorError,
@@ -97,6 +98,6 @@ def public_key(jwk) -> dict:
 
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
-    "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
+    "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
     "generate_key", "public_key", "inspect", "rewrap", "register_key_provider", "__version__", "patch", "unpatch",
 ]

@@ -36,7 +36,7 @@ class _Staging:
                     self.events[slot].synchronize()  # the copy out of this buffer is done
                 n = min(STAGING_BYTES, nbytes - offset)
                 buf = self.buffers[slot]
-                handle.read_range_into(name, offset, buf.data_ptr(), n)
+                handle.read_range_into(name, offset, buf[:n].numpy())
                 with torch.cuda.stream(self.streams[slot]):
                     flat[offset : offset + n].copy_(buf[:n], non_blocking=True)
                     event = torch.cuda.Event()

@@ -42,6 +42,12 @@ def _getdtype(dtype_str: str) -> torch.dtype:
     return dtype
 
 
+def _bytes_of(tensor: torch.Tensor):
+    """The bytes of a contiguous CPU tensor as a numpy uint8 array sharing its
+    memory: the buffer the core reads or fills (it takes no addresses)."""
+    return (tensor if tensor.dim() else tensor.reshape(1)).view(torch.uint8).numpy()
+
+
 def storage_ptr(tensor: torch.Tensor) -> int:
     """Address of the tensor's storage (0 where it has none, e.g. meta tensors)."""
     try:
@@ -176,9 +182,11 @@ def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec
             )
         if t.device.type != "cpu":
             t = t.to("cpu")
-        nbytes = t.nelement() * _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
+        _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
+        # The values, not the lazy conjugate/negative bits of a view.
+        t = t.detach().resolve_conj().resolve_neg()
         keep.append(t)
-        specs[name] = TensorSpec(dtype=str(t.dtype).split(".")[-1], shape=list(t.shape), data_ptr=t.data_ptr() if nbytes else 0, data_len=nbytes)
+        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), _bytes_of(t))
     return keep, specs
 
 
@@ -218,8 +226,8 @@ def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
         dtype, shape, nbytes, _, _ = h.info(name)
         if dtype not in _TYPES and dtype not in _EXTRA_TYPES:
             raise KeyError(dtype)  # as safetensors, for dtypes torch lacks
-        t, ptr, _ = fw.empty(dtype, shape)
-        h.read_into(name, ptr, nbytes)
+        t, dest = fw.empty(dtype, shape)
+        h.read_into(name, dest)
         out[name] = t
     return out
 
