@@ -202,6 +202,31 @@ _CHILD = textwrap.dedent(
     # Inputs may be read-only.
     report["ro_input_ok"] = call("serialize(read-only input)", _core.serialize, rec(ro), None, None) is None
 
+    # The GIL is released during a read: another thread resizing the output
+    # meets the held export (BufferError) instead of freeing it underneath.
+    import threading
+    big = cn.save({"w": np.zeros(1 << 24, np.uint8)}, encrypt_for=key)
+    hb = _core.Handle.from_bytes(big, keys=keys, threads=2)
+    refused, done = [0], threading.Event()
+
+    def resize(buf):
+        while not done.is_set():
+            try:
+                buf.append(0)
+                buf.pop()
+            except BufferError:
+                refused[0] += 1
+
+    for _ in range(5):
+        buf = bytearray(1 << 24)
+        done.clear()
+        t = threading.Thread(target=resize, args=(buf,))
+        t.start()
+        call("read_into(bytearray being resized)", hb.read_into, "w", buf)
+        done.set()
+        t.join()
+    report["resize_refused"] = refused[0]
+
     # A panic (here on a rayon pool thread, GIL released) is InternalError,
     # shows no payload, and later calls on the same pool still work.
     e = call("_check_panic_boundary(threads=2)", _core._check_panic_boundary, panic_ok=True, threads=2)
@@ -240,6 +265,7 @@ def test_hostile_buffers_and_sizes_raise_the_right_exception(child):
     report, _ = child
     assert report["expect"] == []
     assert report["ro_input_ok"]
+    assert report["resize_refused"] > 0
 
 
 def test_every_callable_has_a_valid_baseline_call(child):
