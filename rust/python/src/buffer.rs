@@ -135,7 +135,15 @@ impl<'py> WriteBuffer<'py> {
     /// errors): TypeError if `obj` has no buffer, ValueError if it is
     /// read-only or not C-contiguous.
     pub fn new(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
-        View::get(obj, PYBUF_WRITABLE | PYBUF_C_CONTIGUOUS, what).map(WriteBuffer)
+        let view = View::get(obj, PYBUF_WRITABLE | PYBUF_C_CONTIGUOUS, what)?;
+        // An exporter must refuse a writable request for read-only memory;
+        // one that grants it anyway is not believed.
+        if view.raw.readonly != 0 {
+            return Err(PyValueError::new_err(format!(
+                "{what}: expected a writable, C-contiguous buffer"
+            )));
+        }
+        Ok(WriteBuffer(view))
     }
 
     /// The buffer's bytes, for the core to fill.
