@@ -282,3 +282,36 @@ def test_panic_becomes_internal_error_without_its_payload(child):
     assert "this payload must never be shown" not in stderr
     assert "internal error (Rust panic) at " in stderr
     assert report["after_panic_ok"]
+
+
+def test_savers_and_loaders_pass_every_kind_of_tensor_as_a_buffer():
+    # The savers hand the core each tensor's own memory as a buffer, so what
+    # .numpy() refuses (requires_grad, lazy conjugate/negative views, dtypes
+    # numpy lacks, 0-d) must still be saved by value, and load back equal.
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    import cryptotensors as ct
+    import cryptotensors.numpy as cn
+    import cryptotensors.torch as cpt
+
+    c = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    tensors = {
+        "bf16": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "grad": torch.nn.Parameter(torch.ones(2)),
+        "conj": c.conj(),
+        "neg": torch._neg_view(torch.arange(3.0)),
+        "f8": torch.ones(3).to(torch.float8_e4m3fn),
+    }
+    key = ct.generate_key()
+    for kwargs in ({}, {"encrypt_for": key}):
+        got = cpt.load(cpt.save(tensors, **kwargs), keys=key)
+        for name, t in tensors.items():
+            want = t.detach().resolve_conj().resolve_neg()
+            assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+    assert torch.equal(cpt.load(cpt.save({"conj": c.conj()}))["conj"], torch.tensor([1 - 2j, 3 + 4j]))
+    arrays = {"b": np.array([True, False]), "z": np.array(7, np.int16), "c": np.ones(2, np.complex64)}
+    for name, arr in cn.load(cn.save(arrays, encrypt_for=key), keys=key).items():
+        np.testing.assert_array_equal(arr, arrays[name])

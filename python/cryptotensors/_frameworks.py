@@ -1,5 +1,5 @@
 """Framework adapters: allocate the output array, hand its memory to the core
-(as a buffer: a numpy uint8 view of its bytes), and move the result to the
+(as a buffer: a numpy array over its bytes), and move the result to the
 requested device. Frameworks are imported lazily.
 
 Argument checking (framework names, devices, backends) follows safetensors
@@ -148,7 +148,7 @@ class Framework:
         """A new array and its bytes, the buffer the core reads into."""
         self.load()
         arr = self.np.empty(shape, dtype=self._np_dtype(dtype))
-        return arr, arr.reshape(-1).view(self.np.uint8)
+        return arr, arr
 
     def finish(self, arr, device: str):
         return arr

@@ -57,10 +57,11 @@ class TensorSpec:
         self._data = None
 
     @classmethod
-    def _of(cls, dtype: str, shape: Sequence[int], data) -> TensorSpec:
+    def _of(cls, dtype: str, shape: Sequence[int], data, data_ptr: int) -> TensorSpec:
         """A spec over `data`, a C-contiguous numpy array of the tensor's
-        bytes, which the spec keeps and the writer reads as a buffer."""
-        spec = cls(dtype=dtype, shape=shape, data_ptr=data.ctypes.data, data_len=data.nbytes)
+        bytes (at `data_ptr`, for the property), which the spec keeps and
+        the writer reads as a buffer."""
+        spec = cls(dtype=dtype, shape=shape, data_ptr=data_ptr, data_len=data.nbytes)
         spec._data = data
         return spec
 

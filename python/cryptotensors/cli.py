@@ -542,7 +542,7 @@ def _rewrite(job: _Job, target: Path, progress: _Progress, load: dict, save: dic
     specs = {}
     for name, dtype, shape, buf in tensors:  # `tensors` keeps the buffers alive
         ctor, spec_shape = _spec_args(job, name, dtype, shape)
-        specs[name] = TensorSpec._of(ctor, spec_shape, buf)
+        specs[name] = TensorSpec._of(ctor, spec_shape, buf, buf.ctypes.data)
     progress.set_phase("writing")
     with _about(f"writing {job.rel}"):
         serialize_file(specs, target, metadata, **save)

@@ -37,7 +37,7 @@ def _specs(tensor_dict: Dict[str, np.ndarray]):
         except KeyError:
             raise SafetensorError(f"Unknown dtype \"{arr.dtype.name}\". Supported dtypes: {_SUPPORTED}") from None
         keep.append(arr)
-        specs[name] = TensorSpec._of(dtype, arr.shape, arr.reshape(-1).view(np.uint8))
+        specs[name] = TensorSpec._of(dtype, arr.shape, arr, arr.ctypes.data)
     return keep, specs
 
 

@@ -42,9 +42,19 @@ def _getdtype(dtype_str: str) -> torch.dtype:
     return dtype
 
 
+# Dtypes that torch's .numpy() converts as they are.
+_NUMPY_NATIVE = {
+    torch.float64, torch.float32, torch.float16, torch.complex64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+}
+
+
 def _bytes_of(tensor: torch.Tensor):
-    """The bytes of a contiguous CPU tensor as a numpy uint8 array sharing its
-    memory: the buffer the core reads or fills (it takes no addresses)."""
+    """A contiguous CPU tensor as a numpy array sharing its memory (uint8
+    where numpy lacks the dtype): the buffer the core reads or fills, as it
+    takes no addresses."""
+    if tensor.dtype in _NUMPY_NATIVE:
+        return tensor.numpy()
     return (tensor if tensor.dim() else tensor.reshape(1)).view(torch.uint8).numpy()
 
 
@@ -183,10 +193,12 @@ def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec
         if t.device.type != "cpu":
             t = t.to("cpu")
         _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
-        # The values, not the lazy conjugate/negative bits of a view.
-        t = t.detach().resolve_conj().resolve_neg()
+        if t.is_conj() or t.is_neg():  # the values, not a view's lazy conjugate or negation
+            t = t.resolve_conj().resolve_neg()
+        if t.requires_grad:  # .numpy() refuses tensors that require grad
+            t = t.detach()
         keep.append(t)
-        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), _bytes_of(t))
+        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), _bytes_of(t), t.data_ptr())
     return keep, specs
 
 
