@@ -10,6 +10,7 @@ import json as _json
 from . import _core, _keys, _providers
 from ._core import (
     IntegrityError,
+    InternalError,
     KeyNotFoundError,
     PolicyDeniedError,
     SafetensorError,
@@ -161,6 +162,7 @@ def public_key(jwk) -> dict:
 
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
-    "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError",
-    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__", "patch", "unpatch",
+    "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
+    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__",
+    "patch", "unpatch",
 ]

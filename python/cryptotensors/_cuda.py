@@ -74,7 +74,7 @@ class _Staging:
                         self.events[slot].synchronize()  # the copy out of this buffer is done
                     n = min(STAGING_BYTES, nbytes - offset)
                     buf = self.buffers[slot]
-                    handle.read_range_into(name, offset, buf.data_ptr(), n)
+                    handle.read_range_into(name, offset, buf[:n].numpy())
                     self._copy(slot, flat[offset : offset + n], buf[:n])
             except BaseException:
                 self._drain()
@@ -95,7 +95,7 @@ class _Staging:
             else:
                 buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             try:
-                handle.read_slice_into(name, spec, buf.data_ptr(), nbytes)
+                handle.read_slice_into(name, spec, buf.numpy())
                 self._copy(0, flat, buf)
             finally:
                 self._drain()

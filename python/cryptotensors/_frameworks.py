@@ -1,12 +1,12 @@
-"""Framework adapters: allocate the output array, hand its memory to the core,
-and move the result to the requested device. Frameworks are imported lazily.
+"""Framework adapters: allocate the output array, hand its memory to the core
+(as a buffer: a numpy array over its bytes), and move the result to the
+requested device. Frameworks are imported lazily.
 
 Argument checking (framework names, devices, backends) follows safetensors
 0.8 exactly, error classes and messages included."""
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import operator
 import os
@@ -96,13 +96,6 @@ def check_device(framework: Framework, device: str, shown: str) -> None:
     raise SafetensorError(f"Device {shown} is not supported for framework {framework.label}")
 
 
-def bytes_buffer(n: int):
-    """A writable buffer of n bytes and its address."""
-    buf = bytearray(n)
-    ptr = ctypes.addressof((ctypes.c_char * n).from_buffer(buf)) if n else 0
-    return buf, ptr
-
-
 # numpy attribute safetensors looks up for dtypes numpy itself lacks
 # (AttributeError, unless a framework such as jax registered them).
 _NUMPY_ATTRS = {
@@ -152,9 +145,10 @@ class Framework:
         raise SafetensorError(f"Dtype not understood: {dtype}")
 
     def empty(self, dtype: str, shape):
+        """A new array and its bytes, the buffer the core reads into."""
         self.load()
         arr = self.np.empty(shape, dtype=self._np_dtype(dtype))
-        return arr, arr.ctypes.data, arr.nbytes
+        return arr, arr
 
     def finish(self, arr, device: str):
         return arr
@@ -184,9 +178,9 @@ class Torch(Framework):
         import torch
 
         self.torch = torch
-        from .torch import _getdtype
+        from .torch import _bytes_of, _getdtype
 
-        self._getdtype = _getdtype
+        self._getdtype, self._bytes_of = _getdtype, _bytes_of
 
     def _torch_shape(self, dtype: str, shape):
         shape = list(shape)
@@ -198,6 +192,7 @@ class Torch(Framework):
         return shape
 
     def empty(self, dtype: str, shape):
+        """A new CPU tensor and its bytes, the buffer the core reads into."""
         tshape, tdtype = self._torch_shape(dtype, shape), self._getdtype(dtype)
         nbytes = tdtype.itemsize
         for d in tshape:
@@ -212,10 +207,10 @@ class Torch(Framework):
 
             buf = numpy.empty(nbytes + _ALIGN, dtype=numpy.uint8)
             skip = -buf.ctypes.data % _ALIGN
-            t = self.torch.from_numpy(buf[skip : skip + nbytes]).view(tdtype).view(tshape)
-        else:
-            t = self.torch.empty(tshape, dtype=tdtype)
-        return t, t.data_ptr(), t.untyped_storage().nbytes()
+            out = buf[skip : skip + nbytes]
+            return self.torch.from_numpy(out).view(tdtype).view(tshape), out
+        t = self.torch.empty(tshape, dtype=tdtype)
+        return t, self._bytes_of(t)
 
     def finish(self, t, device: str):
         return t if device == "cpu" else t.to(device)

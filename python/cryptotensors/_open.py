@@ -284,10 +284,10 @@ class safe_open:
         t = self._mapped(raw, dtype, shape, nbytes)
         if t is not None:
             return t
-        arr, ptr, size = fw.empty(dtype, shape)
-        if size != nbytes:
+        arr, dest = fw.empty(dtype, shape)
+        if dest.nbytes != nbytes:
             raise SafetensorError(f"tensor {name!r}: {dtype}{list(shape)} does not fit its {nbytes} bytes")
-        self._handle.read_into(name, ptr, nbytes)
+        self._handle.read_into(name, dest)
         return fw.finish(arr, self._device)
 
     def _mapped(self, raw, dtype, shape, nbytes):
@@ -348,8 +348,8 @@ class PySafeSlice:
         if self._storage is not None:
             t = fw.mapped(self._storage, self._raw, self._dtype, self._shape, self._nbytes)
         if t is None:
-            t, ptr, _ = fw.empty(self._dtype, self._shape)
-            self._handle.read_into(self._name, ptr, self._nbytes)
+            t, dest = fw.empty(self._dtype, self._shape)
+            self._handle.read_into(self._name, dest)
         return t
 
     def __getitem__(self, index):
@@ -373,8 +373,8 @@ class PySafeSlice:
         if self._device.startswith("cuda") and isinstance(fw, _frameworks.Torch):
             # As get_tensor: through pinned memory, never pageable (see _cuda).
             return fw.slice_to_cuda(self._handle, self._name, spec, self._dtype, shape, nbytes, self._device)
-        arr, ptr, size = self._framework.empty(self._dtype, shape)
-        if size != nbytes:
+        arr, dest = self._framework.empty(self._dtype, shape)
+        if dest.nbytes != nbytes:
             raise SafetensorError(f"slice of {self._name!r} does not fit its dtype {self._dtype}")
-        self._handle.read_slice_into(self._name, spec, ptr, nbytes)
+        self._handle.read_slice_into(self._name, spec, dest)
         return self._framework.finish(arr, self._device)

@@ -3,6 +3,7 @@ load options shared by every framework module."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -30,9 +31,13 @@ class TensorSpec:
     """One tensor for serialize(): its dtype (constructor-style name such as
     "float32"), shape, and the address and length of its contiguous bytes.
 
-    The caller keeps the memory at `data_ptr` alive during serialization."""
+    As in safetensors 0.8, `data_ptr` is a raw address: the caller keeps
+    `data_len` readable bytes there, unchanged, until serialization returns
+    (a wrong address is undefined behaviour, a crash at best). The
+    library's own savers never build a spec from an address: they pass the
+    owning array, whose memory the writer reads through the buffer protocol."""
 
-    __slots__ = ("_dtype", "_shape", "_data_ptr", "_data_len")
+    __slots__ = ("_dtype", "_shape", "_data_ptr", "_data_len", "_data")
 
     def __init__(self, *, dtype: str, shape: Sequence[int], data_ptr: int, data_len: int):
         try:
@@ -49,6 +54,28 @@ class TensorSpec:
             # float4_e2m1fn_x2 packs two values: the header counts elements.
             shape[-1] *= 2
         self._dtype, self._shape, self._data_ptr, self._data_len = code, shape, int(data_ptr), int(data_len)
+        self._data = None
+
+    @classmethod
+    def _of(cls, dtype: str, shape: Sequence[int], data, data_ptr: int) -> TensorSpec:
+        """A spec over `data`, a C-contiguous numpy array of the tensor's
+        bytes (at `data_ptr`, for the property), which the spec keeps and
+        the writer reads as a buffer."""
+        spec = cls(dtype=dtype, shape=shape, data_ptr=data_ptr, data_len=data.nbytes)
+        spec._data = data
+        return spec
+
+    def _buffer(self):
+        """The tensor's bytes as a buffer for the core, which takes no addresses."""
+        if self._data is not None:
+            return self._data
+        if not self._data_len:
+            return b""
+        if not self._data_ptr:
+            raise ValueError(f"TensorSpec: data_ptr is null but data_len is {self._data_len}")
+        # A bare address (the public contract above): ctypes turns it into a
+        # buffer here, on the caller's word, as safetensors takes it.
+        return (ctypes.c_char * self._data_len).from_address(self._data_ptr)
 
     dtype = property(lambda self: self._dtype, doc="The dtype's format code, e.g. 'F32'.")
     shape = property(lambda self: list(self._shape), doc="The logical (header) shape.")
@@ -130,7 +157,7 @@ def _records(tensor_dict) -> List[tuple]:
             raise _not_instance(name, "str")
         if not isinstance(spec, TensorSpec):
             raise _not_instance(spec, "TensorSpec")
-        records.append((name, spec.dtype, spec.shape, spec.data_ptr, spec.data_len))
+        records.append((name, spec.dtype, spec.shape, spec._buffer()))
     return records
 
 
@@ -183,13 +210,11 @@ def deserialize(bytes, **load_options) -> list:  # the parameter is named as in 
     """Returns [(name, {"shape", "dtype", "data"})] in file order, "data" a
     bytearray. Encrypted tensors are decrypted and authenticated; nothing
     unauthenticated is returned."""
-    from ._frameworks import bytes_buffer
-
     h = open_bytes(bytes, **load_options)
     out = []
     for name in h.offset_keys():
         dtype, shape, nbytes, _, _ = h.info(name)
-        buf, ptr = bytes_buffer(nbytes)
-        h.read_into(name, ptr, nbytes)
+        buf = bytearray(nbytes)
+        h.read_into(name, buf)
         out.append((name, {"shape": list(shape), "dtype": dtype, "data": buf}))
     return out

@@ -648,7 +648,7 @@ def _each_tensor(f: safe_open, job: _Job, progress: _Progress) -> Iterator[Tuple
         dtype, shape, nbytes, _, _ = handle.info(name)
         buf = numpy.empty(nbytes, numpy.uint8)
         with _about(f"{job.display}: tensor {name!r}"):
-            handle.read_into(name, buf.ctypes.data, nbytes)
+            handle.read_into(name, buf)
         progress.advance(nbytes)
         yield name, dtype, shape, buf
 
@@ -662,7 +662,7 @@ def _rewrite(job: _Job, target: Path, progress: _Progress, load: dict, save: dic
     specs = {}
     for name, dtype, shape, buf in tensors:  # `tensors` keeps the buffers alive
         ctor, spec_shape = _spec_args(job, name, dtype, shape)
-        specs[name] = TensorSpec(dtype=ctor, shape=spec_shape, data_ptr=buf.ctypes.data, data_len=buf.nbytes)
+        specs[name] = TensorSpec._of(ctor, spec_shape, buf, buf.ctypes.data)
     progress.set_phase("writing")
     with _about(f"writing {job.rel}"):
         serialize_file(specs, target, metadata, **save)

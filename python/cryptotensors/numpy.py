@@ -37,7 +37,7 @@ def _specs(tensor_dict: Dict[str, np.ndarray]):
         except KeyError:
             raise SafetensorError(f"Unknown dtype \"{arr.dtype.name}\". Supported dtypes: {_SUPPORTED}") from None
         keep.append(arr)
-        specs[name] = TensorSpec(dtype=dtype, shape=arr.shape, data_ptr=arr.ctypes.data, data_len=arr.nbytes)
+        specs[name] = TensorSpec._of(dtype, arr.shape, arr, arr.ctypes.data)
     return keep, specs
 
 
@@ -65,8 +65,8 @@ def load(data: bytes, **load_options) -> Dict[str, np.ndarray]:
         dtype, shape, nbytes, _, _ = h.info(name)
         if dtype not in fw._types:
             raise KeyError(dtype)  # as safetensors, for dtypes numpy lacks
-        arr, ptr, _ = fw.empty(dtype, shape)
-        h.read_into(name, ptr, nbytes)
+        arr, dest = fw.empty(dtype, shape)
+        h.read_into(name, dest)
         out[name] = arr
     return out
 

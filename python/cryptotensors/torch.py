@@ -42,6 +42,22 @@ def _getdtype(dtype_str: str) -> torch.dtype:
     return dtype
 
 
+# Dtypes that torch's .numpy() converts as they are.
+_NUMPY_NATIVE = {
+    torch.float64, torch.float32, torch.float16, torch.complex64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+}
+
+
+def _bytes_of(tensor: torch.Tensor):
+    """A contiguous CPU tensor as a numpy array sharing its memory (uint8
+    where numpy lacks the dtype): the buffer the core reads or fills, as it
+    takes no addresses."""
+    if tensor.dtype in _NUMPY_NATIVE:
+        return tensor.numpy()
+    return (tensor if tensor.dim() else tensor.reshape(1)).view(torch.uint8).numpy()
+
+
 def storage_ptr(tensor: torch.Tensor) -> int:
     """Address of the tensor's storage (0 where it has none, e.g. meta tensors)."""
     try:
@@ -176,9 +192,13 @@ def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec
             )
         if t.device.type != "cpu":
             t = t.to("cpu")
-        nbytes = t.nelement() * _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
+        _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
+        if t.is_conj() or t.is_neg():  # the values, not a view's lazy conjugate or negation
+            t = t.resolve_conj().resolve_neg()
+        if t.requires_grad:  # .numpy() refuses tensors that require grad
+            t = t.detach()
         keep.append(t)
-        specs[name] = TensorSpec(dtype=str(t.dtype).split(".")[-1], shape=list(t.shape), data_ptr=t.data_ptr() if nbytes else 0, data_len=nbytes)
+        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), _bytes_of(t), t.data_ptr())
     return keep, specs
 
 
@@ -218,8 +238,8 @@ def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
         dtype, shape, nbytes, _, _ = h.info(name)
         if dtype not in _TYPES and dtype not in _EXTRA_TYPES:
             raise KeyError(dtype)  # as safetensors, for dtypes torch lacks
-        t, ptr, _ = fw.empty(dtype, shape)
-        h.read_into(name, ptr, nbytes)
+        t, dest = fw.empty(dtype, shape)
+        h.read_into(name, dest)
         out[name] = t
     return out
 

@@ -36,6 +36,12 @@ create_exception!(
     SafetensorError,
     "The file's access policy denied the load."
 );
+create_exception!(
+    cryptotensors,
+    InternalError,
+    SafetensorError,
+    "A bug in cryptotensors stopped the call (a Rust panic, caught at the boundary)."
+);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -44,6 +50,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IntegrityError", py.get_type::<IntegrityError>())?;
     m.add("SignatureError", py.get_type::<SignatureError>())?;
     m.add("PolicyDeniedError", py.get_type::<PolicyDeniedError>())?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
     Ok(())
 }
 

@@ -9,12 +9,14 @@ use cryptotensors::envelope::RESERVED_PREFIX;
 use cryptotensors::keys::Jwk;
 use cryptotensors::reader::{LoadOptions, Reader};
 use cryptotensors::slice::{Index, SliceRuns};
-use cryptotensors::{with_threads, Error, PreadFile, Source};
+use cryptotensors::{Error, PreadFile, Source};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::buffer::out_slice;
+use crate::buffer::WriteBuffer;
 use crate::errors::{to_py, IntoPy, SafetensorError};
+use crate::guard::guard;
+use crate::threads::Threads;
 
 /// `(dtype, shape, nbytes, encrypted, raw_offset)`, see [`Handle::info`].
 type TensorFacts = (&'static str, Vec<usize>, usize, bool, Option<u64>);
@@ -22,7 +24,7 @@ type TensorFacts = (&'static str, Vec<usize>, usize, bool, Option<u64>);
 #[pyclass(frozen, module = "cryptotensors._core")]
 pub struct Handle {
     reader: RwLock<Option<Arc<Reader>>>,
-    threads: usize,
+    threads: Threads,
 }
 
 /// Parses a key set, reusing the parse of identical text: loaders that open
@@ -117,7 +119,7 @@ impl Handle {
         py: Python<'_>,
         source: Arc<dyn Source>,
         opts: LoadOptions,
-        threads: usize,
+        threads: Threads,
     ) -> PyResult<Handle> {
         let reader = py.allow_threads(|| Reader::open(source, &opts)).py_err()?;
         Ok(Handle {
@@ -131,7 +133,7 @@ impl Handle {
 impl Handle {
     /// Opens a file with the "mmap" or "pread" backend.
     #[staticmethod]
-    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None, policy_input=None))]
+    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), data_keys=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
@@ -140,33 +142,36 @@ impl Handle {
         keys: Option<&str>,
         trusted: Option<&str>,
         require_encryption: bool,
-        threads: usize,
+        threads: Threads,
         data_keys: Option<Vec<Vec<u8>>>,
         policy_input: Option<String>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
-        // Both backends read through pread. With "mmap", plain tensors for
-        // torch on the CPU are mapped zero-copy by torch itself (see
-        // `_frameworks.Torch.mapped`); every other read is one copy, by the
-        // kernel, from the page cache into the caller's tensor. Mapping the
-        // file here as well would only add the file's pages to the process's
-        // resident memory (the reads copy them anyway).
-        if backend != "mmap" && backend != "pread" {
-            return Err(to_py(Error::InvalidArgument(format!(
-                "unknown backend {backend:?}: expected \"mmap\" or \"pread\""
-            ))));
-        }
-        let source: Arc<dyn Source> = py
-            .allow_threads(|| -> cryptotensors::Result<Arc<dyn Source>> {
-                Ok(Arc::new(PreadFile::new(File::open(&path)?)?))
-            })
-            .py_err()?;
-        Handle::open_source(py, source, opts, threads)
+        guard("Handle.open", || {
+            let opts =
+                options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
+            // Both backends read through pread. With "mmap", plain tensors for
+            // torch on the CPU are mapped zero-copy by torch itself (see
+            // `_frameworks.Torch.mapped`); every other read is one copy, by the
+            // kernel, from the page cache into the caller's tensor. Mapping the
+            // file here as well would only add the file's pages to the process's
+            // resident memory (the reads copy them anyway).
+            if backend != "mmap" && backend != "pread" {
+                return Err(to_py(Error::InvalidArgument(format!(
+                    "unknown backend {backend:?}: expected \"mmap\" or \"pread\""
+                ))));
+            }
+            let source: Arc<dyn Source> = py
+                .allow_threads(|| -> cryptotensors::Result<Arc<dyn Source>> {
+                    Ok(Arc::new(PreadFile::new(File::open(&path)?)?))
+                })
+                .py_err()?;
+            Handle::open_source(py, source, opts, threads)
+        })
     }
 
     /// Opens serialized bytes (copied once).
     #[staticmethod]
-    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=0, data_keys=None, policy_input=None))]
+    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), data_keys=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
@@ -174,152 +179,179 @@ impl Handle {
         keys: Option<&str>,
         trusted: Option<&str>,
         require_encryption: bool,
-        threads: usize,
+        threads: Threads,
         data_keys: Option<Vec<Vec<u8>>>,
         policy_input: Option<String>,
     ) -> PyResult<Handle> {
-        let opts = options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
-        Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
+        guard("Handle.from_bytes", || {
+            let opts =
+                options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
+            Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
+        })
     }
 
     /// Another handle on the same open file, unaffected by `close` here.
     fn share(&self) -> PyResult<Handle> {
-        Ok(Handle {
-            reader: RwLock::new(Some(self.get()?)),
-            threads: self.threads,
+        guard("Handle.share", || {
+            Ok(Handle {
+                reader: RwLock::new(Some(self.get()?)),
+                threads: self.threads,
+            })
         })
     }
 
-    fn close(&self) {
-        *self.reader.write().unwrap_or_else(|e| e.into_inner()) = None;
+    fn close(&self) -> PyResult<()> {
+        guard("Handle.close", || {
+            *self.reader.write().unwrap_or_else(|e| e.into_inner()) = None;
+            Ok(())
+        })
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        self.reader
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
+    fn closed(&self) -> PyResult<bool> {
+        guard("Handle.closed", || {
+            Ok(self
+                .reader
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none())
+        })
     }
 
     /// Tensor names in file (offset) order.
     fn offset_keys(&self) -> PyResult<Vec<String>> {
-        Ok(self
-            .get()?
-            .header()
-            .tensors()
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect())
+        guard("Handle.offset_keys", || {
+            Ok(self
+                .get()?
+                .header()
+                .tensors()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect())
+        })
     }
 
     /// User metadata: the `__metadata__` map without the format's reserved
     /// entries; `None` if the file has none.
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let r = self.get()?;
-        let Some(m) = r.header().metadata() else {
-            return Ok(None);
-        };
-        let user: Vec<(&String, &String)> = m
-            .iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-            .collect();
-        if user.is_empty() && r.layout().is_some() {
-            return Ok(None);
-        }
-        let d = PyDict::new(py);
-        for (k, v) in user {
-            d.set_item(k, v)?;
-        }
-        Ok(Some(d))
+        guard("Handle.metadata", || {
+            let r = self.get()?;
+            let Some(m) = r.header().metadata() else {
+                return Ok(None);
+            };
+            let user: Vec<(&String, &String)> = m
+                .iter()
+                .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+                .collect();
+            if user.is_empty() && r.layout().is_some() {
+                return Ok(None);
+            }
+            let d = PyDict::new(py);
+            for (k, v) in user {
+                d.set_item(k, v)?;
+            }
+            Ok(Some(d))
+        })
     }
 
     /// `(dtype, shape, nbytes, encrypted, raw_offset)` of a tensor;
     /// `raw_offset` is the file offset when its bytes are usable as stored.
     fn info(&self, name: &str) -> PyResult<TensorFacts> {
-        let r = self.get()?;
-        let i = r.header().tensor(name).py_err()?;
-        Ok((
-            i.dtype.name(),
-            i.shape.clone(),
-            i.len(),
-            r.is_encrypted(name),
-            r.raw_offset(name).py_err()?,
-        ))
+        guard("Handle.info", || {
+            let r = self.get()?;
+            let i = r.header().tensor(name).py_err()?;
+            Ok((
+                i.dtype.name(),
+                i.shape.clone(),
+                i.len(),
+                r.is_encrypted(name),
+                r.raw_offset(name).py_err()?,
+            ))
+        })
     }
 
-    /// Reads a whole tensor into `len` bytes at `ptr`, without the GIL.
-    fn read_into(&self, py: Python<'_>, name: &str, ptr: usize, len: usize) -> PyResult<()> {
-        let r = self.get()?;
-        // SAFETY: the Python layer passes the data pointer of a tensor it
-        // just allocated, holds it for the call, and shares it with no one.
-        let out = unsafe { out_slice(ptr, len) };
-        py.allow_threads(|| with_threads(self.threads, || r.read_into(name, out)))
-            .py_err()
+    /// Reads a whole tensor into `out`, a writable C-contiguous buffer of
+    /// exactly its size, without the GIL.
+    fn read_into(&self, py: Python<'_>, name: &str, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        guard("Handle.read_into", || {
+            let r = self.get()?;
+            let mut buf = WriteBuffer::new(out, "out")?;
+            let out = buf.bytes();
+            py.allow_threads(|| self.threads.run(|| r.read_into(name, out)))
+                .py_err()
+        })
     }
 
-    /// Reads bytes `[offset, offset + len)` of a tensor into `ptr`, without the GIL.
+    /// Reads bytes `[offset, offset + len(out))` of a tensor into `out`, a
+    /// writable C-contiguous buffer, without the GIL.
     fn read_range_into(
         &self,
         py: Python<'_>,
         name: &str,
         offset: usize,
-        ptr: usize,
-        len: usize,
+        out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let r = self.get()?;
-        // SAFETY: as in `read_into` (here a pinned staging buffer).
-        let out = unsafe { out_slice(ptr, len) };
-        py.allow_threads(|| with_threads(self.threads, || r.read_range_into(name, offset, out)))
-            .py_err()
+        guard("Handle.read_range_into", || {
+            let r = self.get()?;
+            let mut buf = WriteBuffer::new(out, "out")?;
+            let out = buf.bytes();
+            py.allow_threads(|| self.threads.run(|| r.read_range_into(name, offset, out)))
+                .py_err()
+        })
     }
 
     /// Output shape and byte length of an index applied to a tensor.
     fn slice_shape(&self, name: &str, index: &Bound<'_, PyList>) -> PyResult<(Vec<usize>, usize)> {
-        let r = self.get()?;
-        let i = r.header().tensor(name).py_err()?;
-        let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
-        Ok((runs.shape, runs.len))
+        guard("Handle.slice_shape", || {
+            let r = self.get()?;
+            let i = r.header().tensor(name).py_err()?;
+            let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
+            Ok((runs.shape, runs.len))
+        })
     }
 
-    /// Reads an index of a tensor into `len` bytes at `ptr`, without the GIL.
+    /// Reads an index of a tensor into `out`, a writable C-contiguous
+    /// buffer of the slice's size, without the GIL.
     fn read_slice_into(
         &self,
         py: Python<'_>,
         name: &str,
         index: &Bound<'_, PyList>,
-        ptr: usize,
-        len: usize,
+        out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let r = self.get()?;
-        let i = r.header().tensor(name).py_err()?;
-        let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
-        // SAFETY: as in `read_into`.
-        let out = unsafe { out_slice(ptr, len) };
-        py.allow_threads(|| with_threads(self.threads, || r.read_slice_into(name, &runs, out)))
-            .py_err()
+        guard("Handle.read_slice_into", || {
+            let r = self.get()?;
+            let i = r.header().tensor(name).py_err()?;
+            let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
+            let mut buf = WriteBuffer::new(out, "out")?;
+            let out = buf.bytes();
+            py.allow_threads(|| self.threads.run(|| r.read_slice_into(name, &runs, out)))
+                .py_err()
+        })
     }
 
     /// File-level facts for inspection: encryption algorithm, segment size,
     /// recipient kids, encrypted tensor names and verified signer.
     fn describe<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let r = self.get()?;
-        let d = PyDict::new(py);
-        d.set_item("signer", r.signer())?;
-        if let Some(l) = r.layout() {
-            d.set_item("segment_size", l.envelope.segment_size)?;
-            if let Some(e) = &l.envelope.encryption {
-                d.set_item("algorithm", &e.algorithm)?;
-                d.set_item(
-                    "recipients",
-                    e.recipients
-                        .iter()
-                        .map(|r| r.kid.clone())
-                        .collect::<Vec<_>>(),
-                )?;
-                d.set_item("encrypted", e.tensors.clone())?;
+        guard("Handle.describe", || {
+            let r = self.get()?;
+            let d = PyDict::new(py);
+            d.set_item("signer", r.signer())?;
+            if let Some(l) = r.layout() {
+                d.set_item("segment_size", l.envelope.segment_size)?;
+                if let Some(e) = &l.envelope.encryption {
+                    d.set_item("algorithm", &e.algorithm)?;
+                    d.set_item(
+                        "recipients",
+                        e.recipients
+                            .iter()
+                            .map(|r| r.kid.clone())
+                            .collect::<Vec<_>>(),
+                    )?;
+                    d.set_item("encrypted", e.tensors.clone())?;
+                }
             }
-        }
-        Ok(d)
+            Ok(d)
+        })
     }
 }

@@ -9,15 +9,20 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::IntoPy;
+use crate::guard::guard;
 
 /// Describes a file from its header alone: tensors (dtype, shape, whether
 /// encrypted), user metadata, algorithm, segment size, recipients' kids and
 /// the signer the signature names (unverified).
 #[pyfunction]
 pub fn inspect<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    guard("inspect", || describe(py, &path))
+}
+
+fn describe<'py>(py: Python<'py>, path: &std::path::Path) -> PyResult<Bound<'py, PyDict>> {
     let (header, layout) = py
         .allow_threads(|| -> cryptotensors::Result<_> {
-            let source = PreadFile::new(File::open(&path)?)?;
+            let source = PreadFile::new(File::open(path)?)?;
             let (header, _) = read_header(&source)?;
             let layout = Layout::from_header(&header)?;
             Ok((header, layout))

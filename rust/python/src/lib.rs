@@ -1,22 +1,27 @@
 //! The Python binding of cryptotensors: type conversion and GIL release
 //! only. All format and crypto logic lives in the `cryptotensors` crate.
 //!
-//! Raw pointers cross this boundary in two places, both stated once:
-//! [`buffer::out_slice`] (a tensor the Python layer just allocated) and
-//! [`buffer::in_slice`] (tensor bytes the Python layer keeps alive for the
-//! call). The Python package upholds both contracts.
+//! Two rules hold at every entry point:
+//! - memory crosses as Python buffers, never as integer addresses
+//!   ([`buffer`], the only raw-pointer code), so no argument can make the
+//!   extension touch memory it was not given;
+//! - no Rust panic reaches Python: each entry runs under [`guard::guard`],
+//!   which raises `InternalError` (a `SafetensorError`) instead.
 
 use pyo3::prelude::*;
 
 mod buffer;
 mod errors;
+mod guard;
 mod handle;
 mod inspect;
 mod keys;
+mod threads;
 mod write;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    guard::install_hook();
     errors::register(m)?;
     m.add_class::<handle::Handle>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
@@ -26,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::generate_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::public_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_id, m)?)?;
+    m.add_function(wrap_pyfunction!(guard::_check_panic_boundary, m)?)?;
     m.add(
         "DTYPES",
         cryptotensors::Dtype::all()

@@ -10,28 +10,30 @@ use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
 use cryptotensors::writer::{
     self, EncryptOptions, ExternalRecipients, TensorData, WriteOptions, DEFAULT_RESERVE,
 };
+use cryptotensors::Dtype;
 use cryptotensors::Error;
-use cryptotensors::{with_threads, Dtype};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::buffer::in_slice;
+use crate::buffer::ReadBuffer;
 use crate::errors::IntoPy;
+use crate::guard::guard;
+use crate::threads::Threads;
 
-/// Serializes `(name, dtype, shape, data_ptr, data_len)` records to bytes,
-/// or atomically to `path` (then returns `None`).
+/// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
+/// to `path` (then returns `None`). `data` is any C-contiguous buffer
+/// holding the tensor's bytes; its export is held for the whole call.
 ///
-/// The Python layer keeps every object owning a `data_ptr` alive for the
-/// call. Encryption: `recipients` (JWKS JSON text) with the optional
-/// `encrypted` names, `algorithm` and `segment_size`, and `external`, a data
-/// key with recipient stanzas wrapped for it elsewhere (JSON list); signing:
+/// Encryption: `recipients` (JWKS JSON text) with the optional `encrypted`
+/// names, `algorithm` and `segment_size`, and `external`, a data key with
+/// recipient stanzas wrapped for it elsewhere (JSON list); signing:
 /// `sign_with`.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=0, external=None))]
+#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), external=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn serialize<'py>(
     py: Python<'py>,
-    tensors: Vec<(String, String, Vec<usize>, usize, usize)>,
+    tensors: Vec<(String, String, Vec<usize>, Bound<'py, PyAny>)>,
     metadata: Option<BTreeMap<String, String>>,
     path: Option<PathBuf>,
     recipients: Option<&str>,
@@ -40,65 +42,68 @@ pub fn serialize<'py>(
     segment_size: usize,
     sign_with: Option<&str>,
     policy: Option<String>,
-    threads: usize,
+    threads: Threads,
     external: Option<(Vec<u8>, String)>,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let dtypes = tensors
-        .iter()
-        .map(|t| Dtype::parse(&t.1))
-        .collect::<cryptotensors::Result<Vec<_>>>()
-        .py_err()?;
-    let data: Vec<TensorData> = tensors
-        .iter()
-        .zip(&dtypes)
-        .map(|((name, _, shape, ptr, len), &dtype)| TensorData {
-            name,
-            dtype,
-            shape,
-            // SAFETY: the Python layer holds the owner of every pointer for
-            // the whole call and does not write to it meanwhile.
-            data: unsafe { in_slice(*ptr, *len) },
-        })
-        .collect();
-    let encrypt = match recipients {
-        None => None,
-        Some(json) => Some(EncryptOptions {
-            recipients: Jwk::parse_set(json).py_err()?,
-            tensors: encrypted,
-            algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
-            external: external.map(external_recipients).transpose().py_err()?,
-        }),
-    };
-    let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
-    let reserve = if encrypt.is_some() || sign_with.is_some() {
-        DEFAULT_RESERVE
-    } else {
-        0
-    };
-    let opts = WriteOptions {
-        metadata,
-        encrypt,
-        sign_with,
-        policy,
-        segment_size,
-        reserve,
-        fsync: fsync_requested(),
-    };
-    match path {
-        Some(path) => {
-            py.allow_threads(|| {
-                with_threads(threads, || writer::serialize_to_file(&data, &opts, &path))
-            })
+    guard("serialize", || {
+        let dtypes = tensors
+            .iter()
+            .map(|t| Dtype::parse(&t.1))
+            .collect::<cryptotensors::Result<Vec<_>>>()
             .py_err()?;
-            Ok(None)
+        let buffers = tensors
+            .iter()
+            .map(|t| ReadBuffer::new(&t.3, "tensor data"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let data: Vec<TensorData> = tensors
+            .iter()
+            .zip(&dtypes)
+            .zip(&buffers)
+            .map(|(((name, _, shape, _), &dtype), buf)| TensorData {
+                name,
+                dtype,
+                shape,
+                data: buf.bytes(),
+            })
+            .collect();
+        let encrypt = match recipients {
+            None => None,
+            Some(json) => Some(EncryptOptions {
+                recipients: Jwk::parse_set(json).py_err()?,
+                tensors: encrypted,
+                algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
+                external: external.map(external_recipients).transpose().py_err()?,
+            }),
+        };
+        let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
+        let reserve = if encrypt.is_some() || sign_with.is_some() {
+            DEFAULT_RESERVE
+        } else {
+            0
+        };
+        let opts = WriteOptions {
+            metadata,
+            encrypt,
+            sign_with,
+            policy,
+            segment_size,
+            reserve,
+            fsync: fsync_requested(),
+        };
+        match path {
+            Some(path) => {
+                py.allow_threads(|| threads.run(|| writer::serialize_to_file(&data, &opts, &path)))
+                    .py_err()?;
+                Ok(None)
+            }
+            None => {
+                let bytes = py
+                    .allow_threads(|| threads.run(|| writer::serialize(&data, &opts)))
+                    .py_err()?;
+                Ok(Some(PyBytes::new(py, &bytes)))
+            }
         }
-        None => {
-            let bytes = py
-                .allow_threads(|| with_threads(threads, || writer::serialize(&data, &opts)))
-                .py_err()?;
-            Ok(Some(PyBytes::new(py, &bytes)))
-        }
-    }
+    })
 }
 
 /// Rewrites a file's header to change recipients, policy or signature;
@@ -121,19 +126,21 @@ pub fn rewrap(
     remove_policy: bool,
     policy_input: Option<String>,
 ) -> PyResult<()> {
-    let opts = rewrap_options(
-        keys,
-        trusted,
-        add,
-        remove,
-        sign_with,
-        drop_signature,
-        data_keys,
-        policy,
-        remove_policy,
-        policy_input,
-    )?;
-    py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+    guard("rewrap", || {
+        let opts = rewrap_options(
+            keys,
+            trusted,
+            add,
+            remove,
+            sign_with,
+            drop_signature,
+            data_keys,
+            policy,
+            remove_policy,
+            policy_input,
+        )?;
+        py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+    })
 }
 
 /// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey`);
@@ -159,23 +166,25 @@ pub fn rekey(
     policy_input: Option<String>,
     threads: usize,
 ) -> PyResult<()> {
-    let opts = RekeyOptions {
-        rewrap: rewrap_options(
-            keys,
-            trusted,
-            add,
-            remove,
-            sign_with,
-            drop_signature,
-            data_keys,
-            policy,
-            remove_policy,
-            policy_input,
-        )?,
-        recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
-    };
-    py.allow_threads(|| with_threads(threads, || rekey_file(&src, &dst, &opts)))
-        .py_err()
+    guard("rekey", || {
+        let opts = RekeyOptions {
+            rewrap: rewrap_options(
+                keys,
+                trusted,
+                add,
+                remove,
+                sign_with,
+                drop_signature,
+                data_keys,
+                policy,
+                remove_policy,
+                policy_input,
+            )?,
+            recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
+        };
+        py.allow_threads(|| with_threads(threads, || rekey_file(&src, &dst, &opts)))
+            .py_err()
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
