@@ -97,6 +97,7 @@ _CHILD = textwrap.dedent(
         "serialize": lambda: ((rec(np.zeros(24, np.uint8)), {"m": "1"}, None),
                               {"recipients": keys, "segment_size": 4096, "threads": 1}),
         "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "add": json.dumps([ct.generate_key("oct")])}),
+        "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
         "generate_key": lambda: (("oct",), {}),
         "public_key": lambda: ((json.dumps(ct.generate_key("X25519")),), {}),

@@ -103,15 +103,15 @@ class Failing:
     def __init__(self, handle, fail_at):
         self.handle, self.fail_at, self.reads = handle, fail_at, []
 
-    def read_range_into(self, name, offset, ptr, n):
-        self.reads.append(ptr)
+    def read_range_into(self, name, offset, out):
+        self.reads.append(out.ctypes.data)  # the address of the buffer read into
         if len(self.reads) == self.fail_at:
             raise ct.IntegrityError("Decryption failed: the key is wrong or the file was modified")
-        return self.handle.read_range_into(name, offset, ptr, n)
+        return self.handle.read_range_into(name, offset, out)
 
-    def read_slice_into(self, name, spec, ptr, n):
-        self.reads.append(ptr)
-        return self.handle.read_slice_into(name, spec, ptr, n)
+    def read_slice_into(self, name, spec, out):
+        self.reads.append(out.ctypes.data)
+        return self.handle.read_slice_into(name, spec, out)
 
     def __getattr__(self, k):
         return getattr(self.handle, k)

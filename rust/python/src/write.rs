@@ -147,7 +147,7 @@ pub fn rewrap(
 /// `recipients`: keys of the recipients that stay, the other arguments as
 /// for `rewrap`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=0))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default()))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
@@ -164,7 +164,7 @@ pub fn rekey(
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
-    threads: usize,
+    threads: Threads,
 ) -> PyResult<()> {
     guard("rekey", || {
         let opts = RekeyOptions {
@@ -182,7 +182,7 @@ pub fn rekey(
             )?,
             recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
         };
-        py.allow_threads(|| with_threads(threads, || rekey_file(&src, &dst, &opts)))
+        py.allow_threads(|| threads.run(|| rekey_file(&src, &dst, &opts)))
             .py_err()
     })
 }
