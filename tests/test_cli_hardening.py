@@ -253,6 +253,15 @@ def test_the_library_error_holds_no_key_text(tmp_path, hostile, monkeypatch, var
         tb = tb.tb_next
 
 
+@pytest.mark.parametrize("text", MALFORMED)
+@pytest.mark.parametrize("argument", ["keys", "trusted_signers"])
+def test_key_text_passed_by_the_caller_stays_out_of_the_error(hostile, argument, text):
+    with pytest.raises(cryptotensors.KeyConfigError) as info:
+        cryptotensors.safe_open(hostile, "np", **{argument: text})
+    assert argument in str(info.value)
+    _holds_no_secret(info.value, set())
+
+
 def _holds_no_secret(obj, seen):
     """Walks an exception's args, attributes (__dict__), cause and context,
     recursively: none may hold the key text, and none chains to another."""

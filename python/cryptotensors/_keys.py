@@ -20,9 +20,9 @@ KEYS_FILE = "keys.jwks"
 
 
 class KeyConfigError(SafetensorError):
-    """A key source of the environment (CRYPTOTENSORS_KEYS,
-    CRYPTOTENSORS_TRUSTED_SIGNERS, a key file they or the config directory
-    name) is not a JWK or a JWK set. It names the source, never its text:
+    """A key source (a `keys=`/`trusted_signers=` argument given as text,
+    CRYPTOTENSORS_KEYS, CRYPTOTENSORS_TRUSTED_SIGNERS, a key file they or the
+    config directory name) is not a JWK or a JWK set. It names the source, never its text:
     no attribute, argument, cause or context holds the key material."""
 
 
@@ -108,15 +108,26 @@ def _from_env(name: str) -> list:
     return _read_jwks_file(raw)
 
 
+def _from_call(value: Any, what: str) -> list:
+    """Keys passed by the caller. Text that is not JSON raises KeyConfigError,
+    not the parser's exception, which holds the text (JSONDecodeError.doc)."""
+    if not isinstance(value, (str, bytes)):
+        return _as_list(value)
+    keys, value = _jwks_or_none(value), None
+    if keys is None:
+        raise _unusable(f"the {what} argument")
+    return keys
+
+
 def keyring_json(keys: Any = None) -> Optional[str]:
     """The key ring of one load, as JSON text for the core: call, env, config file."""
-    ring = _as_list(keys) + _from_env(KEYS_ENV) + _read_jwks_file(os.path.join(_config_dir(), KEYS_FILE))
+    ring = _from_call(keys, "keys") + _from_env(KEYS_ENV) + _read_jwks_file(os.path.join(_config_dir(), KEYS_FILE))
     return json.dumps(ring) if ring else None
 
 
 def trusted_json(trusted_signers: Any = None) -> Optional[str]:
     """Trusted signer public keys of one load: the call, then the environment."""
-    ring = _as_list(trusted_signers) + _from_env(TRUSTED_ENV)
+    ring = _from_call(trusted_signers, "trusted_signers") + _from_env(TRUSTED_ENV)
     return json.dumps(ring) if ring else None
 
 
