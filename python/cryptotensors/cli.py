@@ -1085,7 +1085,7 @@ def _signature_status(signer: Optional[str], trusted: bool) -> str:
 
 def _verify_file(job: _Job, load: dict, trusted: bool, progress: _Progress) -> str:
     encrypted = sum(t["encrypted"] for t in job.header["tensors"])
-    policy = "; access policy allows this load" if job.header.get("policy") else ""  # it is checked before any key
+    policy = "; access policy allows this load" if job.header.get("policy") else ""
     try:
         f = _open(job, **load)
     except CliError as e:
@@ -1094,6 +1094,8 @@ def _verify_file(job: _Job, load: dict, trusted: bool, progress: _Progress) -> s
         # Readers check the layout, the trailer digest and the signature before
         # they look for a key (FORMAT.md 4.4): a missing key means those passed.
         status = _signature_status(job.header.get("signer"), trusted)
+        if policy and not trusted:  # it runs only once the file is authenticated (FORMAT.md 4.4)
+            policy = "; access policy not checked"
         return f"{job.display}: {status}{policy}; {_plural(encrypted, 'encrypted tensor')} not checked (no key: pass -k KEY.jwk)"
     with f:
         signer = f.describe().get("signer")

@@ -208,10 +208,20 @@ impl Reader {
         if opts.require_encryption && layout.as_ref().is_none_or(|l| l.encryption.is_none()) {
             return Err(Error::EncryptionRequired);
         }
-        // The policy runs at every open, cached or not: its input (time,
-        // host, claims) changes between opens.
-        if let Some(text) = layout.as_ref().and_then(|l| l.envelope.policy.as_deref()) {
-            Policy::compile(text)?.check(opts.policy_input.as_deref().unwrap_or("{}"))?;
+        // The policy runs at every open, cached or not (its input: time,
+        // host, claims, changes between opens), and only once the file is
+        // authenticated (FORMAT.md §4.4): a cache hit or a trusted signer's
+        // signature before any key is unwrapped, so a denied loader never
+        // asks a key service; else the header MAC, after the unwrap.
+        let policy = layout.as_ref().and_then(|l| l.envelope.policy.as_deref());
+        let enforce = || match policy {
+            Some(text) => Policy::enforce(text, opts.policy_input.as_deref().unwrap_or("{}")),
+            None => Ok(()),
+        };
+        let signed_by_trusted = signer.is_some() && !opts.trusted_signers.is_empty();
+        let early = hit.is_some() || signed_by_trusted;
+        if early {
+            enforce()?;
         }
         let payload = match &layout {
             Some(l) if l.encryption.is_some() => match &hit {
@@ -220,6 +230,14 @@ impl Reader {
             },
             _ => None,
         };
+        if !early {
+            // A policy requires encryption (envelope.rs), so the MAC has
+            // just been verified: no payload key, no policy run.
+            if payload.is_none() && policy.is_some() {
+                return Err(Error::Integrity);
+            }
+            enforce()?;
+        }
         if let (Some(k), None) = (key, &hit) {
             let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
             if c.len() >= CACHE_CAPACITY {
