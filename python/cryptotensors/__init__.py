@@ -43,6 +43,52 @@ def inspect(filename) -> dict:
     return _core.inspect(os.fspath(filename))
 
 
+def _safe_open_handle(file_obj, framework: str, device="cpu", **options) -> safe_open:
+    """`safe_open` over a Python file object, as safetensors 0.8 exports it
+    (same arguments; `options` are safe_open's keywords: keys=, backend=...).
+
+    An object whose `name` is the path of the very file it has open (an
+    `open(...)` file, fsspec's local files; checked by device and inode when
+    it has a descriptor) is opened by that path, lazily, like
+    `safe_open(file_obj.name, ...)`: that is all safetensors does. Any other
+    readable object (io.BytesIO, fsspec's memory or remote files) is read
+    whole, from its start, into memory and opened from there, with the same
+    verification (safetensors raises AttributeError for those)."""
+    import os
+
+    name = getattr(file_obj, "name", None)
+    if isinstance(name, (str, os.PathLike)) and _names_its_file(file_obj, name):
+        return safe_open(name, framework, device, **options)
+    read = getattr(file_obj, "read", None)
+    if not callable(read):
+        raise TypeError(f"argument 'file_obj': '{type(file_obj).__name__}' object is neither a named file nor readable")
+    seekable = getattr(file_obj, "seekable", None)
+    if callable(seekable) and seekable():
+        file_obj.seek(0)
+    data = read()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"argument 'file_obj': read() returned {type(data).__name__}, not bytes (open it in binary mode)")
+    return safe_open._over_bytes(bytes(data), framework, device, **options)
+
+
+def _names_its_file(file_obj, name) -> bool:
+    import os
+
+    try:
+        st = os.stat(name)
+    except (OSError, ValueError):
+        return False
+    fileno = getattr(file_obj, "fileno", None)
+    try:
+        fd = fileno() if callable(fileno) else None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if not isinstance(fd, int):
+        return os.path.isfile(name)  # no descriptor to compare: the name, as safetensors
+    other = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
 def rewrap(
     filename,
     *,
@@ -164,5 +210,5 @@ __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
     "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__",
-    "patch", "unpatch",
+    "patch", "unpatch", "_safe_open_handle",
 ]

@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Any, Optional
 
-from . import _frameworks, _keys, _policy, _providers
+from . import _frameworks, _keys, _policy, _providers, _serialize
 from ._core import Handle, KeyNotFoundError, SafetensorError
 
 
@@ -222,6 +222,40 @@ class safe_open:
                 self._fd = os.open(self._filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError:
                 self._fd = None
+
+    @classmethod
+    def _over_bytes(
+        cls,
+        data: bytes,
+        framework: str,
+        device: Any = "cpu",
+        *,
+        keys: Any = None,
+        trusted_signers: Any = None,
+        require_encryption: bool = False,
+        num_threads: Optional[int] = None,
+        policy_input: Optional[dict] = None,
+        backend: str = "pread",
+    ) -> safe_open:
+        """A handle over a file's bytes held in memory (see _safe_open_handle),
+        verified as an open of the file would be."""
+        self = cls.__new__(cls)
+        self._fd, self._storage, self._storage_lock = None, None, threading.Lock()
+        self._filename = "<file object>"
+        self._framework = _frameworks.get(framework)
+        self._device, shown_device = _frameworks.parse_device(device)
+        _frameworks.check_backend(backend)
+        self._backend = "pread"  # nothing to map: the bytes are already in memory
+        self._handle = _serialize.open_bytes(
+            data, keys, trusted_signers, require_encryption, num_threads, policy_input,
+            framework=self._framework.name, device=self._device, every_tensor=False,
+        )
+        try:
+            _frameworks.check_device(self._framework, self._device, shown_device)
+        except BaseException:
+            self._handle.close()
+            raise
+        return self
 
     def __enter__(self):
         return self

@@ -189,6 +189,8 @@ def open_bytes(
     num_threads: Optional[int] = None,
     policy_input: Any = None,
     framework: str = "np",
+    device: str = "cpu",
+    every_tensor: bool = True,
 ):
     """A core handle over serialized bytes, with the loader's keys, trust and policy input."""
     if not isinstance(data, bytes):
@@ -196,7 +198,7 @@ def open_bytes(
         what = "'None'" if data is None else f"'{type(data).__name__}' object"
         raise TypeError(f"argument 'bytes': {what} is not an instance of 'bytes'")
     args = (data, _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads))
-    policy = _policy.input_json(framework, "cpu", policy_input, every_tensor=True)
+    policy = _policy.input_json(framework, device, policy_input, every_tensor=every_tensor)
     try:
         return _core.Handle.from_bytes(*args, policy_input=policy)
     except _core.KeyNotFoundError:
