@@ -224,7 +224,7 @@ def test_a_forged_policy_is_never_evaluated(tmp_path):
                 except ct.SafetensorError as e:
                     assert type(e) is want, f"{{name}} with {{label}}: {{type(e).__name__}}: {{str(e)[:200]}}"
                     assert "FORGED" not in str(e)
-                assert time.monotonic() - t < 1, f"{{name}} with {{label}}: {{time.monotonic() - t:.2f}} s"
+                assert time.monotonic() - t < 5, f"{{name}} with {{label}}: {{time.monotonic() - t:.2f}} s"
         print("ok")
         """
     )
@@ -266,7 +266,7 @@ def test_pathological_policies_are_refused_quickly(tmp_path, name):
         """
     )
     where, kind, took = out.split()
-    assert float(took) < 1.0, out
+    assert float(took) < 5.0, out
     assert kind in ("SafetensorError", "PolicyDeniedError"), out
 
 
