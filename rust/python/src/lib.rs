@@ -16,6 +16,7 @@ mod guard;
 mod handle;
 mod inspect;
 mod keys;
+mod legacy;
 mod threads;
 mod write;
 
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     errors::register(m)?;
     m.add_class::<handle::Handle>()?;
+    m.add_class::<legacy::LegacyFile>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
