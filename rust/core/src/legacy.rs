@@ -129,7 +129,7 @@ struct RawKey {
 fn b64(field: &str, s: &str) -> Result<Vec<u8>> {
     STANDARD
         .decode(s)
-        .map_err(|_| Error::InvalidEnvelope(format!("{field} is not standard padded base64")))
+        .map_err(|_| bad(format!("{field} is not standard padded base64")))
 }
 
 fn key_b64(field: &str, s: &str) -> Result<Zeroizing<Vec<u8>>> {
@@ -740,5 +740,94 @@ impl LegacyReader {
             out.zeroize();
         }
         opened
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(name: &str) -> Arc<dyn Source> {
+        let path = format!(
+            "{}/../../tests/vectors/legacy/{name}.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Arc::new(std::fs::read(path).expect("legacy vector"))
+    }
+
+    fn keys(name: &str) -> LegacyKeys {
+        let path = format!(
+            "{}/../../tests/vectors/legacy/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        LegacyKeys::parse(&std::fs::read_to_string(path).expect("keys")).expect("parse")
+    }
+
+    #[test]
+    fn chunk_counter_overflow_is_an_error() {
+        let mut base = [0u8; NONCE_LEN];
+        base[8..].copy_from_slice(&(u32::MAX - 1).to_be_bytes());
+        assert!(nonce_at(&base, 1).is_ok());
+        assert!(matches!(nonce_at(&base, 2), Err(Error::InvalidEnvelope(_))));
+        assert!(nonce_at(&base, u64::from(u32::MAX) + 1).is_err());
+    }
+
+    #[test]
+    fn reads_a_vector_and_refuses_it_in_the_ordinary_reader() {
+        let src = vector("v2_partial");
+        let opened = LegacyReader::open(
+            src.clone(),
+            &keys("keys.json"),
+            &LegacyVerify::Keys(keys("keys.public.json")),
+        )
+        .expect("open");
+        assert!(opened.signature_verified());
+        assert_eq!(opened.plain_tensors(), ["weight", "bias", "flag"]);
+        let mut ids = vec![0u8; 8000];
+        opened.read_into("ids", &mut ids).expect("ids");
+        assert_eq!(&ids[8..16], &1i64.to_le_bytes());
+        let err = crate::reader::Reader::open(src, &Default::default()).unwrap_err();
+        assert!(matches!(err, Error::LegacyFormat));
+    }
+
+    #[test]
+    fn a_flipped_chunk_zeroes_the_output() {
+        let mut raw = std::fs::read(format!(
+            "{}/../../tests/vectors/legacy/v2_partial.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("vector");
+        let opened = LegacyReader::open(
+            Arc::new(raw.clone()),
+            &keys("keys.json"),
+            &LegacyVerify::Skip,
+        )
+        .expect("open");
+        let info = opened.header().tensor("ids").expect("ids").clone();
+        let at = opened.data_start as usize + info.data_offsets.1 - 1;
+        raw[at] ^= 1;
+        let opened = LegacyReader::open(Arc::new(raw), &keys("keys.json"), &LegacyVerify::Skip)
+            .expect("open");
+        let mut out = vec![0xAAu8; info.len()];
+        assert!(matches!(
+            opened.read_into("ids", &mut out),
+            Err(Error::Integrity)
+        ));
+        assert!(out.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn keys_need_the_old_encoding_and_never_show_secrets() {
+        let secret = STANDARD.encode([7u8; 32]);
+        let k = LegacyKeys::parse(&format!(r#"[{{"kty":"oct","kid":"a","k":"{secret}"}}]"#))
+            .expect("parse");
+        assert!(!format!("{k:?}").contains(&secret));
+        let url = secret
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_");
+        let err = LegacyKeys::parse(&format!(r#"{{"kty":"oct","k":"{url}"}}"#)).unwrap_err();
+        assert!(!err.to_string().contains(&url));
+        assert!(LegacyKeys::parse(r#"{"kty":"OKP","x":"AA=="}"#).is_err());
     }
 }
