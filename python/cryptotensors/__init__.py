@@ -257,22 +257,20 @@ def migrate(
             "migrate: name the old signer's public key (trusted_signers=), "
             "or pass verify_signature=False to skip the old header signature")
     trusted = _json.dumps(_legacy_key_list(trusted_signers)) if verify_signature else None
-    old = _core.LegacyFile(os.fspath(filename), _json.dumps(_legacy_key_list(legacy_keys)), trusted)
-    infos = old.tensors()
-    encrypted = None if encrypt_all else [name for name, _, _, enc in infos if enc]
-    opts = save_options([i[0] for i in infos], encrypt_for=encrypt_for, encrypted_tensors=encrypted,
+    old = _core.read_legacy(os.fspath(filename), _json.dumps(_legacy_key_list(legacy_keys)), trusted)
+    tensors = old["tensors"]
+    encrypted = None if encrypt_all else [t[0] for t in tensors if t[3]]
+    opts = save_options([t[0] for t in tensors], encrypt_for=encrypt_for, encrypted_tensors=encrypted,
                         algorithm=algorithm, segment_size=segment_size, sign_with=sign_with, num_threads=num_threads)
-    # One tensor decrypted (and authenticated) at a time; the writer then
-    # streams them to a temporary file that replaces `output`.
-    records = [(name, dtype, list(shape), old.read(name)) for name, dtype, shape, _ in infos]
-    _core.serialize(records, old.metadata() or None, os.fspath(output), **opts)
+    records = [(name, dtype, list(shape), data) for name, dtype, shape, _, data in tensors]
+    _core.serialize(records, old["metadata"] or None, os.fspath(output), **opts)
     return {
-        "version": old.version,
-        "algorithm": old.algorithm,
-        "tensors": len(infos),
-        "plain_tensors": [name for name, _, _, enc in infos if not enc],
-        "signature_verified": old.signature_verified,
-        "policy_dropped": old.has_policy,
+        "version": old["version"],
+        "algorithm": old["algorithm"],
+        "tensors": len(tensors),
+        "plain_tensors": [t[0] for t in tensors if not t[3]],
+        "signature_verified": old["signature_verified"],
+        "policy_dropped": old["has_policy"],
     }
 
 

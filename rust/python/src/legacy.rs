@@ -7,92 +7,57 @@ use std::sync::Arc;
 use cryptotensors::legacy::{LegacyKeys, LegacyReader, LegacyVerify};
 use cryptotensors::PreadFile;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::errors::IntoPy;
 use crate::guard::guard;
 
-/// An open, verified legacy file: `keys` are the old package's keys (JSON
-/// text), `trusted` its verifying keys, or `None` to skip the signature
-/// (the caller's explicit choice).
-#[pyclass(frozen, module = "cryptotensors._core")]
-pub struct LegacyFile {
-    reader: Arc<LegacyReader>,
-}
-
-#[pymethods]
-impl LegacyFile {
-    #[new]
-    #[pyo3(signature = (path, keys, trusted=None))]
-    fn new(py: Python<'_>, path: PathBuf, keys: &str, trusted: Option<&str>) -> PyResult<Self> {
-        guard("LegacyFile", || {
-            let keys = LegacyKeys::parse(keys).py_err()?;
-            let verify = match trusted {
-                Some(t) => LegacyVerify::Keys(LegacyKeys::parse(t).py_err()?),
-                None => LegacyVerify::Skip,
-            };
-            let reader = py
-                .allow_threads(|| -> cryptotensors::Result<_> {
-                    let source = Arc::new(PreadFile::new(File::open(&path)?)?);
-                    LegacyReader::open(source, &keys, &verify)
-                })
-                .py_err()?;
-            Ok(LegacyFile {
-                reader: Arc::new(reader),
+/// Opens and verifies a legacy file, then reads every tensor (each one's
+/// tags all verified before its bytes are returned). `keys`: the old
+/// package's keys (JSON text); `trusted`: its verifying keys, or `None` to
+/// skip the old signature (the caller's explicit choice). Returns
+/// `{version, algorithm, signature_verified, has_policy, metadata,
+/// tensors: [(name, dtype, shape, encrypted, bytes)]}` in file order.
+#[pyfunction]
+#[pyo3(signature = (path, keys, trusted=None))]
+pub fn read_legacy<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    keys: &str,
+    trusted: Option<&str>,
+) -> PyResult<Bound<'py, PyDict>> {
+    guard("read_legacy", || {
+        let keys = LegacyKeys::parse(keys).py_err()?;
+        let verify = match trusted {
+            Some(t) => LegacyVerify::Keys(LegacyKeys::parse(t).py_err()?),
+            None => LegacyVerify::Skip,
+        };
+        let reader = py
+            .allow_threads(|| -> cryptotensors::Result<_> {
+                let source = Arc::new(PreadFile::new(File::open(&path)?)?);
+                LegacyReader::open(source, &keys, &verify)
             })
-        })
-    }
-
-    /// `(name, dtype, shape, encrypted)` of each tensor, in file order.
-    fn tensors(&self) -> Vec<(String, &'static str, Vec<usize>, bool)> {
-        let r = &self.reader;
-        r.header()
-            .tensors()
-            .iter()
-            .map(|(n, i)| {
-                (
-                    n.clone(),
-                    i.dtype.name(),
-                    i.shape.clone(),
-                    r.is_encrypted(n),
-                )
-            })
-            .collect()
-    }
-
-    /// User metadata (the old format's four entries removed).
-    fn metadata(&self) -> std::collections::BTreeMap<String, String> {
-        self.reader.user_metadata()
-    }
-
-    #[getter]
-    fn version(&self) -> u8 {
-        self.reader.version()
-    }
-
-    #[getter]
-    fn algorithm(&self) -> &'static str {
-        self.reader.algorithm().name()
-    }
-
-    #[getter]
-    fn signature_verified(&self) -> bool {
-        self.reader.signature_verified()
-    }
-
-    #[getter]
-    fn has_policy(&self) -> bool {
-        self.reader.has_policy()
-    }
-
-    /// A tensor's bytes, every tag verified first.
-    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
-        guard("LegacyFile.read", || {
-            let len = self.reader.header().tensor(name).py_err()?.len();
-            let reader = self.reader.clone();
-            PyBytes::new_with(py, len, |buf| {
+            .py_err()?;
+        let out = PyDict::new(py);
+        out.set_item("version", reader.version())?;
+        out.set_item("algorithm", reader.algorithm().name())?;
+        out.set_item("signature_verified", reader.signature_verified())?;
+        out.set_item("has_policy", reader.has_policy())?;
+        out.set_item("metadata", reader.user_metadata())?;
+        let tensors = PyList::empty(py);
+        for (name, info) in reader.header().tensors() {
+            let data = PyBytes::new_with(py, info.len(), |buf| {
                 py.allow_threads(|| reader.read_into(name, buf)).py_err()
-            })
-        })
-    }
+            })?;
+            tensors.append((
+                name,
+                info.dtype.name(),
+                info.shape.clone(),
+                reader.is_encrypted(name),
+                data,
+            ))?;
+        }
+        out.set_item("tensors", tensors)?;
+        Ok(out)
+    })
 }

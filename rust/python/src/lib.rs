@@ -25,11 +25,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     errors::register(m)?;
     m.add_class::<handle::Handle>()?;
-    m.add_class::<legacy::LegacyFile>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(legacy::read_legacy, m)?)?;
     m.add_function(wrap_pyfunction!(keys::generate_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::public_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_id, m)?)?;
