@@ -359,3 +359,15 @@ def test_transformers_patch_refuses_legacy_files():
             safetensors_torch.load(path.read_bytes())
     finally:
         ct.unpatch()
+
+
+def test_cli_refuses_a_plain_file(tmp_path, recipient):
+    from cryptotensors.numpy import save_file
+
+    save_file({"a": np.zeros(3, np.float32)}, tmp_path / "plain.safetensors")
+    (tmp_path / "legacy.json").write_text(json.dumps(KEYS))
+    (tmp_path / "r.pub.jwk").write_text(json.dumps(ct.public_key(recipient)))
+    r = _cli("migrate", tmp_path / "plain.safetensors", "-o", tmp_path / "out.safetensors", "--no-verify",
+             "--from-keys", tmp_path / "legacy.json", "-r", tmp_path / "r.pub.jwk", cwd=tmp_path)
+    assert r.returncode == 2 and "not a cryptotensors 0.2.3 file" in r.stderr
+    assert not (tmp_path / "out.safetensors").exists()
