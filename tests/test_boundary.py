@@ -73,6 +73,9 @@ _CHILD = textwrap.dedent(
     with open("enc.safetensors", "wb") as f:
         f.write(enc)
     keys = json.dumps([key])
+    from pathlib import Path
+
+    LEGACY = Path(ct.__file__).resolve().parents[2] / "tests" / "vectors" / "legacy"
 
     def handle():
         return _core.Handle.from_bytes(enc, keys=keys)
@@ -99,6 +102,8 @@ _CHILD = textwrap.dedent(
         "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "add": json.dumps([ct.generate_key("oct")])}),
         "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
+        "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
+                                {"trusted": (LEGACY / "keys.public.json").read_text()}),
         "generate_key": lambda: (("oct",), {}),
         "public_key": lambda: ((json.dumps(ct.generate_key("X25519")),), {}),
         "key_id": lambda: ((json.dumps(key),), {}),

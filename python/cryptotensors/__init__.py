@@ -12,6 +12,7 @@ from ._core import (
     IntegrityError,
     InternalError,
     KeyNotFoundError,
+    LegacyFormatError,
     PolicyDeniedError,
     SafetensorError,
     SignatureError,
@@ -201,6 +202,78 @@ def _rotate(core, operation: str, filename, output, keys, policy_input, kwargs: 
         core(src, dst, data_keys=provided, **kwargs)
 
 
+def _legacy_key_list(keys) -> list:
+    """The old package's keys, in any of the forms its users keep them (a
+    JWK, a list of JWKs, {"keys": [...]}, as objects or JSON text), as one list."""
+    if isinstance(keys, (str, bytes)):
+        try:
+            keys = _json.loads(keys)
+        except ValueError:
+            raise KeyConfigError("legacy keys are not JSON") from None
+    if isinstance(keys, dict):
+        keys = keys["keys"] if "keys" in keys else [keys]
+    if not isinstance(keys, (list, tuple)):
+        raise KeyConfigError("legacy keys: expected a JWK, a list of JWKs or {\"keys\": [...]}")
+    return list(keys)
+
+
+def migrate(
+    filename,
+    output,
+    *,
+    legacy_keys,
+    encrypt_for,
+    trusted_signers=None,
+    verify_signature: bool = True,
+    sign_with=None,
+    algorithm=None,
+    segment_size=None,
+    encrypt_all: bool = False,
+    num_threads=None,
+) -> dict:
+    """Converts a file of cryptotensors 0.2.3 (the paper's reference
+    implementation) into this format, atomically.
+
+    `legacy_keys` are the old package's keys (its master key, selected by
+    the file's kid; never fetched from the file's jku); `trusted_signers`
+    the old signer's public key, which its header signature must verify
+    under. With no trusted signer the call is refused, unless
+    `verify_signature=False` says the old signature is not to be checked.
+    Every tag of every encrypted tensor is verified before it is written.
+    The output is encrypted for `encrypt_for` (and signed with `sign_with`):
+    the tensors the old file encrypted, or all with `encrypt_all=True`.
+
+    Returns what the old file did not protect: {"version", "algorithm",
+    "tensors", "plain_tensors" (stored in the clear and authenticated by
+    nothing in the old format: carried as they were read),
+    "signature_verified", "policy_dropped" (its __policy__ is not carried:
+    set one with rewrap)}."""
+    import os
+
+    from ._serialize import save_options
+
+    if trusted_signers is None and verify_signature:
+        raise SafetensorError(
+            "migrate: name the old signer's public key (trusted_signers=), "
+            "or pass verify_signature=False to skip the old header signature")
+    trusted = _json.dumps(_legacy_key_list(trusted_signers)) if verify_signature else None
+    old = _core.read_legacy(os.fspath(filename), _json.dumps(_legacy_key_list(legacy_keys)), trusted)
+    tensors = old["tensors"]
+    encrypted = None if encrypt_all else [t[0] for t in tensors if t[3]]
+    opts = save_options([t[0] for t in tensors], encrypt_for=encrypt_for, encrypted_tensors=encrypted,
+                        algorithm=algorithm, segment_size=segment_size, sign_with=sign_with, num_threads=num_threads)
+    records = [(name, dtype, list(shape), data) for name, dtype, shape, _, data in tensors]
+    _core.serialize(records, old["metadata"] or None, os.fspath(output), **opts)
+    return {
+        "version": old["version"],
+        "algorithm": old["algorithm"],
+        "tensors": len(tensors),
+        "plain_tensors": [t[0] for t in tensors if not t[3]],
+        "signature_verified": old["signature_verified"],
+        "policy_dropped": old["has_policy"],
+    }
+
+
 def public_key(jwk) -> dict:
     """The public JWK of an X25519, Ed25519 or P-256 private JWK."""
     return _json.loads(_core.public_key(jwk if isinstance(jwk, str) else _json.dumps(jwk)))
@@ -208,7 +281,7 @@ def public_key(jwk) -> dict:
 
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
-    "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
-    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__",
+    "SafetensorError", "KeyNotFoundError", "LegacyFormatError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
+    "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "migrate", "register_key_provider", "__version__",
     "patch", "unpatch", "_safe_open_handle",
 ]

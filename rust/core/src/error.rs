@@ -75,6 +75,9 @@ pub enum Error {
     EncryptionRequired,
     /// The file's access policy denied the load.
     PolicyDenied(String),
+    /// A file of cryptotensors 0.2.3 (its metadata has `__encryption__` or
+    /// `__crypto_keys__`): not a plain file, and not read by the loaders.
+    LegacyFormat,
 }
 
 impl fmt::Display for Error {
@@ -142,6 +145,10 @@ impl fmt::Display for Error {
                 "File is not encrypted, but the loader requires encryption (require_encryption=True)"
             ),
             PolicyDenied(why) => write!(f, "Access policy denied the load: {why}"),
+            LegacyFormat => write!(
+                f,
+                "This is a file of cryptotensors 0.2.3 (the paper's reference implementation), not a plain safetensors file: its tensors may be ciphertext. Convert it with `cryptotensors migrate`"
+            ),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
 //! nonces, key schedule), [`keys`] (JWK and recipients), [`sign`] (JWS),
 //! [`reader`] and [`writer`], [`rewrap`] for key rotation, [`rekey`] for
-//! re-encryption under a new data key, and [`slice`] for partial reads.
+//! re-encryption under a new data key, and [`slice`] for partial reads; [`legacy`] reads
+//! files of cryptotensors 0.2.3 to migrate them.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@ pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod keys;
+pub mod legacy;
 mod platform;
 pub mod policy;
 pub mod reader;

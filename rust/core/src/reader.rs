@@ -164,6 +164,11 @@ impl Reader {
         opts.check()?;
         let (json, data_start) = read_header_bytes(source.as_ref())?;
         let header = Header::parse(&json)?;
+        // Before anything the header says is believed: a legacy file looks
+        // plain, and its ciphertext would load as weights.
+        if crate::legacy::is_legacy(&header) {
+            return Err(Error::LegacyFormat);
+        }
         let key = (opts.cache && opts.data_keys.is_empty()).then(|| cache_key(&json, opts));
         let hit = key.and_then(|k| {
             cache()

@@ -38,6 +38,12 @@ create_exception!(
 );
 create_exception!(
     cryptotensors,
+    LegacyFormatError,
+    SafetensorError,
+    "A file of cryptotensors 0.2.3: convert it with `cryptotensors migrate`."
+);
+create_exception!(
+    cryptotensors,
     InternalError,
     SafetensorError,
     "A bug in cryptotensors stopped the call (a Rust panic, caught at the boundary)."
@@ -50,6 +56,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("IntegrityError", py.get_type::<IntegrityError>())?;
     m.add("SignatureError", py.get_type::<SignatureError>())?;
     m.add("PolicyDeniedError", py.get_type::<PolicyDeniedError>())?;
+    m.add("LegacyFormatError", py.get_type::<LegacyFormatError>())?;
     m.add("InternalError", py.get_type::<InternalError>())?;
     Ok(())
 }
@@ -68,6 +75,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Integrity | Error::EncryptionRequired => IntegrityError::new_err(msg),
         Error::Signature(_) => SignatureError::new_err(msg),
         Error::PolicyDenied(_) => PolicyDeniedError::new_err(msg),
+        Error::LegacyFormat => LegacyFormatError::new_err(msg),
         _ => SafetensorError::new_err(msg),
     }
 }

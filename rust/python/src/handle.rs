@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::buffer::WriteBuffer;
+use crate::errors::LegacyFormatError;
 use crate::errors::{to_py, IntoPy, SafetensorError};
 use crate::guard::guard;
 use crate::threads::Threads;
@@ -165,7 +166,15 @@ impl Handle {
                     Ok(Arc::new(PreadFile::new(File::open(&path)?)?))
                 })
                 .py_err()?;
-            Handle::open_source(py, source, opts, threads)
+            // A legacy file is refused naming the file, so that a user
+            // loading a model directory learns which one to migrate.
+            Handle::open_source(py, source, opts, threads).map_err(|e| {
+                if e.is_instance_of::<LegacyFormatError>(py) {
+                    LegacyFormatError::new_err(format!("{}: {}", path.display(), e.value(py)))
+                } else {
+                    e
+                }
+            })
         })
     }
 

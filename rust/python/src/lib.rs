@@ -16,6 +16,7 @@ mod guard;
 mod handle;
 mod inspect;
 mod keys;
+mod legacy;
 mod threads;
 mod write;
 
@@ -28,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(legacy::read_legacy, m)?)?;
     m.add_function(wrap_pyfunction!(keys::generate_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::public_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_id, m)?)?;
