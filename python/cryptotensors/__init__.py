@@ -9,12 +9,16 @@ import json as _json
 
 from . import _core, _keys, _providers
 from ._core import (
+    EncryptionRequiredError,
     IntegrityError,
     InternalError,
+    InvalidKeyError,
     KeyNotFoundError,
     PolicyDeniedError,
     SafetensorError,
+    SafetensorOSError,
     SignatureError,
+    UnsupportedError,
 )
 from ._keys import KeyConfigError
 from ._open import PySafeSlice, safe_open
@@ -209,6 +213,7 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
+    "EncryptionRequiredError", "UnsupportedError", "InvalidKeyError", "SafetensorOSError",
     "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__",
     "patch", "unpatch", "_safe_open_handle",
 ]
