@@ -77,8 +77,7 @@ create_exception!(
 /// a `SafetensorError` (as cryptotensors always raised them). Defined in
 /// Python: a class with two exception bases cannot come from
 /// `create_exception!`.
-static SAFETENSOR_OS_ERROR: pyo3::sync::GILOnceCell<Py<PyType>> =
-    pyo3::sync::GILOnceCell::new();
+static SAFETENSOR_OS_ERROR: pyo3::sync::GILOnceCell<Py<PyType>> = pyo3::sync::GILOnceCell::new();
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
