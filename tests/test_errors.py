@@ -94,3 +94,10 @@ def test_unusable_loader_key_is_invalid_key_error():
 def test_cli_exit_code_is_chosen_by_class(exc, code, message):
     assert cli._classify(exc) == (code, message)
 
+
+
+def test_refused_argument_is_invalid_argument_error():
+    path = os.path.join(VECTORS, "plain.safetensors")
+    with pytest.raises(ct.InvalidArgumentError, match="^Invalid argument: unknown backend") as info:
+        ct._core.Handle.open(path, "bogus")
+    assert type(info.value) is ct.InvalidArgumentError

@@ -12,6 +12,7 @@ from ._core import (
     EncryptionRequiredError,
     IntegrityError,
     InternalError,
+    InvalidArgumentError,
     InvalidKeyError,
     KeyNotFoundError,
     PolicyDeniedError,
@@ -213,7 +214,7 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
-    "EncryptionRequiredError", "UnsupportedError", "InvalidKeyError", "SafetensorOSError",
+    "EncryptionRequiredError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "SafetensorOSError",
     "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "register_key_provider", "__version__",
     "patch", "unpatch", "_safe_open_handle",
 ]

@@ -58,6 +58,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence,
 
 from . import (
     IntegrityError,
+    InvalidArgumentError,
     InvalidKeyError,
     KeyConfigError,
     KeyNotFoundError,
@@ -119,8 +120,9 @@ _ERROR_CODES = (
     (OSError, EXIT_OS),
     (SafetensorError, EXIT_FAILURE),
 )
-# Refused arguments come as "Invalid argument: ..." and bad Rego with a
-# located, multi-line parser report.
+# The text InvalidArgumentError's message starts with (dropped where the
+# CLI names the argument itself), and the located, multi-line parser report
+# of bad Rego.
 _CORE_ARGUMENT_ERROR = "Invalid argument: "
 _REGO_LOCATION = re.compile(r"^\s*--> [^:\n]*:(\d+):(\d+)\s*$", re.M)
 _REGO_ERROR = re.compile(r"^error: (.+)$", re.M)
@@ -952,8 +954,8 @@ def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan:
         raise _no_key(job) from None
     except (SafetensorError, OSError) as exc:
         code, message = _classify(exc)
-        if message.startswith(_CORE_ARGUMENT_ERROR):  # what the plan did not foresee: still the arguments
-            code, message = EXIT_USAGE, message[len(_CORE_ARGUMENT_ERROR):]
+        if isinstance(exc, InvalidArgumentError):  # what the plan did not foresee: still the arguments
+            code, message = EXIT_USAGE, message.removeprefix(_CORE_ARGUMENT_ERROR)
         raise CliError(code, f"{job.display}: {message}") from None
 
 

@@ -33,6 +33,12 @@ create_exception!(
 );
 create_exception!(
     cryptotensors,
+    InvalidArgumentError,
+    SafetensorError,
+    "An argument of the call is invalid (not the file: a bad index, buffer size, option or policy text)."
+);
+create_exception!(
+    cryptotensors,
     KeyNotFoundError,
     SafetensorError,
     "No key given can open the file."
@@ -84,6 +90,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SafetensorError", py.get_type::<SafetensorError>())?;
     m.add("UnsupportedError", py.get_type::<UnsupportedError>())?;
     m.add("InvalidKeyError", py.get_type::<InvalidKeyError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
     m.add("KeyNotFoundError", py.get_type::<KeyNotFoundError>())?;
     m.add("IntegrityError", py.get_type::<IntegrityError>())?;
     m.add(
@@ -127,6 +137,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Io(io) => os_error(io),
         Error::Unsupported(_) => UnsupportedError::new_err(msg),
         Error::InvalidKey(_) => InvalidKeyError::new_err(msg),
+        Error::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
         Error::KeyNotFound { .. } => KeyNotFoundError::new_err(msg),
         Error::Integrity => IntegrityError::new_err(msg),
         Error::EncryptionRequired => EncryptionRequiredError::new_err(msg),
