@@ -635,7 +635,7 @@ def test_disk_full_leaves_nothing_behind(run, model, keys, tmp_path):
 
 
 def test_classify_disk_full():
-    code, message = cli._classify(cryptotensors.SafetensorError("I/O error: No space left on device (os error 28)"))
+    code, message = cli._classify(cryptotensors.SafetensorOSError(28, "No space left on device"))
     assert (code, message) == (cli.EXIT_OS, "disk full (No space left on device)")
     assert cli._classify(OSError(28, "No space left on device"))[0] == cli.EXIT_OS
 

@@ -9,13 +9,18 @@ import json as _json
 
 from . import _core, _keys, _providers
 from ._core import (
+    EncryptionRequiredError,
     IntegrityError,
     InternalError,
+    InvalidArgumentError,
+    InvalidKeyError,
     KeyNotFoundError,
     LegacyFormatError,
     PolicyDeniedError,
     SafetensorError,
+    SafetensorOSError,
     SignatureError,
+    UnsupportedError,
 )
 from ._keys import KeyConfigError
 from ._open import PySafeSlice, safe_open
@@ -282,6 +287,7 @@ def public_key(jwk) -> dict:
 __all__ = [
     "safe_open", "serialize", "serialize_file", "deserialize", "TensorSpec", "PySafeSlice",
     "SafetensorError", "KeyNotFoundError", "LegacyFormatError", "IntegrityError", "SignatureError", "PolicyDeniedError", "InternalError",
+    "EncryptionRequiredError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "SafetensorOSError",
     "KeyConfigError", "generate_key", "public_key", "inspect", "rewrap", "rekey", "migrate", "register_key_provider", "__version__",
     "patch", "unpatch", "_safe_open_handle",
 ]

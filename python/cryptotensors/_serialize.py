@@ -177,6 +177,8 @@ def serialize_file(
     opts = save_options([r[0] for r in records], **options)
     try:
         _core.serialize(records, metadata, os.fspath(filename), **opts)
+    except SafetensorError:  # SafetensorOSError (disk full, ...): already both, and keeps its errno
+        raise
     except OSError as e:  # e.g. a missing directory: a SafetensorError, as in safetensors
         raise SafetensorError(f"Error while serializing: {e}") from e
 

@@ -58,6 +58,8 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence,
 
 from . import (
     IntegrityError,
+    InvalidArgumentError,
+    InvalidKeyError,
     KeyConfigError,
     KeyNotFoundError,
     PolicyDeniedError,
@@ -106,11 +108,13 @@ EXIT_CODES = {
     EXIT_UNSAFE_PATH: "refused input: a link leads out of the input directory, or an entry is not a regular file",
 }
 
-# Library and OS errors to exit codes, most specific first (all library
-# errors derive from SafetensorError).
+# Library and OS errors to exit codes, by class, most specific first (all
+# library errors derive from SafetensorError; the core's I/O errors are
+# OSErrors with their errno, EncryptionRequiredError is an IntegrityError).
 _ERROR_CODES = (
     (KeyNotFoundError, EXIT_KEY),
     (KeyConfigError, EXIT_KEY),
+    (InvalidKeyError, EXIT_KEY),
     (IntegrityError, EXIT_INTEGRITY),
     (SignatureError, EXIT_SIGNATURE),
     (PolicyDeniedError, EXIT_POLICY),
@@ -118,11 +122,9 @@ _ERROR_CODES = (
     (OSError, EXIT_OS),
     (SafetensorError, EXIT_FAILURE),
 )
-# The core reports its I/O errors as SafetensorError("I/O error: ... (os error N)"),
-# unusable keys as SafetensorError("Invalid key: ..."), refused arguments as
-# "Invalid argument: ..." and bad Rego with a located, multi-line parser report.
-_CORE_OS_ERROR = re.compile(r"^I/O error: .*\(os error (\d+)\)$")
-_CORE_KEY_ERROR = "Invalid key"
+# The text InvalidArgumentError's message starts with (dropped where the
+# CLI names the argument itself), and the located, multi-line parser report
+# of bad Rego.
 _CORE_ARGUMENT_ERROR = "Invalid argument: "
 _REGO_LOCATION = re.compile(r"^\s*--> [^:\n]*:(\d+):(\d+)\s*$", re.M)
 _REGO_ERROR = re.compile(r"^error: (.+)$", re.M)
@@ -157,13 +159,6 @@ def _classify(exc: BaseException) -> Tuple[int, str]:
     number = getattr(exc, "errno", None)
     if isinstance(exc, OSError) and exc.strerror:
         message = exc.strerror
-    core_os = _CORE_OS_ERROR.match(message)
-    if core_os:
-        number = int(core_os.group(1))
-        message = os.strerror(number)
-        code = EXIT_NOT_FOUND if number == errno.ENOENT else EXIT_OS
-    elif code == EXIT_FAILURE and message.startswith(_CORE_KEY_ERROR):
-        code = EXIT_KEY
     if number in (errno.ENOSPC, errno.EDQUOT):
         message = f"disk full ({os.strerror(number)})"
     return code, message
@@ -1015,8 +1010,8 @@ def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan:
         raise _no_key(job) from None
     except (SafetensorError, OSError) as exc:
         code, message = _classify(exc)
-        if message.startswith(_CORE_ARGUMENT_ERROR):  # what the plan did not foresee: still the arguments
-            code, message = EXIT_USAGE, message[len(_CORE_ARGUMENT_ERROR):]
+        if isinstance(exc, InvalidArgumentError):  # what the plan did not foresee: still the arguments
+            code, message = EXIT_USAGE, message.removeprefix(_CORE_ARGUMENT_ERROR)
         raise CliError(code, f"{job.display}: {message}") from None
 
 

@@ -160,3 +160,98 @@ impl From<std::io::Error> for Error {
         Error::Io(e)
     }
 }
+
+/// The variants no other module's tests produce, each asserted exactly
+/// (the rest are asserted where they arise: header, dtype, slice, keys,
+/// sign, policy, reader, and the vectors in `tests/vectors.rs`).
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use crate::reader::{LoadOptions, Reader};
+    use crate::slice::{Index, SliceRuns};
+    use crate::writer::{self, TensorData, WriteOptions};
+    use crate::Dtype;
+    use std::sync::Arc;
+
+    fn plain_file() -> Vec<u8> {
+        let data = [0u8; 16];
+        let tensor = TensorData {
+            name: "w",
+            dtype: Dtype::F32,
+            shape: &[2, 2],
+            data: &data,
+        };
+        writer::serialize(&[tensor], &WriteOptions::default()).unwrap()
+    }
+
+    fn open(bytes: Vec<u8>, opts: &LoadOptions) -> crate::Result<Reader> {
+        Reader::open(Arc::new(bytes), opts)
+    }
+
+    #[test]
+    fn unknown_tensor_is_tensor_not_found() {
+        let reader = open(plain_file(), &LoadOptions::default()).unwrap();
+        let mut out = [0u8; 16];
+        let e = reader.read_into("absent", &mut out).unwrap_err();
+        assert!(
+            matches!(&e, Error::TensorNotFound(n) if n == "absent"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_metadata_incomplete_buffer() {
+        let mut bytes = plain_file();
+        bytes.push(0);
+        let e = open(bytes, &LoadOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::MetadataIncompleteBuffer), "{e:?}");
+    }
+
+    #[test]
+    fn out_of_range_reads_and_indexes_are_invalid_slice() {
+        let reader = open(plain_file(), &LoadOptions::default()).unwrap();
+        let mut out = [0u8; 8];
+        let e = reader.read_range_into("w", 12, &mut out).unwrap_err();
+        assert!(matches!(e, Error::InvalidSlice(_)), "{e:?}");
+        let e =
+            SliceRuns::new(Dtype::F32, &[2, 2], &[Index::Ellipsis, Index::Ellipsis]).unwrap_err();
+        assert!(matches!(e, Error::InvalidSlice(_)), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_output_length_is_invalid_argument() {
+        let reader = open(plain_file(), &LoadOptions::default()).unwrap();
+        let mut out = [0u8; 15];
+        let e = reader.read_into("w", &mut out).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    }
+
+    #[test]
+    fn plain_file_under_require_encryption_is_encryption_required() {
+        let opts = LoadOptions {
+            require_encryption: true,
+            ..LoadOptions::default()
+        };
+        let e = open(plain_file(), &opts).unwrap_err();
+        assert!(matches!(e, Error::EncryptionRequired), "{e:?}");
+    }
+
+    #[test]
+    fn missing_directory_is_io_with_its_kind() {
+        let dir = std::env::temp_dir().join(format!("cryptotensors-error-{}", std::process::id()));
+        let data = [0u8; 4];
+        let tensor = TensorData {
+            name: "w",
+            dtype: Dtype::F32,
+            shape: &[1],
+            data: &data,
+        };
+        let e =
+            writer::serialize_to_file(&[tensor], &WriteOptions::default(), &dir.join("absent/x"))
+                .unwrap_err();
+        assert!(
+            matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+    }
+}
