@@ -713,7 +713,11 @@ reason := "this model's license expired on 2030-01-01" if not allow
             r.contains("deadline") || r.contains("could not be evaluated"),
             "{r}"
         );
-        assert!(t.elapsed() < DEADLINE + Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < DEADLINE + Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
