@@ -104,6 +104,8 @@ _CHILD = textwrap.dedent(
         "inspect": lambda: (("enc.safetensors",), {}),
         "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
                                 {"trusted": (LEGACY / "keys.public.json").read_text()}),
+        "migrate": lambda: ((LEGACY / "v2_partial.safetensors", "migrated.safetensors", (LEGACY / "keys.json").read_text()),
+                            {"trusted": (LEGACY / "keys.public.json").read_text(), "recipients": keys, "threads": 1}),
         "generate_key": lambda: (("oct",), {}),
         "public_key": lambda: ((json.dumps(ct.generate_key("X25519")),), {}),
         "key_id": lambda: ((json.dumps(key),), {}),

@@ -371,3 +371,78 @@ def test_cli_refuses_a_plain_file(tmp_path, recipient):
              "--from-keys", tmp_path / "legacy.json", "-r", tmp_path / "r.pub.jwk", cwd=tmp_path)
     assert r.returncode == 2 and "not a cryptotensors 0.2.3 file" in r.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+# A large legacy file, written here from the format's facts (version 2,
+# AES-256-GCM, 2 MiB chunks, signed with the vectors' signer), to show that
+# migrate streams: the 0.2.3 package is not needed at test time.
+_STREAM_CHILD = """
+import json, sys
+import cryptotensors as ct
+
+def peak_kib():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+
+src, dst, keys, pub, recipient = sys.argv[1:6]
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current resident size
+before = peak_kib()
+ct.migrate(src, dst, legacy_keys=json.loads(keys), trusted_signers=json.loads(pub),
+           encrypt_for=json.loads(recipient), num_threads=2)
+print((peak_kib() - before) // 1024)
+"""
+
+
+def _legacy_v2_file(path, tensors, chunk=2 << 20):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731 (standard, padded: the old package's)
+    master = next(k for k in KEYS["keys"] if k["kid"] == "master-aes256gcm")
+    signer = next(k for k in KEYS["keys"] if k["kid"] == "signer-1")
+    kek = AESGCM(base64.b64decode(master["k"]))
+    entries, enc, data, offset = {}, {}, [], 0
+    for name, arr in tensors.items():
+        raw = arr.tobytes()
+        key, key_iv, base_iv = os.urandom(32), os.urandom(12), os.urandom(12)
+        wrapped = kek.encrypt(key_iv, key, None)
+        aead, tags, out = AESGCM(key), [], []
+        for i, at in enumerate(range(0, max(len(raw), 1), chunk)):
+            nonce = base_iv[:8] + (int.from_bytes(base_iv[8:], "big") + i).to_bytes(4, "big")
+            sealed = aead.encrypt(nonce, raw[at : at + chunk], None)
+            out.append(sealed[:-16])
+            tags.append(sealed[-16:])
+        enc[name] = {"wrapped_key": b64(wrapped[:-16]), "key_iv": b64(key_iv), "key_tag": b64(wrapped[-16:]),
+                     "base_iv": b64(base_iv), "tags": b64(b"".join(tags))}
+        body = b"".join(out)
+        entries[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(body)]}
+        data.append(body)
+        offset += len(body)
+    compact = lambda v: json.dumps(v, separators=(",", ":"), sort_keys=True, ensure_ascii=False)  # noqa: E731
+    meta = {
+        "__crypto_keys__": compact({"version": "2", "chunk_size": chunk,
+                                    "enc": {"kty": "oct", "alg": "aes256gcm", "kid": "master-aes256gcm"},
+                                    "sign": {"kty": "okp", "alg": "ed25519", "kid": "signer-1"}}),
+        "__encryption__": compact(enc),
+        "__policy__": compact({"local": "package model\nallow = true", "remote": "package model\nallow = true"}),
+    }
+    signed = {"__metadata__": dict(sorted(meta.items())), **entries}
+    message = json.dumps(signed, separators=(",", ":"), ensure_ascii=False).encode()
+    meta["__signature__"] = b64(Ed25519PrivateKey.from_private_bytes(base64.b64decode(signer["d"])).sign(message))
+    _write(path, {"__metadata__": meta, **entries}, b"".join(data))
+
+
+def test_migrate_streams_one_tensor_at_a_time(tmp_path, recipient):
+    rng = np.random.default_rng(0)
+    tensors = {f"layer{i}.weight": rng.standard_normal(8 << 20, dtype=np.float32) for i in range(8)}  # 8 x 32 MiB
+    src, dst = tmp_path / "big.safetensors", tmp_path / "big.migrated.safetensors"
+    _legacy_v2_file(src, tensors)
+    grew = int(subprocess.run(
+        [sys.executable, "-c", _STREAM_CHILD, str(src), str(dst), json.dumps(KEYS), json.dumps(PUB),
+         json.dumps(ct.public_key(recipient))],
+        check=True, capture_output=True, text=True).stdout)
+    # 256 MiB of weights: a migration holding the model would grow by more.
+    assert grew < 160, f"peak memory grew by {grew} MiB migrating 256 MiB"
+    back = load_file(dst, keys=recipient)
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(back[name], arr)

@@ -245,6 +245,8 @@ def migrate(
     under. With no trusted signer the call is refused, unless
     `verify_signature=False` says the old signature is not to be checked.
     Every tag of every encrypted tensor is verified before it is written.
+    It streams: each tensor is decrypted when the writer first needs it and
+    dropped once written, so memory holds a few tensors, not the model.
     The output is encrypted for `encrypt_for` (and signed with `sign_with`):
     the tensors the old file encrypted, or all with `encrypt_all=True`.
 
@@ -262,20 +264,18 @@ def migrate(
             "migrate: name the old signer's public key (trusted_signers=), "
             "or pass verify_signature=False to skip the old header signature")
     trusted = _json.dumps(_legacy_key_list(trusted_signers)) if verify_signature else None
-    old = _core.read_legacy(os.fspath(filename), _json.dumps(_legacy_key_list(legacy_keys)), trusted)
-    tensors = old["tensors"]
-    encrypted = None if encrypt_all else [t[0] for t in tensors if t[3]]
-    opts = save_options([t[0] for t in tensors], encrypt_for=encrypt_for, encrypted_tensors=encrypted,
-                        algorithm=algorithm, segment_size=segment_size, sign_with=sign_with, num_threads=num_threads)
-    records = [(name, dtype, list(shape), data) for name, dtype, shape, _, data in tensors]
-    _core.serialize(records, old["metadata"] or None, os.fspath(output), **opts)
+    # The names only matter for encrypted_tensors=, which migrate does not take.
+    opts = save_options((), encrypt_for=encrypt_for, algorithm=algorithm, segment_size=segment_size,
+                        sign_with=sign_with, num_threads=num_threads)
+    report = _core.migrate(os.fspath(filename), os.fspath(output), _json.dumps(_legacy_key_list(legacy_keys)), trusted,
+                           encrypt_all=encrypt_all, **opts)
     return {
-        "version": old["version"],
-        "algorithm": old["algorithm"],
-        "tensors": len(tensors),
-        "plain_tensors": [t[0] for t in tensors if not t[3]],
-        "signature_verified": old["signature_verified"],
-        "policy_dropped": old["has_policy"],
+        "version": report["version"],
+        "algorithm": report["algorithm"],
+        "tensors": report["tensors"],
+        "plain_tensors": report["plain_tensors"],
+        "signature_verified": report["signature_verified"],
+        "policy_dropped": report["has_policy"],
     }
 
 

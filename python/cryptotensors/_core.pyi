@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "serialize", "rewrap", "rekey", "read_legacy", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -118,6 +118,22 @@ def rekey(
 ) -> None: ...
 def read_legacy(path: _Path, keys: str, trusted: Optional[str] = None) -> dict[str, Any]:
     """Reads a cryptotensors 0.2.3 file: keys and trusted verifying keys as JSON text; every tag checked."""
+    ...
+def migrate(
+    src: _Path,
+    dst: _Path,
+    keys: str,
+    trusted: Optional[str] = None,
+    *,
+    encrypt_all: bool = False,
+    recipients: Optional[str] = None,
+    algorithm: Optional[str] = None,
+    segment_size: int = 0,
+    sign_with: Optional[str] = None,
+    threads: int = ...,
+    external: Optional[tuple[bytes, str]] = None,
+) -> dict[str, Any]:
+    """Writes a cryptotensors 0.2.3 file in this format, one tensor in memory at a time."""
     ...
 def inspect(path: _Path) -> dict[str, Any]: ...
 def generate_key(kind: str) -> str: ...

@@ -743,6 +743,87 @@ impl LegacyReader {
     }
 }
 
+/// Decrypted legacy tensors kept while the writer asks for their segments:
+/// the writer seals a few batches of segments at once, which may span
+/// several small tensors, so a few are kept, and at most one beyond
+/// [`MIGRATE_CACHE_BYTES`].
+const MIGRATE_CACHE_BYTES: usize = 64 << 20;
+const MIGRATE_CACHE_TENSORS: usize = 64;
+
+/// Writes the tensors of an opened legacy file into a new file of this
+/// format at `dst`, with `opts` (its metadata, recipients, signer), through
+/// the writer's streaming path: each tensor is decrypted and authenticated
+/// whole, when the writer first asks for one of its segments, and dropped
+/// once the writer has moved on, so memory holds a few tensors, never the
+/// whole model. Atomic, as every write.
+pub fn migrate_to_file(
+    reader: &LegacyReader,
+    opts: &crate::writer::WriteOptions,
+    dst: &std::path::Path,
+) -> Result<()> {
+    use crate::writer::{self, Input, Plain};
+    use std::sync::Mutex;
+
+    if opts.encrypt.is_none() && opts.sign_with.is_none() {
+        return Err(Error::InvalidArgument(
+            "a migrated file is encrypted or signed: give recipients or a signing key".into(),
+        ));
+    }
+    type Plaintext = Arc<Zeroizing<Vec<u8>>>;
+    let cache: Mutex<Vec<(usize, Plaintext)>> = Mutex::new(Vec::new());
+    let tensors = reader.header().tensors();
+    let tensor = |i: usize| -> Result<Plaintext> {
+        let mut kept = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, t)) = kept.iter().find(|(j, _)| *j == i) {
+            return Ok(t.clone());
+        }
+        let (name, info) = &tensors[i];
+        let mut buf = Zeroizing::new(vec![0u8; info.len()]);
+        reader.read_into(name, &mut buf)?;
+        let t = Arc::new(buf);
+        kept.push((i, t.clone()));
+        while kept.len() > MIGRATE_CACHE_TENSORS
+            || (kept.len() > 1
+                && kept.iter().map(|(_, t)| t.len()).sum::<usize>() > MIGRATE_CACHE_BYTES)
+        {
+            kept.remove(0);
+        }
+        Ok(t)
+    };
+    // An empty tensor's one tag is checked here: the writer asks for no byte of it.
+    for (name, info) in tensors {
+        if info.is_empty() {
+            reader.read_into(name, &mut [])?;
+        }
+    }
+    let tensor = &tensor;
+    let fills: Vec<_> = (0..tensors.len())
+        .map(|i| {
+            move |offset: usize, buf: &mut [u8]| -> Result<()> {
+                let t = tensor(i)?;
+                let src = offset
+                    .checked_add(buf.len())
+                    .and_then(|end| t.get(offset..end))
+                    .ok_or(Error::ValidationOverflow)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        })
+        .collect();
+    let inputs = tensors
+        .iter()
+        .zip(&fills)
+        .map(|((name, info), fill)| Input {
+            name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            len: info.len(),
+            plain: Plain::Fill(fill),
+        })
+        .collect();
+    writer::serialize_inputs_to_file(inputs, opts, dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

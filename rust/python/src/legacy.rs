@@ -4,13 +4,17 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cryptotensors::legacy::{LegacyKeys, LegacyReader, LegacyVerify};
+use std::collections::{BTreeMap, BTreeSet};
+
+use cryptotensors::legacy::{self, LegacyKeys, LegacyReader, LegacyVerify};
 use cryptotensors::PreadFile;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::errors::IntoPy;
 use crate::guard::guard;
+use crate::threads::Threads;
+use crate::write::write_options;
 
 /// Opens and verifies a legacy file, then reads every tensor (each one's
 /// tags all verified before its bytes are returned). `keys`: the old
@@ -27,17 +31,7 @@ pub fn read_legacy<'py>(
     trusted: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("read_legacy", || {
-        let keys = LegacyKeys::parse(keys).py_err()?;
-        let verify = match trusted {
-            Some(t) => LegacyVerify::Keys(LegacyKeys::parse(t).py_err()?),
-            None => LegacyVerify::Skip,
-        };
-        let reader = py
-            .allow_threads(|| -> cryptotensors::Result<_> {
-                let source = Arc::new(PreadFile::new(File::open(&path)?)?);
-                LegacyReader::open(source, &keys, &verify)
-            })
-            .py_err()?;
+        let reader = open_legacy(py, &path, keys, trusted)?;
         let out = PyDict::new(py);
         out.set_item("version", reader.version())?;
         out.set_item("algorithm", reader.algorithm().name())?;
@@ -58,6 +52,76 @@ pub fn read_legacy<'py>(
             ))?;
         }
         out.set_item("tensors", tensors)?;
+        Ok(out)
+    })
+}
+
+fn open_legacy(
+    py: Python<'_>,
+    path: &PathBuf,
+    keys: &str,
+    trusted: Option<&str>,
+) -> PyResult<LegacyReader> {
+    let keys = LegacyKeys::parse(keys).py_err()?;
+    let verify = match trusted {
+        Some(t) => LegacyVerify::Keys(LegacyKeys::parse(t).py_err()?),
+        None => LegacyVerify::Skip,
+    };
+    py.allow_threads(|| -> cryptotensors::Result<_> {
+        let source = Arc::new(PreadFile::new(File::open(path)?)?);
+        LegacyReader::open(source, &keys, &verify)
+    })
+    .py_err()
+}
+
+/// Migrates a legacy file into `dst`, streaming (see
+/// `cryptotensors::legacy::migrate_to_file`): opened and verified as by
+/// `read_legacy`, written with `serialize`'s options; the encrypted tensors
+/// are those the old file encrypted, or all with `encrypt_all`. Returns
+/// `{version, algorithm, signature_verified, has_policy, tensors,
+/// plain_tensors}`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, keys, trusted=None, *, encrypt_all=false, recipients=None, algorithm=None, segment_size=0, sign_with=None, threads=Threads::default(), external=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn migrate<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    keys: &str,
+    trusted: Option<&str>,
+    encrypt_all: bool,
+    recipients: Option<&str>,
+    algorithm: Option<&str>,
+    segment_size: usize,
+    sign_with: Option<&str>,
+    threads: Threads,
+    external: Option<(Vec<u8>, String)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    guard("migrate", || {
+        let reader = open_legacy(py, &src, keys, trusted)?;
+        let names = reader.header().tensors().iter().map(|(n, _)| n.clone());
+        let encrypted: Option<BTreeSet<String>> =
+            (!encrypt_all).then(|| names.filter(|n| reader.is_encrypted(n)).collect());
+        let metadata: BTreeMap<String, String> = reader.user_metadata();
+        let opts = write_options(
+            Some(metadata).filter(|m| !m.is_empty()),
+            recipients,
+            encrypted,
+            algorithm,
+            segment_size,
+            sign_with,
+            None,
+            external,
+        )?;
+        py.allow_threads(|| threads.run(|| legacy::migrate_to_file(&reader, &opts, &dst)))
+            .py_err()?;
+        let out = PyDict::new(py);
+        out.set_item("version", reader.version())?;
+        out.set_item("algorithm", reader.algorithm().name())?;
+        out.set_item("signature_verified", reader.signature_verified())?;
+        out.set_item("has_policy", reader.has_policy())?;
+        out.set_item("tensors", reader.header().tensors().len())?;
+        out.set_item("plain_tensors", reader.plain_tensors())?;
         Ok(out)
     })
 }

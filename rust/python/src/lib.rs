@@ -30,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(legacy::read_legacy, m)?)?;
+    m.add_function(wrap_pyfunction!(legacy::migrate, m)?)?;
     m.add_function(wrap_pyfunction!(keys::generate_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::public_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_id, m)?)?;

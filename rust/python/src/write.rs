@@ -66,30 +66,16 @@ pub fn serialize<'py>(
                 data: buf.bytes(),
             })
             .collect();
-        let encrypt = match recipients {
-            None => None,
-            Some(json) => Some(EncryptOptions {
-                recipients: Jwk::parse_set(json).py_err()?,
-                tensors: encrypted,
-                algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
-                external: external.map(external_recipients).transpose().py_err()?,
-            }),
-        };
-        let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
-        let reserve = if encrypt.is_some() || sign_with.is_some() {
-            DEFAULT_RESERVE
-        } else {
-            0
-        };
-        let opts = WriteOptions {
+        let opts = write_options(
             metadata,
-            encrypt,
+            recipients,
+            encrypted,
+            algorithm,
+            segment_size,
             sign_with,
             policy,
-            segment_size,
-            reserve,
-            fsync: fsync_requested(),
-        };
+            external,
+        )?;
         match path {
             Some(path) => {
                 py.allow_threads(|| threads.run(|| writer::serialize_to_file(&data, &opts, &path)))
@@ -215,6 +201,44 @@ fn rewrap_options(
         } else {
             policy.map(Some)
         },
+        fsync: fsync_requested(),
+    })
+}
+
+/// The writer's options from the arguments `serialize` and `migrate` share.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_options(
+    metadata: Option<BTreeMap<String, String>>,
+    recipients: Option<&str>,
+    encrypted: Option<BTreeSet<String>>,
+    algorithm: Option<&str>,
+    segment_size: usize,
+    sign_with: Option<&str>,
+    policy: Option<String>,
+    external: Option<(Vec<u8>, String)>,
+) -> PyResult<WriteOptions> {
+    let encrypt = match recipients {
+        None => None,
+        Some(json) => Some(EncryptOptions {
+            recipients: Jwk::parse_set(json).py_err()?,
+            tensors: encrypted,
+            algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
+            external: external.map(external_recipients).transpose().py_err()?,
+        }),
+    };
+    let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
+    let reserve = if encrypt.is_some() || sign_with.is_some() {
+        DEFAULT_RESERVE
+    } else {
+        0
+    };
+    Ok(WriteOptions {
+        metadata,
+        encrypt,
+        sign_with,
+        policy,
+        segment_size,
+        reserve,
         fsync: fsync_requested(),
     })
 }
