@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +76,7 @@ _CHILD = textwrap.dedent(
     keys = json.dumps([key])
     from pathlib import Path
 
-    LEGACY = Path(ct.__file__).resolve().parents[2] / "tests" / "vectors" / "legacy"
+    LEGACY = Path(os.environ["CRYPTOTENSORS_TEST_LEGACY"])  # the test tree's, whatever copy is installed
 
     def handle():
         return _core.Handle.from_bytes(enc, keys=keys)
@@ -253,7 +254,8 @@ def child(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("boundary")
     env = dict(os.environ)
     env.pop("CRYPTOTENSORS_PANIC_DETAILS", None)
-    env.update(CRYPTOTENSORS_OPEN_CACHE="0", PYTHONFAULTHANDLER="0")
+    env.update(CRYPTOTENSORS_OPEN_CACHE="0", PYTHONFAULTHANDLER="0",
+               CRYPTOTENSORS_TEST_LEGACY=str(Path(__file__).parent / "vectors" / "legacy"))
     p = subprocess.run([sys.executable, "-c", _CHILD], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     lines = p.stdout.splitlines()
     if p.returncode != 0 or not lines or not lines[-1].startswith("REPORT "):

@@ -384,7 +384,8 @@ def test_require_encryption_with_the_cryptotensors_format(results, llama):
     assert got["plain"]["type"] == "SafetensorError" and "requires encryption" in got["plain"]["message"], got
     assert "CRYPTOTENSORS_REQUIRE_ENCRYPTION" in got["plain"]["message"]
     swapped = got["swapped_after_check"]
-    assert swapped and swapped["type"] == "IntegrityError" and "requires encryption" in swapped["message"], got
+    # EncryptionRequiredError, an IntegrityError: the shard was swapped for plaintext.
+    assert swapped and swapped["type"] == "EncryptionRequiredError" and "requires encryption" in swapped["message"], got
     assert got["enc"] == n and got["plain_safetensors_format"] == n
     assert _ok(results, "plain_cryptotensors_format") == n  # unset: plain files load
 
