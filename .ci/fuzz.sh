@@ -6,7 +6,7 @@
 # Fails if any target crashes (panic, failed assertion, timeout, OOM).
 #
 #   FUZZ_SECONDS=20           seconds per target
-#   FUZZ_TARGETS="header ..." targets to run (default: all five)
+#   FUZZ_TARGETS="header ..." targets to run (default: all six)
 #   FUZZ_SANITIZER=none       cargo-fuzz sanitizer (none|address|...)
 #
 # Crash inputs land in fuzz/artifacts/<target>/; replay one with
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-"header envelope slice decrypt roundtrip"}
+targets=${FUZZ_TARGETS:-"header envelope slice decrypt roundtrip legacy"}
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
 export PATH="$HOME/.cargo/bin:$PATH"
