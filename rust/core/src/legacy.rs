@@ -761,7 +761,7 @@ pub fn migrate_to_file(
     opts: &crate::writer::WriteOptions,
     dst: &std::path::Path,
 ) -> Result<()> {
-    use crate::writer::{self, Input, Plain};
+    use crate::writer;
     use std::sync::Mutex;
 
     if opts.encrypt.is_none() && opts.sign_with.is_none() {
@@ -810,18 +810,7 @@ pub fn migrate_to_file(
             }
         })
         .collect();
-    let inputs = tensors
-        .iter()
-        .zip(&fills)
-        .map(|((name, info), fill)| Input {
-            name,
-            dtype: info.dtype,
-            shape: &info.shape,
-            len: info.len(),
-            plain: Plain::Fill(fill),
-        })
-        .collect();
-    writer::serialize_inputs_to_file(inputs, opts, dst)
+    writer::serialize_filled_to_file(tensors, &fills, opts, dst)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::header::Metadata;
 use crate::keys::{Jwk, KeyKind};
 use crate::rewrap::{check_signature_choice, open_for_update, RewrapOptions};
-use crate::writer::{self, EncryptOptions, Input, Plain, WriteOptions, DEFAULT_RESERVE};
+use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
 
 /// What a rekey keeps and changes.
 #[derive(Debug, Clone, Default)]
@@ -156,20 +156,8 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             move |offset: usize, buf: &mut [u8]| reader.read_range_into(name, offset, buf)
         })
         .collect();
-    let inputs = header
-        .tensors()
-        .iter()
-        .zip(&fills)
-        .map(|((name, info), fill)| Input {
-            name,
-            dtype: info.dtype,
-            shape: &info.shape,
-            len: info.len(),
-            plain: Plain::Fill(fill),
-        })
-        .collect();
     // Written and renamed while the source is locked (see rewrap_file).
-    writer::serialize_inputs_to_file(inputs, &write, dst)?;
+    writer::serialize_filled_to_file(header.tensors(), &fills, &write, dst)?;
     drop(opened);
     Ok(())
 }

@@ -617,6 +617,32 @@ pub(crate) fn serialize_inputs_to_file(
     write_to_file(plan_inputs(tensors, opts)?, opts, path)
 }
 
+/// [`serialize_inputs_to_file`] for the tensors of a header read from
+/// another file (a rekey, a migration): tensor `i` keeps its name, dtype
+/// and shape, and its bytes come from `fills[i]`.
+pub(crate) fn serialize_filled_to_file<F>(
+    tensors: &[(String, TensorInfo)],
+    fills: &[F],
+    opts: &WriteOptions,
+    path: &Path,
+) -> Result<()>
+where
+    F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
+{
+    let inputs = tensors
+        .iter()
+        .zip(fills)
+        .map(|((name, info), fill)| Input {
+            name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            len: info.len(),
+            plain: Plain::Fill(fill),
+        })
+        .collect();
+    serialize_inputs_to_file(inputs, opts, path)
+}
+
 fn write_to_file(plan: Plan, opts: &WriteOptions, path: &Path) -> Result<()> {
     let tmp = AtomicFile::create(path)?;
     if plan.protected.is_some() {
