@@ -150,17 +150,59 @@ def test_integrity_error_waits_for_copies_in_flight(fake, enc):
     assert torch.equal(out, w)
 
 
+def _reads_and_syncs(log):
+    """Per host-side read (an ("on", stream) entry starts each copy), the
+    events synchronized before it."""
+    out, synced = [], set()
+    for op, *rest in log:
+        if op == "sync":
+            synced.add(rest[0])
+        elif op == "on":
+            out.append(set(synced))
+    return out
+
+
 def test_success_reuses_a_buffer_only_after_its_copy(fake, enc):
-    """MOCK ordering test: with 3 buffers, chunk i + 3 is read only after the
-    copy of chunk i is synchronized, and all are before return."""
+    """MOCK ordering test: with 3 buffers, chunk i + 3 is copied only after
+    the copy of chunk i is synchronized; on return the current stream (not
+    the host) waits for the copies still in flight."""
     f, w = enc
     h = Failing(f._handle, fail_at=0)
     out = _cuda.load(h, "w", torch.float32, (20, 1024), w.numel() * 4, "cuda:0")
     assert torch.equal(out, w)
-    recorded, synced = _syncs_before(fake.log, len(fake.log))
-    assert len(recorded) == 20 and recorded == synced
+    records = [e for op, e, *_ in fake.log if op == "record"]
+    assert len(records) == 20
+    for i, synced in enumerate(_reads_and_syncs(fake.log)):
+        assert set(records[: max(0, i - 2)]) <= synced, (i, fake.log)
+    in_flight = set(records[-3:])
+    host_synced = {e for op, e, *_ in fake.log if op == "sync"}
+    assert host_synced == set(records[:17]), "the host waits only to refill a buffer"
+    last_record = max(i for i, e in enumerate(fake.log) if e[0] == "record")
+    waited = {e[2] for e in fake.log[last_record:] if e[0] == "wait_event" and e[1] == 0}
+    assert in_flight <= waited, "the current stream waits for every copy before return"
     pinned = {p for p, _ in fake.pinned}
     assert set(h.reads) <= pinned, "every chunk decrypts into pinned staging"
+
+
+def test_next_tensor_decrypts_while_previous_copies_run(fake, enc):
+    """MOCK ordering test: a second load starts decrypting without waiting
+    for the first load's last copies, except the one whose buffer it refills,
+    and the buffers keep their round-robin order across loads."""
+    f, w = enc
+    nbytes = w.numel() * 4
+    _cuda.load(f._handle, "w", torch.float32, (20, 1024), nbytes, "cuda:0")
+    first = [e for op, e, *_ in fake.log if op == "record"]
+    mark = len(fake.log)
+    h = Failing(f._handle, fail_at=0)
+    out = _cuda.load(h, "w", torch.float32, (20, 1024), nbytes, "cuda:0")
+    assert torch.equal(out, w)
+    second_log = fake.log[mark:]
+    first_on = next(i for i, e in enumerate(second_log) if e[0] == "on")
+    synced_before = {e[1] for e in second_log[:first_on] if e[0] == "sync"}
+    # 20 chunks over 3 slots: the first load's last copy used slot 1, so the
+    # second load starts on slot 2, whose copy (chunk 17) is the only wait.
+    assert synced_before == {first[17]}, second_log[:first_on]
+    assert second_log[first_on] == ("on", 3)  # stream of slot 2
 
 
 def test_cuda_slices_go_through_pinned_memory(fake, enc):

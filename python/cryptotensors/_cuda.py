@@ -6,17 +6,26 @@ asynchronously on side streams while the next buffer fills. Plaintext never
 lands in pageable memory, and decryption overlaps the host-to-device copies.
 Slices (`get_slice` on a CUDA handle) take the same path.
 
+The pipeline runs across tensors, not only within one: a load returns once
+its copies are queued, so the caller's next `get_tensor` decrypts into a
+free staging buffer while the previous tensor's copies are still running.
+
 Stream ordering, which the GPU does not check for us:
 
 * the output tensor is allocated on the current stream, whose queued work
   may still use that memory (the caching allocator reuses a block as soon
   as it is freed on the same stream), so every side stream first waits for
   the current stream;
-* a staging buffer is refilled only after the copy out of it is done;
-* before a load returns, or raises (an integrity error in a later chunk),
-  every copy is complete: otherwise a side stream could still be writing
-  into an output that the caller's exception frees and the allocator hands
-  to someone else, or reading a staging buffer the next load refills.
+* a staging buffer is refilled only after the copy out of it is done (the
+  host waits for that copy's event, and only for that one);
+* a load returns with the current stream waiting for every copy of it, so
+  any use of the output on the current stream, and any reuse of its memory
+  after the caller frees it there, comes after the copies;
+* a load that raises (an integrity error in a later chunk) first waits, on
+  the host, for every copy in flight: otherwise a side stream could still be
+  writing into an output that the caller's exception frees;
+* slices take the simple path: the host waits for every copy before a slice
+  returns (a slice may need a pinned buffer of its own, freed on return).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ class _Staging:
         self.buffers = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(BUFFERS)]
         self.streams = [torch.cuda.Stream(device=device) for _ in range(BUFFERS)]
         self.events = [None] * BUFFERS
+        self.next = 0  # the slot whose copy was queued longest ago
 
     def _start(self) -> None:
         """Side streams start after the work already queued on the current one."""
@@ -53,9 +63,27 @@ class _Staging:
             event.record(self.streams[slot])
             self.events[slot] = event
 
+    def _take(self) -> int:
+        """The next slot in turn, once the copy out of it is done (lock held)."""
+        slot = self.next
+        self.next = (slot + 1) % BUFFERS
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()
+            self.events[slot] = None
+        return slot
+
+    def _publish(self) -> None:
+        """The current stream waits for every copy in flight; the host does
+        not (lock held). Events stay, so a refill still waits for its copy."""
+        current = torch.cuda.current_stream(self.device)
+        for event in self.events:
+            if event is not None:
+                current.wait_event(event)
+
     def _drain(self) -> None:
         """Every copy done: the current stream waits for them, and so does
-        the host, before an output is returned or freed (lock held)."""
+        the host, before a failed load's output is freed or a slice returns
+        (lock held)."""
         current = torch.cuda.current_stream(self.device)
         for event in self.events:
             if event is not None:
@@ -68,10 +96,8 @@ class _Staging:
         with self.lock:
             self._start()
             try:
-                for i, offset in enumerate(range(0, nbytes, STAGING_BYTES)):
-                    slot = i % BUFFERS
-                    if self.events[slot] is not None:
-                        self.events[slot].synchronize()  # the copy out of this buffer is done
+                for offset in range(0, nbytes, STAGING_BYTES):
+                    slot = self._take()
                     n = min(STAGING_BYTES, nbytes - offset)
                     buf = self.buffers[slot]
                     handle.read_range_into(name, offset, buf[:n].numpy())
@@ -80,7 +106,7 @@ class _Staging:
                 self._drain()
                 out.zero_()  # no verified plaintext left in memory the caller's error frees
                 raise
-            self._drain()
+            self._publish()
 
     def load_slice(self, handle, name: str, spec, out: torch.Tensor, nbytes: int) -> None:
         """A slice, read by the core into pinned memory, then copied: into a
