@@ -95,6 +95,7 @@ _CHILD = textwrap.dedent(
         ]
 
     out24 = lambda: np.zeros(24, np.uint8)  # noqa: E731
+    row0 = lambda: handle().select("w", (slice(0, 1),))[0]  # noqa: E731  (a SliceIndex: row 0 of w)
     rec = lambda data: [("w", "F32", [2, 3], data)]  # noqa: E731
     # A valid call of each callable: (positional args, keyword args).
     BASELINE = {
@@ -121,8 +122,11 @@ _CHILD = textwrap.dedent(
         "Handle.info": lambda: (("w",), {}),
         "Handle.read_into": lambda: (("w", out24()), {}),
         "Handle.read_range_into": lambda: (("w", 4, np.zeros(8, np.uint8)), {}),
-        "Handle.slice_shape": lambda: (("w", [("s", 0, 1, 1)]), {}),
-        "Handle.read_slice_into": lambda: (("w", [("s", 0, 1, 1)], np.zeros(12, np.uint8)), {}),
+        "Handle.select": lambda: (("w", (slice(0, 1),)), {}),
+        "Handle.read_slice_into": lambda: (("w", row0(), np.zeros(12, np.uint8)), {}),
+        "load_target": lambda: (("pt", "cuda:1", "pread"), {}),
+        "check_device": lambda: (("np", "cpu"), {}),
+        "spec_dtype": lambda: (("float32",), {}),
     }
 
     def sweep(name, fn, baseline, panic_ok):
@@ -193,8 +197,11 @@ _CHILD = textwrap.dedent(
         ("read_range_into(w, -1, buf)", OverflowError, h.read_range_into, ("w", -1, np.zeros(4, np.uint8))),
         ("read_range_into(w, 2**63, buf)", _core.SafetensorError, h.read_range_into, ("w", 2**63, np.zeros(4, np.uint8))),
         ("read_range_into(w, 20, 8 bytes)", _core.SafetensorError, h.read_range_into, ("w", 20, np.zeros(8, np.uint8))),
-        ("read_slice_into(w, idx, 0x10, 12)", TypeError, h.read_slice_into, ("w", [("s", 0, 1, 1)], 0x10, 12)),
-        ("read_slice_into(w, idx, wrong size)", _core.SafetensorError, h.read_slice_into, ("w", [("s", 0, 1, 1)], out24())),
+        ("read_slice_into(w, idx, 0x10, 12)", TypeError, h.read_slice_into, ("w", row0(), 0x10, 12)),
+        ("read_slice_into(w, idx, wrong size)", _core.SafetensorError, h.read_slice_into, ("w", row0(), out24())),
+        ("read_slice_into(w, tagged tuples)", TypeError, h.read_slice_into, ("w", [("s", 0, 1, 1)], np.zeros(12, np.uint8))),
+        ("select(w, huge step)", OverflowError, h.select, ("w", slice(0, 1, 2**64))),
+        ("select(w, huge int, torch)", OverflowError, h.select, ("w", 2**64), {"torch": True}),
         ("serialize((ptr, len) record)", (TypeError, ValueError), _core.serialize, ([("w", "F32", [1], 0x10, 4)],)),
         ("serialize(int data)", TypeError, _core.serialize, ([("w", "F32", [1], 0x10)],)),
         ("serialize(None data)", TypeError, _core.serialize, ([("w", "F32", [1], None)],)),

@@ -13,6 +13,7 @@ import torch
 import cryptotensors as ct
 import cryptotensors.numpy as cn
 import cryptotensors.torch as ctt
+from cryptotensors._frameworks import torch_types
 
 ALGS = ["AES-256-GCM", "ChaCha20-Poly1305"]
 
@@ -30,7 +31,7 @@ def header_of(path_or_bytes):
 
 
 NP_DTYPES = [np.float64, np.float32, np.float16, np.int64, np.uint64, np.int32, np.uint32, np.int16, np.uint16, np.int8, np.uint8, np.bool_, np.complex64]
-TORCH_DTYPES = sorted(set(ctt._TYPES.values()) | set(ctt._EXTRA_TYPES.values()), key=str)
+TORCH_DTYPES = sorted(set(torch_types().values()), key=str)  # every format dtype this torch has
 
 
 def np_tensors(rng):
@@ -87,7 +88,7 @@ def test_exotic_dtypes_through_the_bytes_api(dtype):
     # Dtypes numpy lacks go through raw headers: write a plain file by hand,
     # re-encrypt its bytes via deserialize/serialize where TensorSpec allows.
     key = ct.generate_key("oct")
-    spec_name = {v: k for k, v in ct._serialize._SPEC_DTYPES.items()}.get(dtype)
+    spec_name = ct._core.DTYPES[dtype][1]
     if spec_name is None:
         pytest.skip(f"safetensors 0.8 TensorSpec cannot write {dtype} either")
     raw = bytes(range(64))

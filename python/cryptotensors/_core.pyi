@@ -2,7 +2,7 @@
 module by tests/test_stubs.py (`python -m mypy.stubtest cryptotensors._core`)."""
 
 import os
-from typing import Any, Final, Optional, Union, final
+from typing import Any, Final, Literal, Optional, Union, final
 
 from typing_extensions import Buffer
 
@@ -10,13 +10,14 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
 _Path = Union[str, os.PathLike[str]]
 
-DTYPES: Final[list[str]]
+DTYPES: Final[dict[str, tuple[int, Optional[str]]]]
+"""The core's dtype table: header name -> (bits, the frameworks' type name, None for the F6 types)."""
 
 class SafetensorError(Exception): ...
 class UnsupportedError(SafetensorError): ...
@@ -66,9 +67,22 @@ class Handle:
         """(dtype, shape, nbytes, encrypted, raw_offset)."""
     def read_into(self, name: str, out: Buffer) -> None: ...
     def read_range_into(self, name: str, offset: int, out: Buffer) -> None: ...
-    def slice_shape(self, name: str, index: list[Any]) -> tuple[list[int], int]: ...
-    def read_slice_into(self, name: str, index: list[Any], out: Buffer) -> None: ...
+    def select(self, name: str, key: Any, torch: bool = False) -> Optional[tuple[SliceIndex, list[int], int]]:
+        """(index, shape, nbytes) of a tensor index; None (torch=True only) where the core does not slice it."""
+    def read_slice_into(self, name: str, index: SliceIndex, out: Buffer) -> None: ...
     def describe(self) -> dict[str, Any]: ...
+
+@final
+class SliceIndex:
+    """An index converted by Handle.select, for read_slice_into."""
+
+def load_target(
+    framework: str, device: Union[str, int, None] = None, backend: str = ...
+) -> tuple[str, str, Literal["mmap", "pread"]]:
+    """(canonical framework, torch-style device, backend), with safetensors' errors."""
+def check_device(framework: str, device: Union[str, int, None] = None) -> None: ...
+def spec_dtype(dtype: str) -> str:
+    """The header dtype of a TensorSpec dtype name ("float32" -> "F32")."""
 
 def serialize(
     tensors: list[tuple[str, str, list[int], Buffer]],

@@ -2,124 +2,46 @@
 (as a buffer: a numpy array over its bytes), and move the result to the
 requested device. Frameworks are imported lazily.
 
-Argument checking (framework names, devices, backends) follows safetensors
-0.8 exactly, error classes and messages included."""
+The arguments (framework names, devices, backends) are converted and checked
+by the binding (`_core.load_target`), with safetensors 0.8's errors. Each
+adapter maps the core's dtype table (`_core.DTYPES`: header name -> (bits,
+the frameworks' type name)) to its framework's dtype objects, here and
+nowhere else."""
 
 from __future__ import annotations
 
+import functools
 import importlib
-import operator
 import os
-from typing import Tuple
 
-from ._core import SafetensorError
+from ._core import DTYPES, SafetensorError
 
-_PT_NAMES = ("pt", "torch", "pytorch")
-_NP_NAMES = ("np", "numpy")
-# name given -> (canonical name, name in error messages, module to import)
-_OTHER = {
-    "tf": ("tf", "tensorflow", "tensorflow"),
-    "tensorflow": ("tf", "tensorflow", "tensorflow"),
-    "flax": ("flax", "flax", "jax.numpy"),
-    "jax": ("flax", "flax", "jax.numpy"),
-    "mlx": ("mlx", "mlx", "mlx.core"),
-    "paddle": ("paddle", "paddle", "paddle"),
-}
-# Devices named "kind" or "kind:N" (N defaults to 0); "mps" has no index.
-_INDEXED = ("cuda", "npu", "xpu", "xla", "mlu", "musa", "hpu")
-BACKENDS = ("mmap", "pread")
-_U64 = 1 << 64
+# canonical framework name (from _core.load_target) -> module to import
+_MODULES = {"tf": "tensorflow", "flax": "jax.numpy", "mlx": "mlx.core", "paddle": "paddle"}
+
+# numpy's own types; BF16, F8_* and F4 need ml_dtypes (or jax) to register
+# them, the F6 types have none.
+_NUMPY_NATIVE = ("F64", "F32", "F16", "I64", "U64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL", "C64")
 
 
-def expect_str(value, argument: str) -> str:
-    """`value` if it is a str, else the TypeError safetensors raises."""
-    if isinstance(value, str):
-        return value
-    what = "'None'" if value is None else f"'{type(value).__name__}' object"
-    raise TypeError(f"argument '{argument}': {what} is not an instance of 'str'")
+@functools.cache
+def numpy_types() -> dict:
+    """{header dtype: numpy dtype} for numpy's own types."""
+    import numpy
 
-
-def check_backend(backend) -> str:
-    if expect_str(backend, "backend") not in BACKENDS:
-        raise SafetensorError(f'backend "{backend}" is invalid (expected one of: "mmap", "pread")')
-    return backend
-
-
-def _parse_index(text: str) -> int:
-    """Rust's `str::parse::<usize>`, with its error messages."""
-    if not text:
-        raise ValueError("cannot parse integer from empty string")
-    digits = text[1:] if text[0] == "+" else text
-    if not digits or not all("0" <= c <= "9" for c in digits):
-        raise ValueError("invalid digit found in string")
-    n = int(digits)
-    if n >= _U64:
-        raise ValueError("number too large to fit in target type")
-    return n
-
-
-def parse_device(device) -> Tuple[str, str]:
-    """`(device, shown)`: the torch-style device string ("cpu", "cuda:1",
-    "mps", ...) and the name safetensors gives it in error messages. Accepts
-    what safetensors accepts: None (the CPU), "cpu", "mps", "cuda", "cuda:N"
-    and the other accelerators, and an int N (a CUDA device index)."""
-    if device is None:
-        return "cpu", "cpu"
-    if isinstance(device, str):
-        if device in ("cpu", "mps"):
-            return device, device
-        if device in _INDEXED:
-            return f"{device}:0", f"{device}:0"
-        parts = device.split(":")
-        if len(parts) == 2 and parts[0] in _INDEXED + ("mps",):
-            n = _parse_index(parts[1])
-            if parts[0] == "mps":
-                if n != 0:
-                    raise SafetensorError(f"device {device} is invalid: only mps or mps:0 is supported")
-                return "mps", "mps"
-            return f"{parts[0]}:{n}", f"{parts[0]}:{n}"
-        raise SafetensorError(f"device {device} is invalid")
-    try:
-        n = operator.index(device)
-    except TypeError:
-        n = -1
-    if not 0 <= n < _U64:
-        raise SafetensorError(f"device {device!r} is invalid")
-    return f"cuda:{n}", str(n)
-
-
-def check_device(framework: Framework, device: str, shown: str) -> None:
-    """Refuses a device the framework cannot load to (after the file is opened, as in safetensors)."""
-    kind = device.split(":", 1)[0]
-    if kind == "cpu" or framework.name == "pt" or (framework.name == "paddle" and kind == "cuda"):
-        return
-    raise SafetensorError(f"Device {shown} is not supported for framework {framework.label}")
-
-
-# numpy attribute safetensors looks up for dtypes numpy itself lacks
-# (AttributeError, unless a framework such as jax registered them).
-_NUMPY_ATTRS = {
-    "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn", "F8_E8M0": "float8_e8m0fnu",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz", "F4": "float4_e2m1fn_x2",
-}
+    return {code: numpy.dtype(DTYPES[code][1]) for code in _NUMPY_NATIVE}
 
 
 class Framework:
     """numpy arrays; the base of the other non-torch frameworks."""
 
     name = "np"
-    label = "numpy"
 
     def __init__(self):
         import numpy
 
         self.np = numpy
-        self._types = {
-            "F64": numpy.float64, "F32": numpy.float32, "F16": numpy.float16,
-            "I64": numpy.int64, "U64": numpy.uint64, "I32": numpy.int32, "U32": numpy.uint32,
-            "I16": numpy.int16, "U16": numpy.uint16, "I8": numpy.int8, "U8": numpy.uint8,
-            "BOOL": numpy.bool_, "C64": numpy.complex64,
-        }
+        self._types = numpy_types()
 
     def load(self) -> None:
         """Imports the framework's module (ModuleNotFoundError if it is not installed)."""
@@ -135,17 +57,19 @@ class Framework:
                 return self.np.dtype("bfloat16")
             except TypeError:
                 raise TypeError("dtype BF16 cannot be loaded with numpy: data type 'bfloat16' not understood") from None
-        if dtype in _NUMPY_ATTRS:
-            try:
-                return getattr(self.np, _NUMPY_ATTRS[dtype])
-            except AttributeError:
-                raise AttributeError(
-                    f"dtype {dtype} cannot be loaded with numpy: module 'numpy' has no attribute '{_NUMPY_ATTRS[dtype]}'"
-                ) from None
-        raise SafetensorError(f"Dtype not understood: {dtype}")
+        name = DTYPES[dtype][1]
+        if name is None:
+            raise SafetensorError(f"Dtype not understood: {dtype}")
+        try:
+            return getattr(self.np, name)
+        except AttributeError:
+            raise AttributeError(
+                f"dtype {dtype} cannot be loaded with numpy: module 'numpy' has no attribute '{name}'"
+            ) from None
 
-    def empty(self, dtype: str, shape):
-        """A new array and its bytes, the buffer the core reads into."""
+    def empty(self, dtype: str, shape, nbytes: int):
+        """A new array and its bytes (`nbytes`, the core's count), the buffer
+        the core reads into."""
         self.load()
         arr = self.np.empty(shape, dtype=self._np_dtype(dtype))
         return arr, arr
@@ -170,17 +94,55 @@ _ALIGN = 64
 _HUGEPAGES = os.environ.get("CRYPTOTENSORS_HUGEPAGES", "1") != "0"
 
 
+# The dtypes safetensors.torch._TYPES lists, in its order (cryptotensors.torch
+# re-exports that table); torch also loads F8_E8M0 and F4, which it omits.
+TORCH_LISTED = (
+    "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL",
+    "F8_E4M3", "F8_E4M3FNUZ", "F8_E5M2", "F8_E5M2FNUZ", "C64", "U64", "U32", "U16",
+)
+# Dtypes whose tensors torch's .numpy() converts as they are.
+_TORCH_NUMPY = ("F64", "F32", "F16", "C64", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+@functools.cache
+def torch_types() -> dict:
+    """{header dtype: torch dtype} for every format dtype this torch has."""
+    import torch
+
+    return {code: getattr(torch, name) for code, (_, name) in DTYPES.items() if name and hasattr(torch, name)}
+
+
+def torch_dtype(dtype: str):
+    """The torch dtype of a header dtype (safetensors.torch._getdtype)."""
+    tdtype = torch_types().get(dtype)
+    if tdtype is None:
+        raise SafetensorError(f"Dtype not understood: {dtype}")
+    return tdtype
+
+
+@functools.cache
+def _torch_numpy() -> frozenset:
+    return frozenset(torch_types()[code] for code in _TORCH_NUMPY)
+
+
+def torch_bytes(tensor):
+    """A contiguous CPU tensor as a numpy array sharing its memory (uint8
+    where numpy lacks the dtype): the buffer the core reads or fills, as it
+    takes no addresses."""
+    if tensor.dtype in _torch_numpy():
+        return tensor.numpy()
+    return (tensor if tensor.dim() else tensor.reshape(1)).view(torch_types()["U8"]).numpy()
+
+
 class Torch(Framework):
     name = "pt"
-    label = "pytorch"
 
     def __init__(self):
         import torch
 
         self.torch = torch
-        from .torch import _bytes_of, _getdtype
 
-        self._getdtype, self._bytes_of = _getdtype, _bytes_of
+    _getdtype = staticmethod(torch_dtype)
 
     def _torch_shape(self, dtype: str, shape):
         shape = list(shape)
@@ -191,12 +153,10 @@ class Torch(Framework):
             shape[-1] //= 2
         return shape
 
-    def empty(self, dtype: str, shape):
-        """A new CPU tensor and its bytes, the buffer the core reads into."""
+    def empty(self, dtype: str, shape, nbytes: int):
+        """A new CPU tensor and its bytes (`nbytes`, the core's count), the
+        buffer the core reads into."""
         tshape, tdtype = self._torch_shape(dtype, shape), self._getdtype(dtype)
-        nbytes = tdtype.itemsize
-        for d in tshape:
-            nbytes *= d
         if nbytes >= _HUGE and _HUGEPAGES:
             # A load's main cost is faulting in fresh output memory. numpy asks
             # the kernel for transparent huge pages on large buffers, torch's
@@ -210,7 +170,7 @@ class Torch(Framework):
             out = buf[skip : skip + nbytes]
             return self.torch.from_numpy(out).view(tdtype).view(tshape), out
         t = self.torch.empty(tshape, dtype=tdtype)
-        return t, self._bytes_of(t)
+        return t, torch_bytes(t)
 
     def finish(self, t, device: str):
         return t if device == "cpu" else t.to(device)
@@ -241,9 +201,9 @@ class Torch(Framework):
 class Converted(Framework):
     """Frameworks fed from numpy arrays: tensorflow, jax, mlx, paddle."""
 
-    def __init__(self, name: str, label: str, module: str):
+    def __init__(self, name: str):
         super().__init__()
-        self.name, self.label, self._module = name, label, module
+        self.name, self._module = name, _MODULES[name]
         self.mod = None
 
     def load(self) -> None:
@@ -263,13 +223,10 @@ class Converted(Framework):
         return t if device == "cpu" else t.to(device)
 
 
-def get(framework) -> Framework:
-    """The adapter of a framework name (names are case-sensitive, as in safetensors)."""
-    expect_str(framework, "framework")
-    if framework in _PT_NAMES:
+def get(name: str) -> Framework:
+    """The adapter of a canonical framework name (see `_core.load_target`)."""
+    if name == "pt":
         return Torch()
-    if framework in _NP_NAMES:
+    if name == "np":
         return Framework()
-    if framework in _OTHER:
-        return Converted(*_OTHER[framework])
-    raise SafetensorError(f"framework {framework} is invalid")
+    return Converted(name)

@@ -2,145 +2,12 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import threading
 from typing import Any, Optional
 
-from . import _frameworks, _keys, _policy, _providers, _serialize
-from ._core import Handle, KeyNotFoundError, SafetensorError
-
-
-def _index_spec(index) -> Optional[list]:
-    """Turns a numpy-style index into the core's form, or None when it uses
-    something the core does not slice natively (None, arrays, bools)."""
-    items = index if isinstance(index, tuple) else (index,)
-    spec = []
-    for it in items:
-        if it is Ellipsis:
-            spec.append(("e",))
-        elif isinstance(it, slice):
-            try:
-                start = None if it.start is None else operator.index(it.start)
-                stop = None if it.stop is None else operator.index(it.stop)
-                step = 1 if it.step is None else operator.index(it.step)
-            except TypeError:
-                return None
-            if step < 1:
-                return None
-            spec.append(("s", start, stop, step))
-        elif isinstance(it, bool) or it is None:
-            return None
-        else:
-            try:
-                spec.append(("i", operator.index(it)))
-            except TypeError:
-                return None
-    return spec
-
-
-_I32 = 1 << 31
-_U64 = 1 << 64
-_I64 = 1 << 63
-
-
-def _unsigned(v) -> Optional[int]:
-    """A slice bound as safetensors reads it (an unsigned 64-bit integer)."""
-    if v is None:
-        return None
-    v = operator.index(v)  # TypeError for floats, strings...
-    if v < 0:
-        raise OverflowError("can't convert negative int to unsigned")
-    if v >= _U64:
-        raise OverflowError("int too big to convert")
-    return v
-
-
-def _show(spec) -> str:
-    """An index in the core's form as safetensors prints it: [1, 0:2, ::2]."""
-
-    def one(it):
-        if it[0] == "i":
-            return str(it[1])
-        _, start, stop, step = it
-        text = f"{'' if start is None else start}:{'' if stop is None else stop}"
-        return text + (f":{step}" if step != 1 else "")
-
-    return "[" + ", ".join(one(it) for it in spec) + "]"
-
-
-def _strict_spec(index, shape) -> list:
-    """The core's form of an index under safetensors 0.8's own slicer rules
-    (its numpy framework and its "pread" backend), raising what it raises:
-
-    * an index is an int (32-bit; negative counts from the end), a slice with
-      non-negative bounds (else OverflowError) and a positive step, or one
-      ellipsis, which stands for full slices of the dimensions not named;
-      None, floats, arrays and nested sequences are refused, a list only
-      when empty (it means [0:0]);
-    * an int must be inside its dimension; a slice must start inside it and
-      not stop past it, so that nothing is selected from an empty dimension
-      (dimensions not named are taken whole); these are checked from the
-      last dimension to the first;
-    * a slice stopping before it starts (where safetensors fails with a
-      SystemError or a panic) is refused too.
-
-    Items are checked one by one, in order, as safetensors does."""
-    if isinstance(index, list):
-        if index:
-            raise SafetensorError("Non empty lists are not implemented")
-        items = (slice(0, 0),)
-    else:
-        items = index if isinstance(index, tuple) else (index,)
-    if sum(it is Ellipsis for it in items) > 1:
-        raise SafetensorError("Only one ellipsis (...) is allowed in slice index")
-    ndim = len(shape)
-    named = sum(it is not Ellipsis for it in items)
-    spec = []
-    for it in items:
-        dim = len(spec)  # positions count the dimensions the ellipsis stands for
-        if it is Ellipsis:
-            spec.extend(("s", None, None, 1) for _ in range(ndim - named))
-        elif isinstance(it, slice):
-            start, stop = _unsigned(it.start), _unsigned(it.stop)
-            step = 1 if it.step is None else operator.index(it.step)
-            if not -_I64 <= step < _I64:
-                raise OverflowError("Python int too large to convert to C long")
-            if step <= 0:
-                raise SafetensorError(f"Slice step must be a positive integer, got {step}")
-            spec.append(("s", start, stop, step))
-        else:
-            try:
-                i = operator.index(it)
-            except TypeError:
-                i = None
-            if i is None or not -_I32 <= i < _I32:
-                raise SafetensorError(f"Unsupported slice index at position {dim}: expected slice, int, or ellipsis")
-            size = shape[dim] if dim < ndim else 0
-            if i < 0:
-                if i + size < 0:
-                    raise SafetensorError(f"Invalid index {i} for dimension {dim} of size {size}")
-                i += size
-            spec.append(("i", i))
-
-    def fail(reason):
-        raise SafetensorError(f"Error during slicing {_show(spec)} with shape {list(shape)}: {reason}")
-
-    if len(spec) > ndim:
-        fail("more slicing indexes than dimensions in tensor")
-    for dim, (it, size) in reversed(list(enumerate(zip(spec, shape)))):  # last dimension first
-        if it[0] == "i":
-            bad = it[1] if it[1] >= size else None
-        else:
-            start = it[1] or 0
-            stop = size if it[2] is None else it[2]
-            bad = start if start >= size else stop - 1 if stop > size else None
-        if bad is not None:
-            fail(f"index {bad} out of bounds for tensor dimension #{dim} of size {size}")
-    for it in spec:
-        if it[0] == "s" and it[1] is not None and it[2] is not None and it[2] < it[1]:
-            fail(f"the slice {it[1]}:{it[2]} stops before it starts")
-    return spec
+from . import _core, _frameworks, _keys, _policy, _providers, _serialize
+from ._core import Handle, KeyNotFoundError
 
 
 class safe_open:
@@ -183,14 +50,14 @@ class safe_open:
             self._filename = os.fspath(filename)
         except TypeError as e:
             raise TypeError(f"argument 'filename': {e}") from None
-        self._framework = _frameworks.get(framework)
-        self._device, shown_device = _frameworks.parse_device(device)
-        self._backend = _frameworks.check_backend(backend)
+        # The binding converts the arguments, with safetensors' errors.
+        name, self._device, self._backend = _core.load_target(framework, device, backend)
+        self._framework = _frameworks.get(name)
         if os.path.isdir(self._filename):
             raise OSError("No such device (os error 19)")  # what mapping a directory gives in safetensors
         args = (
             self._filename,
-            backend,
+            self._backend,
             _keys.keyring_json(keys),
             _keys.trusted_json(trusted_signers),
             bool(require_encryption),
@@ -208,7 +75,7 @@ class safe_open:
         except FileNotFoundError:
             raise FileNotFoundError(f"No such file or directory: {self._filename}") from None
         try:
-            _frameworks.check_device(self._framework, self._device, shown_device)
+            _core.check_device(framework, device)
             if self._framework.name == "paddle":
                 self._framework.load()  # safetensors imports paddle here, the others on first use
         except BaseException:
@@ -242,16 +109,15 @@ class safe_open:
         self = cls.__new__(cls)
         self._fd, self._storage, self._storage_lock = None, None, threading.Lock()
         self._filename = "<file object>"
-        self._framework = _frameworks.get(framework)
-        self._device, shown_device = _frameworks.parse_device(device)
-        _frameworks.check_backend(backend)
+        name, self._device, _ = _core.load_target(framework, device, backend)
+        self._framework = _frameworks.get(name)
         self._backend = "pread"  # nothing to map: the bytes are already in memory
         self._handle = _serialize.open_bytes(
             data, keys, trusted_signers, require_encryption, num_threads, policy_input,
             framework=self._framework.name, device=self._device, every_tensor=False,
         )
         try:
-            _frameworks.check_device(self._framework, self._device, shown_device)
+            _core.check_device(framework, device)
         except BaseException:
             self._handle.close()
             raise
@@ -318,9 +184,7 @@ class safe_open:
         t = self._mapped(raw, dtype, shape, nbytes)
         if t is not None:
             return t
-        arr, dest = fw.empty(dtype, shape)
-        if dest.nbytes != nbytes:
-            raise SafetensorError(f"tensor {name!r}: {dtype}{list(shape)} does not fit its {nbytes} bytes")
+        arr, dest = fw.empty(dtype, shape, nbytes)
         self._handle.read_into(name, dest)
         return fw.finish(arr, self._device)
 
@@ -382,7 +246,7 @@ class PySafeSlice:
         if self._storage is not None:
             t = fw.mapped(self._storage, self._raw, self._dtype, self._shape, self._nbytes)
         if t is None:
-            t, dest = fw.empty(self._dtype, self._shape)
+            t, dest = fw.empty(self._dtype, self._shape, self._nbytes)
             self._handle.read_into(self._name, dest)
         return t
 
@@ -396,19 +260,19 @@ class PySafeSlice:
             # core's slicer reads only what the index selects, with basic
             # indexing clamped as torch's; what it does not take (None,
             # negative steps...) is indexed on the whole tensor. Elsewhere an
-            # encrypted tensor slices by the same rules as the plain file would.
-            spec = _index_spec(index)
-            if spec is None:
+            # encrypted tensor slices by the same rules as the plain file
+            # would: safetensors' own, converted (and refused, with its
+            # errors) by the binding.
+            selected = self._handle.select(self._name, index, torch=True)
+            if selected is None:
                 return self[...][index]
         else:
-            spec = _strict_spec(index, self._shape)
-        shape, nbytes = self._handle.slice_shape(self._name, spec)
+            selected = self._handle.select(self._name, index)
+        spec, shape, nbytes = selected
         fw = self._framework
         if self._device.startswith("cuda") and isinstance(fw, _frameworks.Torch):
             # As get_tensor: through pinned memory, never pageable (see _cuda).
             return fw.slice_to_cuda(self._handle, self._name, spec, self._dtype, shape, nbytes, self._device)
-        arr, dest = self._framework.empty(self._dtype, shape)
-        if dest.nbytes != nbytes:
-            raise SafetensorError(f"slice of {self._name!r} does not fit its dtype {self._dtype}")
+        arr, dest = self._framework.empty(self._dtype, shape, nbytes)
         self._handle.read_slice_into(self._name, spec, dest)
         return self._framework.finish(arr, self._device)

@@ -13,19 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import _core, _keys, _policy, _providers
 from ._core import SafetensorError
 
-# Constructor-style dtype names accepted by TensorSpec, as in safetensors 0.8.
-_SPEC_DTYPES = {
-    "bool": "BOOL", "int8": "I8", "uint8": "U8", "int16": "I16", "uint16": "U16",
-    "int32": "I32", "uint32": "U32", "int64": "I64", "uint64": "U64",
-    "float16": "F16", "float32": "F32", "float64": "F64", "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3", "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2": "F8_E5M2",
-    "float8_e5m2fnuz": "F8_E5M2FNUZ", "float8_e8m0fnu": "F8_E8M0",
-    "float4_e2m1fn_x2": "F4", "complex64": "C64",
-}
-
-
-_SUPPORTED = ", ".join(_SPEC_DTYPES)
-
 
 class TensorSpec:
     """One tensor for serialize(): its dtype (constructor-style name such as
@@ -40,12 +27,7 @@ class TensorSpec:
     __slots__ = ("_dtype", "_shape", "_data_ptr", "_data_len", "_data")
 
     def __init__(self, *, dtype: str, shape: Sequence[int], data_ptr: int, data_len: int):
-        try:
-            code = _SPEC_DTYPES[dtype]
-        except (KeyError, TypeError):
-            raise SafetensorError(
-                f"Unknown dtype \"{dtype}\". Supported dtypes: {_SUPPORTED}"
-            ) from None
+        code = _core.spec_dtype(dtype)  # safetensors' errors, from the binding
         shape = [int(d) for d in shape]
         # Unsigned fields, as in safetensors (which raises OverflowError).
         if any(d < 0 for d in shape) or data_ptr < 0 or data_len < 0:

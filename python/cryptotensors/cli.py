@@ -79,7 +79,7 @@ from . import (
     serialize_file,
 )
 from . import inspect as inspect_file
-from ._serialize import _SPEC_DTYPES
+from ._core import DTYPES
 
 PROG = "cryptotensors"
 
@@ -136,7 +136,7 @@ _ALGORITHMS = ("AES-256-GCM", "ChaCha20-Poly1305")
 _MIN_SEGMENT, _MAX_SEGMENT = 1 << 12, 1 << 30
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
 # TensorSpec takes constructor-style dtype names; the header uses format codes.
-_CONSTRUCTOR_NAMES = {code: name for name, code in _SPEC_DTYPES.items()}
+_CONSTRUCTOR_NAMES = {code: name for code, (_, name) in DTYPES.items() if name}
 # Other weight formats a model directory may hold: copied as they are, so unencrypted.
 _PLAINTEXT_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
 

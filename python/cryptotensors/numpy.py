@@ -7,18 +7,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ._core import SafetensorError
-from ._frameworks import Framework
+from ._core import DTYPES, SafetensorError, spec_dtype
+from ._frameworks import Framework, numpy_types
 from ._open import safe_open
-from ._serialize import _SUPPORTED, TensorSpec, open_bytes, serialize, serialize_file
+from ._serialize import TensorSpec, open_bytes, serialize, serialize_file
 
-_NAMES = {
-    np.dtype(np.float64): "float64", np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
-    np.dtype(np.int64): "int64", np.dtype(np.uint64): "uint64", np.dtype(np.int32): "int32",
-    np.dtype(np.uint32): "uint32", np.dtype(np.int16): "int16", np.dtype(np.uint16): "uint16",
-    np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
-    np.dtype(np.complex64): "complex64",
-}
+# numpy dtype -> TensorSpec dtype name, for numpy's own types.
+_NAMES = {np_dtype: DTYPES[code][1] for code, np_dtype in numpy_types().items()}
 
 
 def _specs(tensor_dict: Dict[str, np.ndarray]):
@@ -32,10 +27,12 @@ def _specs(tensor_dict: Dict[str, np.ndarray]):
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         # np.ascontiguousarray would turn a 0-d array into shape (1,).
         arr = np.require(arr, requirements="C")
-        try:
-            dtype = _NAMES[np.dtype(arr.dtype).newbyteorder("=")]
-        except KeyError:
-            raise SafetensorError(f"Unknown dtype \"{arr.dtype.name}\". Supported dtypes: {_SUPPORTED}") from None
+        dtype = _NAMES.get(np.dtype(arr.dtype).newbyteorder("="))
+        if dtype is None:
+            # safetensors' "Unknown dtype" error, from the binding; the types
+            # ml_dtypes adds (bfloat16...) are refused too, as safetensors does.
+            spec_dtype(arr.dtype.name)
+            raise SafetensorError(f"Unknown dtype \"{arr.dtype.name}\"")
         keep.append(arr)
         specs[name] = TensorSpec._of(dtype, arr.shape, arr, arr.ctypes.data)
     return keep, specs
@@ -65,7 +62,7 @@ def load(data: bytes, **load_options) -> Dict[str, np.ndarray]:
         dtype, shape, nbytes, _, _ = h.info(name)
         if dtype not in fw._types:
             raise KeyError(dtype)  # as safetensors, for dtypes numpy lacks
-        arr, dest = fw.empty(dtype, shape)
+        arr, dest = fw.empty(dtype, shape, nbytes)
         h.read_into(name, dest)
         out[name] = arr
     return out

@@ -12,50 +12,16 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 
-from ._core import SafetensorError
+from ._frameworks import TORCH_LISTED, Torch, torch_bytes, torch_types
+from ._frameworks import torch_dtype as _getdtype  # noqa: F401 (safetensors.torch has it too)
 from ._open import safe_open
 from ._serialize import TensorSpec, open_bytes, serialize, serialize_file
 
-_TYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-for _code, _attr in [
-    ("F8_E4M3", "float8_e4m3fn"), ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2", "float8_e5m2"),
-    ("F8_E5M2FNUZ", "float8_e5m2fnuz"), ("C64", "complex64"), ("U64", "uint64"), ("U32", "uint32"),
-    ("U16", "uint16"),
-]:
-    if hasattr(torch, _attr):
-        _TYPES[_code] = getattr(torch, _attr)
-
-# Dtypes torch can load that safetensors.torch._TYPES does not list.
-_EXTRA_TYPES = {code: getattr(torch, attr) for code, attr in [("F8_E8M0", "float8_e8m0fnu"), ("F4", "float4_e2m1fn_x2")] if hasattr(torch, attr)}
-
-_SIZE = {dtype: dtype.itemsize for dtype in list(_TYPES.values()) + list(_EXTRA_TYPES.values())}
-
-
-def _getdtype(dtype_str: str) -> torch.dtype:
-    dtype = _TYPES.get(dtype_str) or _EXTRA_TYPES.get(dtype_str)
-    if dtype is None:
-        raise SafetensorError(f"Dtype not understood: {dtype_str}")
-    return dtype
-
-
-# Dtypes that torch's .numpy() converts as they are.
-_NUMPY_NATIVE = {
-    torch.float64, torch.float32, torch.float16, torch.complex64, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool,
-}
-
-
-def _bytes_of(tensor: torch.Tensor):
-    """A contiguous CPU tensor as a numpy array sharing its memory (uint8
-    where numpy lacks the dtype): the buffer the core reads or fills, as it
-    takes no addresses."""
-    if tensor.dtype in _NUMPY_NATIVE:
-        return tensor.numpy()
-    return (tensor if tensor.dim() else tensor.reshape(1)).view(torch.uint8).numpy()
+# safetensors.torch._TYPES, which other libraries import: the dtypes it lists,
+# in its order, that this torch has.
+_TYPES = {code: torch_types()[code] for code in TORCH_LISTED if code in torch_types()}
+# Every torch dtype the format has a name for.
+_CODES = {tdtype: code for code, tdtype in torch_types().items()}
 
 
 def storage_ptr(tensor: torch.Tensor) -> int:
@@ -192,13 +158,13 @@ def _specs(tensors: Dict[str, torch.Tensor]) -> Tuple[list, Dict[str, TensorSpec
             )
         if t.device.type != "cpu":
             t = t.to("cpu")
-        _SIZE[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
+        _CODES[t.dtype]  # KeyError for dtypes the format lacks, as in safetensors
         if t.is_conj() or t.is_neg():  # the values, not a view's lazy conjugate or negation
             t = t.resolve_conj().resolve_neg()
         if t.requires_grad:  # .numpy() refuses tensors that require grad
             t = t.detach()
         keep.append(t)
-        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), _bytes_of(t), t.data_ptr())
+        specs[name] = TensorSpec._of(str(t.dtype).split(".")[-1], list(t.shape), torch_bytes(t), t.data_ptr())
     return keep, specs
 
 
@@ -229,16 +195,14 @@ def load_file(
 
 def load(data: bytes, **load_options) -> Dict[str, torch.Tensor]:
     """Loads tensors from bytes; encrypted tensors are authenticated before they are returned."""
-    from ._frameworks import Torch
-
     h = open_bytes(data, framework="pt", **load_options)
     fw = Torch()
     out = {}
     for name in h.offset_keys():
         dtype, shape, nbytes, _, _ = h.info(name)
-        if dtype not in _TYPES and dtype not in _EXTRA_TYPES:
+        if dtype not in torch_types():
             raise KeyError(dtype)  # as safetensors, for dtypes torch lacks
-        t, dest = fw.empty(dtype, shape)
+        t, dest = fw.empty(dtype, shape, nbytes)
         h.read_into(name, dest)
         out[name] = t
     return out

@@ -1,4 +1,5 @@
-//! Element types, with the names and bit widths of safetensors 0.8.
+//! Element types: the one table of the format's dtypes, with the names and
+//! bit widths of safetensors 0.8 and the name frameworks give each type.
 
 use crate::error::{Error, Result};
 
@@ -103,6 +104,42 @@ impl Dtype {
         }
     }
 
+    /// The type's conventional name in the frameworks, shared by torch
+    /// (`torch.float8_e4m3fn`), numpy and ml_dtypes, and safetensors'
+    /// `TensorSpec` (`dtype="float32"`); `None` where no framework has one
+    /// (the F6 types).
+    pub fn type_name(self) -> Option<&'static str> {
+        use Dtype::*;
+        Some(match self {
+            BOOL => "bool",
+            F4 => "float4_e2m1fn_x2",
+            F6_E2M3 | F6_E3M2 => return None,
+            U8 => "uint8",
+            I8 => "int8",
+            F8_E5M2 => "float8_e5m2",
+            F8_E4M3 => "float8_e4m3fn",
+            F8_E8M0 => "float8_e8m0fnu",
+            F8_E4M3FNUZ => "float8_e4m3fnuz",
+            F8_E5M2FNUZ => "float8_e5m2fnuz",
+            I16 => "int16",
+            U16 => "uint16",
+            F16 => "float16",
+            BF16 => "bfloat16",
+            I32 => "int32",
+            U32 => "uint32",
+            F32 => "float32",
+            C64 => "complex64",
+            F64 => "float64",
+            I64 => "int64",
+            U64 => "uint64",
+        })
+    }
+
+    /// The dtype a framework type name stands for (see [`Dtype::type_name`]).
+    pub fn from_type_name(name: &str) -> Option<Dtype> {
+        ALL.iter().copied().find(|d| d.type_name() == Some(name))
+    }
+
     /// Parses a header dtype name.
     pub fn parse(name: &str) -> Result<Dtype> {
         ALL.iter()
@@ -157,6 +194,19 @@ mod tests {
             assert_eq!(Dtype::parse(d.name()).unwrap(), *d);
         }
         assert!(matches!(Dtype::parse("F128"), Err(Error::InvalidDtype(_))));
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        let mut named = 0;
+        for d in Dtype::all() {
+            if let Some(n) = d.type_name() {
+                assert_eq!(Dtype::from_type_name(n), Some(*d));
+                named += 1;
+            }
+        }
+        assert_eq!(named, Dtype::all().len() - 2); // every type but F6_E2M3, F6_E3M2
+        assert_eq!(Dtype::from_type_name("F32"), None);
     }
 
     #[test]

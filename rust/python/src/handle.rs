@@ -8,11 +8,12 @@ use cryptotensors::crypto::DataKey;
 use cryptotensors::envelope::RESERVED_PREFIX;
 use cryptotensors::keys::Jwk;
 use cryptotensors::reader::{LoadOptions, Reader};
-use cryptotensors::slice::{Index, SliceRuns};
+use cryptotensors::slice::SliceRuns;
 use cryptotensors::{Error, PreadFile, Source};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::PyDict;
 
+use crate::args::{strict_index, torch_index, SliceIndex};
 use crate::buffer::WriteBuffer;
 use crate::errors::LegacyFormatError;
 use crate::errors::{to_py, IntoPy, SafetensorError};
@@ -21,6 +22,9 @@ use crate::threads::Threads;
 
 /// `(dtype, shape, nbytes, encrypted, raw_offset)`, see [`Handle::info`].
 type TensorFacts = (&'static str, Vec<usize>, usize, bool, Option<u64>);
+
+/// `(index, shape, nbytes)`, see [`Handle::select`].
+type Selection = (Py<SliceIndex>, Vec<usize>, usize);
 
 #[pyclass(frozen, module = "cryptotensors._core")]
 pub struct Handle {
@@ -83,28 +87,6 @@ fn options(
         // CRYPTOTENSORS_OPEN_CACHE=0 turns off the verified-header cache.
         cache: std::env::var_os("CRYPTOTENSORS_OPEN_CACHE").is_none_or(|v| v != "0"),
     })
-}
-
-/// Converts a Python index description (built by the Python layer) into
-/// core indices: `("i", n)`, `("s", start, stop, step)` or `("e",)`.
-fn parse_index(items: &Bound<'_, PyList>) -> PyResult<Vec<Index>> {
-    items
-        .iter()
-        .map(|item| {
-            let t = item.downcast::<PyTuple>()?;
-            let tag: String = t.get_item(0)?.extract()?;
-            Ok(match tag.as_str() {
-                "i" => Index::Select(t.get_item(1)?.extract()?),
-                "s" => Index::Range {
-                    start: t.get_item(1)?.extract()?,
-                    stop: t.get_item(2)?.extract()?,
-                    step: t.get_item(3)?.extract()?,
-                },
-                "e" => Index::Ellipsis,
-                _ => return Err(SafetensorError::new_err("invalid index kind")),
-            })
-        })
-        .collect()
 }
 
 impl Handle {
@@ -309,29 +291,54 @@ impl Handle {
         })
     }
 
-    /// Output shape and byte length of an index applied to a tensor.
-    fn slice_shape(&self, name: &str, index: &Bound<'_, PyList>) -> PyResult<(Vec<usize>, usize)> {
-        guard("Handle.slice_shape", || {
+    /// `(index, shape, nbytes)`: an index of a tensor converted for the
+    /// core's slicer, with the shape and byte length of what it selects.
+    /// With `torch=False` the index follows safetensors' own slicer rules
+    /// and a refused one raises their error; with `torch=True` it follows
+    /// torch's basic indexing, and what the core does not slice natively
+    /// gives `None` (the caller indexes the whole tensor).
+    #[pyo3(signature = (name, key, torch=false))]
+    fn select(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        key: &Bound<'_, PyAny>,
+        torch: bool,
+    ) -> PyResult<Option<Selection>> {
+        guard("Handle.select", || {
             let r = self.get()?;
             let i = r.header().tensor(name).py_err()?;
-            let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
-            Ok((runs.shape, runs.len))
+            let index = if torch {
+                match torch_index(key)? {
+                    Some(index) => index,
+                    None => return Ok(None),
+                }
+            } else {
+                strict_index(key, &i.shape)?
+            };
+            let runs = SliceRuns::new(i.dtype, &i.shape, &index).py_err()?;
+            Ok(Some((
+                Py::new(py, SliceIndex { index })?,
+                runs.shape,
+                runs.len,
+            )))
         })
     }
 
-    /// Reads an index of a tensor into `out`, a writable C-contiguous
-    /// buffer of the slice's size, without the GIL.
+    /// Reads an index of a tensor (from [`Handle::select`]) into `out`, a
+    /// writable C-contiguous buffer of the slice's size, without the GIL.
     fn read_slice_into(
         &self,
         py: Python<'_>,
         name: &str,
-        index: &Bound<'_, PyList>,
+        index: PyRef<'_, SliceIndex>,
         out: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         guard("Handle.read_slice_into", || {
             let r = self.get()?;
             let i = r.header().tensor(name).py_err()?;
-            let runs = SliceRuns::new(i.dtype, &i.shape, &parse_index(index)?).py_err()?;
+            // Resolved against this tensor, whichever one it was selected on.
+            let runs = SliceRuns::new(i.dtype, &i.shape, &index.index).py_err()?;
             let mut buf = WriteBuffer::new(out, "out")?;
             let out = buf.bytes();
             py.allow_threads(|| self.threads.run(|| r.read_slice_into(name, &runs, out)))

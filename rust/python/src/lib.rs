@@ -10,6 +10,7 @@
 
 use pyo3::prelude::*;
 
+mod args;
 mod buffer;
 mod errors;
 mod guard;
@@ -25,6 +26,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     errors::register(m)?;
     m.add_class::<handle::Handle>()?;
+    m.add_class::<args::SliceIndex>()?;
+    m.add_function(wrap_pyfunction!(args::load_target, m)?)?;
+    m.add_function(wrap_pyfunction!(args::check_device, m)?)?;
+    m.add_function(wrap_pyfunction!(args::spec_dtype, m)?)?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
@@ -35,12 +40,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::public_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_id, m)?)?;
     m.add_function(wrap_pyfunction!(guard::_check_panic_boundary, m)?)?;
-    m.add(
-        "DTYPES",
-        cryptotensors::Dtype::all()
-            .iter()
-            .map(|d| d.name())
-            .collect::<Vec<_>>(),
-    )?;
+    // The core's dtype table, for the Python adapters: header name ->
+    // (bits, the frameworks' type name or None).
+    let dtypes = pyo3::types::PyDict::new(m.py());
+    for d in cryptotensors::Dtype::all() {
+        dtypes.set_item(d.name(), (d.bits(), d.type_name()))?;
+    }
+    m.add("DTYPES", dtypes)?;
     Ok(())
 }
