@@ -124,6 +124,12 @@ impl DataKey {
         SecretBytes::from_slice(bytes).map(DataKey)
     }
 
+    /// The key's bytes, for a key wrapper outside this crate (an HSM) that
+    /// must be handed the key to wrap it. Callers must not log or keep them.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        self.0.expose()
+    }
+
     /// A fresh random data key.
     pub fn generate() -> Result<DataKey> {
         Ok(DataKey(SecretBytes::random()?))

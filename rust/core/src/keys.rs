@@ -685,20 +685,17 @@ impl Serialize for Recipient {
 }
 
 impl Recipient {
-    /// Parses a JSON list of stanzas made outside this crate, each checked
-    /// with [`Recipient::check`].
-    pub fn parse_list(json: &str) -> Result<Vec<Recipient>> {
+    /// Parses one stanza made outside this crate (by a key wrapper), as JSON
+    /// text, checked with [`Recipient::check`].
+    pub fn parse(json: &str) -> Result<Recipient> {
         crate::header::unique_members(json).map_err(|_| {
-            Error::InvalidArgument("recipient stanzas repeat a member, or are not JSON".into())
+            Error::InvalidArgument("a recipient stanza repeats a member, or is not JSON".into())
         })?;
-        let list: Vec<Recipient> = serde_json::from_str(json).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "not a list of recipient stanzas ({:?} error)",
-                e.classify()
-            ))
+        let stanza: Recipient = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidArgument(format!("not a recipient stanza ({:?} error)", e.classify()))
         })?;
-        list.iter().try_for_each(Recipient::check)?;
-        Ok(list)
+        stanza.check()?;
+        Ok(stanza)
     }
 
     /// Checks a stanza made outside this crate (by an HSM, say) before it
@@ -1012,8 +1009,7 @@ mod tests {
             let k = Jwk::generate(kind).unwrap();
             let r = wrap(&dk, &k.public().unwrap_or(k.clone())).unwrap();
             r.check().unwrap();
-            let json = serde_json::to_string(&vec![r.clone()]).unwrap();
-            assert_eq!(Recipient::parse_list(&json).unwrap(), vec![r.clone()]);
+            assert_eq!(Recipient::parse(&r.to_json()).unwrap(), r);
             let mut bad = r.clone();
             bad.encrypted_key.pop();
             assert!(bad.check().is_err());
@@ -1024,7 +1020,8 @@ mod tests {
             bad.alg = "dir".into();
             assert!(bad.check().is_err());
         }
-        assert!(Recipient::parse_list(r#"[{"kid":"a"}]"#).is_err());
+        assert!(Recipient::parse(r#"{"kid":"a"}"#).is_err());
+        assert!(Recipient::parse(r#"[{"kid":"a"}]"#).is_err());
     }
 
     fn unhex(s: &str) -> Vec<u8> {

@@ -14,6 +14,7 @@ mod buffer;
 mod errors;
 mod guard;
 mod handle;
+mod identity;
 mod inspect;
 mod keys;
 mod legacy;
@@ -25,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     guard::install_hook();
     errors::register(m)?;
     m.add_class::<handle::Handle>()?;
+    m.add_class::<keys::KeyRing>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
