@@ -1,0 +1,503 @@
+//! JWK parsing, generation and export (RFC 7517, 7518, 8037, 7638).
+
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::{agreement, digest};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{b64d, b64e, ALG_A256GCMKW, ALG_EDDSA, ALG_ES256, ALG_HPKE, P256_POINT_LEN};
+use crate::crypto::SecretBytes;
+use crate::error::{Error, Result};
+
+/// What a key is for, from its `kty` and `crv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Symmetric 256-bit key-encryption key.
+    Oct,
+    /// X25519 key agreement key.
+    X25519,
+    /// Ed25519 signing key.
+    Ed25519,
+    /// ECDSA P-256 signing key (`kty: "EC", crv: "P-256"`, JWS `ES256`).
+    P256,
+}
+
+impl KeyKind {
+    /// Parses the names accepted by `generate_key`.
+    pub fn parse(s: &str) -> Result<KeyKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "oct" => Ok(KeyKind::Oct),
+            "x25519" => Ok(KeyKind::X25519),
+            "ed25519" => Ok(KeyKind::Ed25519),
+            "p-256" | "p256" | "es256" | "ec" => Ok(KeyKind::P256),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown key kind {s:?}: expected \"oct\", \"X25519\", \"Ed25519\" or \"P-256\""
+            ))),
+        }
+    }
+
+    /// The JOSE algorithm of the key's type: the only one it is used with.
+    pub fn alg(self) -> &'static str {
+        match self {
+            KeyKind::Oct => ALG_A256GCMKW,
+            KeyKind::X25519 => ALG_HPKE,
+            KeyKind::Ed25519 => ALG_EDDSA,
+            KeyKind::P256 => ALG_ES256,
+        }
+    }
+
+    /// Whether keys of this kind sign (rather than wrap data keys).
+    pub fn signs(self) -> bool {
+        matches!(self, KeyKind::Ed25519 | KeyKind::P256)
+    }
+}
+
+/// A parsed JWK. Secret members are wiped on drop and never printed.
+#[derive(Clone)]
+pub struct Jwk {
+    pub(super) kind: KeyKind,
+    /// The secret: `k` for oct, `d` for OKP and EC keys.
+    pub(super) secret: Option<SecretBytes>,
+    /// The public `x` of OKP and EC keys.
+    pub(super) public: [u8; 32],
+    /// The public `y` of EC keys (zero for the others).
+    pub(super) public_y: [u8; 32],
+    pub(super) kid: String,
+    pub(super) thumbprint: String,
+}
+
+impl std::fmt::Debug for Jwk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Jwk({:?}, kid={:?}, {})",
+            self.kind,
+            self.kid,
+            if self.secret.is_some() {
+                "private"
+            } else {
+                "public"
+            }
+        )
+    }
+}
+
+#[derive(Deserialize, Serialize, Default)]
+struct RawJwk {
+    kty: Option<String>,
+    crv: Option<String>,
+    kid: Option<String>,
+    alg: Option<String>,
+    k: Option<String>,
+    d: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+}
+
+impl Drop for RawJwk {
+    fn drop(&mut self) {
+        self.k.zeroize();
+        self.d.zeroize();
+    }
+}
+
+/// The private member `d` of an OKP or EC key, if present: 32 bytes.
+fn private_member(d: Option<&str>) -> Result<Option<SecretBytes>> {
+    d.map(|d| {
+        let bytes = Zeroizing::new(b64d("d", d)?);
+        SecretBytes::from_slice(&bytes)
+            .ok_or_else(|| Error::InvalidKey("\"d\" must be 32 bytes".into()))
+    })
+    .transpose()
+}
+
+impl Jwk {
+    /// Parses one JWK from JSON text.
+    pub fn parse(json: &str) -> Result<Jwk> {
+        let raw: RawJwk = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidKey(format!("not a JWK object ({:?} error)", e.classify()))
+        })?;
+        Jwk::from_raw(&raw)
+    }
+
+    /// Parses a JWK, a JSON list of JWKs, or a JWKS (`{"keys": [...]}`).
+    pub fn parse_set(json: &str) -> Result<Vec<Jwk>> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidKey(format!("not JSON ({:?} error)", e.classify())))?;
+        let items = match v {
+            serde_json::Value::Array(items) => items,
+            serde_json::Value::Object(mut o) if o.contains_key("keys") => match o.remove("keys") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => {
+                    return Err(Error::InvalidKey(
+                        "JWKS member \"keys\" must be a list".into(),
+                    ))
+                }
+            },
+            v @ serde_json::Value::Object(_) => vec![v],
+            _ => {
+                return Err(Error::InvalidKey(
+                    "expected a JWK, a list of JWKs or a JWKS".into(),
+                ))
+            }
+        };
+        items
+            .into_iter()
+            .map(|item| {
+                let raw: RawJwk = serde_json::from_value(item)
+                    .map_err(|_| Error::InvalidKey("a key is not a JWK object".into()))?;
+                Jwk::from_raw(&raw)
+            })
+            .collect()
+    }
+
+    fn from_raw(raw: &RawJwk) -> Result<Jwk> {
+        let kty = raw
+            .kty
+            .as_deref()
+            .ok_or_else(|| Error::InvalidKey("missing \"kty\"".into()))?;
+        let mut public_y = [0u8; 32];
+        let (kind, secret, public) = match kty {
+            "oct" => {
+                let k = raw.k.as_deref().ok_or_else(|| {
+                    Error::InvalidKey("symmetric (oct) key has no \"k\" member".into())
+                })?;
+                let bytes = Zeroizing::new(b64d("k", k)?);
+                let secret = SecretBytes::from_slice(&bytes).ok_or_else(|| {
+                    Error::InvalidKey(format!(
+                        "oct key must be 256 bits, got {} bits",
+                        bytes.len() * 8
+                    ))
+                })?;
+                (KeyKind::Oct, Some(secret), [0u8; 32])
+            }
+            "OKP" => {
+                let kind = match raw.crv.as_deref() {
+                    Some("X25519") => KeyKind::X25519,
+                    Some("Ed25519") => KeyKind::Ed25519,
+                    Some(c) => {
+                        return Err(Error::InvalidKey(format!("unsupported OKP curve {c:?}")))
+                    }
+                    None => return Err(Error::InvalidKey("OKP key has no \"crv\"".into())),
+                };
+                let x = raw
+                    .x
+                    .as_deref()
+                    .ok_or_else(|| Error::InvalidKey("OKP key has no \"x\"".into()))?;
+                let public: [u8; 32] = b64d("x", x)?
+                    .try_into()
+                    .map_err(|_| Error::InvalidKey("\"x\" must be 32 bytes".into()))?;
+                let secret = private_member(raw.d.as_deref())?;
+                if secret
+                    .as_ref()
+                    .is_some_and(|s| derive_public(kind, s) != public)
+                {
+                    return Err(Error::InvalidKey("\"x\" does not match \"d\"".into()));
+                }
+                (kind, secret, public)
+            }
+            "EC" => {
+                match raw.crv.as_deref() {
+                    Some("P-256") => {}
+                    Some(c) => {
+                        return Err(Error::InvalidKey(format!("unsupported EC curve {c:?}")))
+                    }
+                    None => return Err(Error::InvalidKey("EC key has no \"crv\"".into())),
+                }
+                let coordinate = |name: &str, v: &Option<String>| -> Result<[u8; 32]> {
+                    let v = v
+                        .as_deref()
+                        .ok_or_else(|| Error::InvalidKey(format!("EC key has no {name:?}")))?;
+                    b64d(name, v)?
+                        .try_into()
+                        .map_err(|_| Error::InvalidKey(format!("{name:?} must be 32 bytes")))
+                };
+                let x = coordinate("x", &raw.x)?;
+                public_y = coordinate("y", &raw.y)?;
+                let point = p256_point(&x, &public_y);
+                p256_check_point(&point)?;
+                let secret = private_member(raw.d.as_deref())?;
+                if let Some(s) = &secret {
+                    p256_key_pair(s, &point)?;
+                }
+                (KeyKind::P256, secret, x)
+            }
+            other => return Err(Error::InvalidKey(format!("unsupported kty {other:?}"))),
+        };
+        if let Some(alg) = raw.alg.as_deref() {
+            if alg != kind.alg() {
+                return Err(Error::InvalidKey(format!(
+                    "key declares alg {alg:?}, but a {kind:?} key is used with {:?}",
+                    kind.alg()
+                )));
+            }
+        }
+        let mut jwk = Jwk {
+            kind,
+            secret,
+            public,
+            public_y,
+            kid: String::new(),
+            thumbprint: String::new(),
+        };
+        jwk.thumbprint = jwk.compute_thumbprint();
+        jwk.kid = raw.kid.clone().unwrap_or_else(|| jwk.thumbprint.clone());
+        Ok(jwk)
+    }
+
+    /// A fresh private key of `kind`, with its thumbprint as `kid`.
+    pub fn generate(kind: KeyKind) -> Result<Jwk> {
+        let (secret, public, public_y) = match kind {
+            KeyKind::P256 => p256_generate()?,
+            _ => {
+                let secret = SecretBytes::random()?;
+                let public = match kind {
+                    KeyKind::Oct => [0u8; 32],
+                    _ => derive_public(kind, &secret),
+                };
+                (secret, public, [0u8; 32])
+            }
+        };
+        let mut jwk = Jwk {
+            kind,
+            secret: Some(secret),
+            public,
+            public_y,
+            kid: String::new(),
+            thumbprint: String::new(),
+        };
+        jwk.thumbprint = jwk.compute_thumbprint();
+        jwk.kid = jwk.thumbprint.clone();
+        Ok(jwk)
+    }
+
+    /// RFC 7638 thumbprint: SHA-256 over the required members in
+    /// lexicographic order, base64url.
+    fn compute_thumbprint(&self) -> String {
+        let canonical = Zeroizing::new(match self.kind {
+            KeyKind::Oct => format!(
+                r#"{{"k":"{}","kty":"oct"}}"#,
+                b64e(self.secret.as_ref().expect("oct keys are secret").expose())
+            ),
+            KeyKind::X25519 | KeyKind::Ed25519 => format!(
+                r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+                if self.kind == KeyKind::X25519 {
+                    "X25519"
+                } else {
+                    "Ed25519"
+                },
+                b64e(&self.public)
+            ),
+            // RFC 7638 §3.2: crv, kty, x, y.
+            KeyKind::P256 => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                b64e(&self.public),
+                b64e(&self.public_y)
+            ),
+        });
+        b64e(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// What the key is for.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The key id: the JWK's `kid`, or its thumbprint.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The RFC 7638 thumbprint.
+    pub fn thumbprint(&self) -> &str {
+        &self.thumbprint
+    }
+
+    /// Whether the key holds its secret part.
+    pub fn is_private(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The public key bytes of an OKP key; the `x` coordinate of an EC key
+    /// (see [`Jwk::p256_point`] for the whole point).
+    pub fn public_bytes(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// The uncompressed public point `0x04 || x || y` of a P-256 key.
+    pub fn p256_point(&self) -> Option<[u8; P256_POINT_LEN]> {
+        (self.kind == KeyKind::P256).then(|| p256_point(&self.public, &self.public_y))
+    }
+
+    pub(crate) fn secret(&self) -> Option<&SecretBytes> {
+        self.secret.as_ref()
+    }
+
+    /// Whether this key answers to a recipient or signer id.
+    pub fn matches(&self, kid: &str) -> bool {
+        self.kid == kid || self.thumbprint == kid
+    }
+
+    /// The JWK as JSON text. With `private`, secret members are included
+    /// (callers writing it to disk must protect the file).
+    pub fn to_json(&self, private: bool) -> Result<String> {
+        if self.kind == KeyKind::Oct && !private {
+            return Err(Error::InvalidKey(
+                "a symmetric (oct) key has no public part".into(),
+            ));
+        }
+        let mut raw = RawJwk::default();
+        raw.kid = Some(self.kid.clone());
+        raw.alg = Some(self.kind.alg().into());
+        match self.kind {
+            KeyKind::Oct => {
+                raw.kty = Some("oct".into());
+                raw.k = self.secret.as_ref().map(|s| b64e(s.expose()));
+            }
+            KeyKind::X25519 | KeyKind::Ed25519 => {
+                raw.kty = Some("OKP".into());
+                raw.crv = Some(
+                    if self.kind == KeyKind::X25519 {
+                        "X25519"
+                    } else {
+                        "Ed25519"
+                    }
+                    .into(),
+                );
+                raw.x = Some(b64e(&self.public));
+                if private {
+                    raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
+                }
+            }
+            KeyKind::P256 => {
+                raw.kty = Some("EC".into());
+                raw.crv = Some("P-256".into());
+                raw.x = Some(b64e(&self.public));
+                raw.y = Some(b64e(&self.public_y));
+                if private {
+                    raw.d = self.secret.as_ref().map(|s| b64e(s.expose()));
+                }
+            }
+        }
+        let v = serde_json::to_value(&raw).expect("JWK serializes");
+        let obj: serde_json::Map<String, serde_json::Value> = v
+            .as_object()
+            .expect("object")
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(serde_json::to_string(&obj).expect("JSON"))
+    }
+
+    /// The public half of an OKP or EC key.
+    pub fn public(&self) -> Result<Jwk> {
+        if self.kind == KeyKind::Oct {
+            return Err(Error::InvalidKey(
+                "a symmetric (oct) key has no public part".into(),
+            ));
+        }
+        let mut p = self.clone();
+        p.secret = None;
+        Ok(p)
+    }
+}
+
+fn derive_public(kind: KeyKind, secret: &SecretBytes) -> [u8; 32] {
+    match kind {
+        KeyKind::X25519 => {
+            let s = x25519_dalek::StaticSecret::from(*secret.expose());
+            x25519_dalek::PublicKey::from(&s).to_bytes()
+        }
+        KeyKind::Ed25519 => {
+            let kp = ring::signature::Ed25519KeyPair::from_seed_unchecked(secret.expose())
+                .expect("32-byte seed");
+            kp.public_key()
+                .as_ref()
+                .try_into()
+                .expect("32-byte public key")
+        }
+        KeyKind::Oct | KeyKind::P256 => [0u8; 32],
+    }
+}
+
+fn p256_point(x: &[u8; 32], y: &[u8; 32]) -> [u8; P256_POINT_LEN] {
+    let mut point = [0u8; P256_POINT_LEN];
+    point[0] = 0x04;
+    point[1..33].copy_from_slice(x);
+    point[33..].copy_from_slice(y);
+    point
+}
+
+/// Fails unless `point` is a valid uncompressed P-256 public key: both
+/// coordinates below the field prime and on the curve. ring validates a
+/// peer's point in ECDH (and would otherwise only fail at verification time,
+/// indistinguishably from a bad signature), so an ECDH with a throwaway
+/// ephemeral key is the check.
+fn p256_check_point(point: &[u8; P256_POINT_LEN]) -> Result<()> {
+    let rng = SystemRandom::new();
+    let ephemeral = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| Error::Io(std::io::Error::other("system random source failed")))?;
+    agreement::agree_ephemeral(
+        ephemeral,
+        &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point),
+        |_| (),
+    )
+    .map_err(|_| Error::InvalidKey("EC \"x\", \"y\" is not a point on the P-256 curve".into()))
+}
+
+/// The ring key pair of a P-256 private key; fails if `d` is out of range or
+/// does not match the point.
+pub(crate) fn p256_key_pair(d: &SecretBytes, point: &[u8; P256_POINT_LEN]) -> Result<EcdsaKeyPair> {
+    EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        d.expose(),
+        point,
+        &SystemRandom::new(),
+    )
+    .map_err(|_| {
+        Error::InvalidKey(
+            "EC \"d\" is not a valid P-256 private key or does not match \"x\", \"y\"".into(),
+        )
+    })
+}
+
+/// The PKCS#8 v1 document `EcdsaKeyPair::generate_pkcs8` returns for P-256
+/// is ring's fixed template with the key spliced in:
+/// `PREFIX || d (32) || MIDDLE || 0x04 || x (32) || y (32)` (RFC 5958,
+/// RFC 5915 `ECPrivateKey` with the public key and no parameters).
+const P256_PKCS8_PREFIX: [u8; 36] = [
+    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
+    0x01, 0x01, 0x04, 0x20,
+];
+const P256_PKCS8_MIDDLE: [u8; 5] = [0xa1, 0x44, 0x03, 0x42, 0x00];
+
+/// A fresh P-256 key: ring generates it; `d` is read out of the PKCS#8
+/// document (whose layout is checked byte for byte) and the pair is then
+/// rebuilt from `d` and the point, which ring checks for consistency.
+fn p256_generate() -> Result<(SecretBytes, [u8; 32], [u8; 32])> {
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| Error::Io(std::io::Error::other("system random source failed")))?;
+    let der = doc.as_ref();
+    let layout_error = || Error::InvalidKey("unexpected PKCS#8 layout from ring".into());
+    let d_at = P256_PKCS8_PREFIX.len();
+    let point_at = d_at + 32 + P256_PKCS8_MIDDLE.len();
+    if der.len() != point_at + P256_POINT_LEN
+        || der[..d_at] != P256_PKCS8_PREFIX
+        || der[d_at + 32..point_at] != P256_PKCS8_MIDDLE
+    {
+        return Err(layout_error());
+    }
+    let d = SecretBytes::from_slice(&der[d_at..d_at + 32]).ok_or_else(layout_error)?;
+    let point: [u8; P256_POINT_LEN] = der[point_at..].try_into().map_err(|_| layout_error())?;
+    let pair = p256_key_pair(&d, &point).map_err(|_| layout_error())?;
+    if pair.public_key().as_ref() != point.as_slice() || point[0] != 0x04 {
+        return Err(layout_error());
+    }
+    let x: [u8; 32] = point[1..33].try_into().expect("32 bytes");
+    let y: [u8; 32] = point[33..].try_into().expect("32 bytes");
+    Ok((d, x, y))
+}
