@@ -4,8 +4,8 @@
 //!
 //! The modules follow FORMAT.md: [`header`] (the safetensors layout),
 //! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
-//! nonces, key schedule), [`keys`] (JWK and recipients), [`identity`] (the
-//! traits of who opens a file and whom it is sealed for), [`sign`] (JWS),
+//! nonces, key schedule), [`keys`] (JWKs, recipients, and the `Identity` and
+//! `KeyWrapper` traits of who opens a file and whom it is sealed for), [`sign`] (JWS),
 //! [`reader`] and [`writer`], [`rewrap`] for key rotation, [`rekey`] for
 //! re-encryption under a new data key, and [`slice`] for partial reads; [`legacy`] reads
 //! files of cryptotensors 0.2.3 to migrate them.
@@ -20,7 +20,6 @@ pub mod envelope;
 pub mod error;
 pub mod header;
 pub mod keys;
-pub use keys::identity;
 pub mod legacy;
 mod platform;
 pub mod policy;

@@ -17,8 +17,8 @@ use crate::crypto::{Binding, DataKey, PayloadKey, TAG_LEN};
 use crate::envelope::{self, Layout, Protection, DIGEST_LEN, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
-use crate::identity::{Identity, Providers};
 use crate::keys::{self, Jwk, Recipient};
+use crate::keys::{Identity, Providers};
 use crate::policy::Policy;
 use crate::slice::SliceRuns;
 use crate::{sign, Source};
@@ -672,7 +672,7 @@ impl<V: Fn(&DataKey) -> Result<PayloadKey>> Search<'_, V> {
 mod tests {
     use super::*;
     use crate::crypto::Algorithm;
-    use crate::identity::KeyWrapper;
+    use crate::keys::KeyWrapper;
     use crate::keys::{KeyKind, MAX_RECIPIENTS};
     use crate::writer::{serialize, EncryptOptions, TensorData, WriteOptions};
     use crate::Dtype;
@@ -845,7 +845,7 @@ mod tests {
             LEN.store(len, std::sync::atomic::Ordering::SeqCst);
             let short = Counting::new(|_| {
                 let n = LEN.load(std::sync::atomic::Ordering::SeqCst);
-                Some(crate::identity::provided_key(&vec![1u8; n]))
+                Some(crate::keys::provided_key(&vec![1u8; n]))
             });
             let later = Arc::new(Holds(key.clone(), Mutex::new(0)));
             let opts = with_providers(vec![], vec![short, later.clone()]);

@@ -29,7 +29,7 @@ use crate::crypto::{self, DataKey};
 use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
-use crate::identity::Providers;
+use crate::keys::Providers;
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 use crate::reader::{LoadOptions, Reader};

@@ -26,7 +26,7 @@ use crate::envelope::{
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
-use crate::identity::KeyWrapper;
+use crate::keys::KeyWrapper;
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 use crate::sign;

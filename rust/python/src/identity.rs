@@ -15,8 +15,8 @@
 use std::sync::Arc;
 
 use cryptotensors::crypto::DataKey;
-use cryptotensors::identity::{provided_key, Identity, KeyWrapper, Providers};
 use cryptotensors::keys::Recipient;
+use cryptotensors::keys::{provided_key, Identity, KeyWrapper, Providers};
 use cryptotensors::{Error, Result};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};

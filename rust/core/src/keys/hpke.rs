@@ -146,3 +146,43 @@ pub fn open(
         .len();
     Ok(Zeroizing::new(buf[..n].to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn hpke_rfc9180_a2_vector() {
+        // RFC 9180 A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305, base mode.
+        let info = unhex("4f6465206f6e2061204772656369616e2055726e");
+        let sk_e = SecretBytes::from_slice(&unhex(
+            "f4ec9b33b792c372c1d2c2063507b684ef925b8c75a42dbcbf57d63ccd381600",
+        ))
+        .unwrap();
+        let sk_r = SecretBytes::from_slice(&unhex(
+            "8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb",
+        ))
+        .unwrap();
+        let pk_r: [u8; 32] =
+            unhex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a")
+                .try_into()
+                .unwrap();
+        let pt = unhex("4265617574792069732074727574682c20747275746820626561757479");
+        let aad = b"Count-0";
+        let (enc, ct) = seal(&pk_r, &sk_e, &info, aad, &pt).unwrap();
+        assert_eq!(
+            enc.to_vec(),
+            unhex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a")
+        );
+        assert_eq!(ct, unhex("1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b60b4db21993c62ce81883d2dd1b51a28"));
+        let back = open(&sk_r, &pk_r, &enc, &info, aad, &ct).unwrap();
+        assert_eq!(&back[..], &pt[..]);
+    }
+}

@@ -12,9 +12,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::{Jwk, Recipient};
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
-use crate::keys::{self, Jwk, Recipient};
 
 /// Something that may unwrap a file's data key from a recipient stanza.
 pub trait Identity: Send + Sync + fmt::Debug {
@@ -42,13 +42,13 @@ pub trait Providers: Send + Sync + fmt::Debug {
 
 impl Identity for Jwk {
     fn unwrap_stanza(&self, stanza: &Recipient) -> Option<Result<DataKey>> {
-        keys::unwrap(stanza, self)
+        super::unwrap(stanza, self)
     }
 }
 
 impl KeyWrapper for Jwk {
     fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
-        keys::wrap(key, self)
+        super::wrap(key, self)
     }
 }
 
