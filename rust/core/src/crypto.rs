@@ -118,9 +118,10 @@ pub fn fill_random(out: &mut [u8]) -> Result<()> {
 pub struct DataKey(pub(crate) SecretBytes);
 
 impl DataKey {
-    /// A data key unwrapped elsewhere (by a key provider); `None` unless it
-    /// is 32 bytes. It still has to pass [`PayloadKey::verify`].
-    pub fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
+    /// A data key from bytes; `None` unless it is 32 bytes. It still has to
+    /// pass [`PayloadKey::verify`]. Outside the crate, a provider's key
+    /// comes in through `keys::provided_key`.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
         SecretBytes::from_slice(bytes).map(DataKey)
     }
 
