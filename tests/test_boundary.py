@@ -74,12 +74,13 @@ _CHILD = textwrap.dedent(
     with open("enc.safetensors", "wb") as f:
         f.write(enc)
     keys = json.dumps([key])
+    ring = _core.KeyRing(keys)
     from pathlib import Path
 
     LEGACY = Path(os.environ["CRYPTOTENSORS_TEST_LEGACY"])  # the test tree's, whatever copy is installed
 
     def handle():
-        return _core.Handle.from_bytes(enc, keys=keys)
+        return _core.Handle.from_bytes(enc, keys=ring)
 
     def ro_array():
         a = np.zeros(24, np.uint8)
@@ -101,8 +102,8 @@ _CHILD = textwrap.dedent(
     BASELINE = {
         "serialize": lambda: ((rec(np.zeros(24, np.uint8)), {"m": "1"}, None),
                               {"recipients": keys, "segment_size": 4096, "threads": 1}),
-        "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "add": json.dumps([ct.generate_key("oct")])}),
-        "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "threads": 1}),
+        "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "add": json.dumps([ct.generate_key("oct")])}),
+        "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
         "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
                                 {"trusted": (LEGACY / "keys.public.json").read_text()}),
@@ -112,8 +113,10 @@ _CHILD = textwrap.dedent(
         "public_key": lambda: ((json.dumps(ct.generate_key("X25519")),), {}),
         "key_id": lambda: ((json.dumps(key),), {}),
         "_check_panic_boundary": lambda: ((), {"threads": 2}),
-        "Handle.open": lambda: (("enc.safetensors", "pread"), {"keys": keys, "threads": 1}),
-        "Handle.from_bytes": lambda: ((enc,), {"keys": keys, "threads": 1}),
+        "Handle.open": lambda: (("enc.safetensors", "pread"), {"keys": ring, "threads": 1}),
+        "Handle.from_bytes": lambda: ((enc,), {"keys": ring, "threads": 1}),
+        "KeyRing.join": lambda: (([ring, ring],), {}),
+        "KeyRing.kids": lambda: ((), {}),
         "Handle.share": lambda: ((), {}),
         "Handle.close": lambda: ((), {}),
         "Handle.offset_keys": lambda: ((), {}),
@@ -160,6 +163,13 @@ _CHILD = textwrap.dedent(
             continue
         if isinstance(obj, type):  # a class: its constructor, static and bound methods
             call(f"{name}()", obj)
+            if name == "KeyRing":  # holds no file: no closed state
+                for h in hostile():
+                    call(f"KeyRing({type(h).__name__} {h!r:.40})", obj, h)
+                for m in ("join", "kids"):
+                    attr = getattr(obj, m) if m == "join" else (lambda *a, **k: ring.kids(*a, **k))
+                    sweep(f"KeyRing.{m}", attr, BASELINE.get(f"KeyRing.{m}"), False)
+                continue
             for m in sorted(dir(obj)):
                 if m.startswith("__"):
                     continue
@@ -210,6 +220,17 @@ _CHILD = textwrap.dedent(
         ("serialize(huge shape)", _core.SafetensorError, _core.serialize, ([("w", "F32", [2**62, 2**62], b"")],)),
         ("serialize(threads=2**40)", ValueError, _core.serialize, (rec(out24()),), {"threads": 2**40}),
         ("Handle.from_bytes(threads=10**6)", ValueError, _core.Handle.from_bytes, (enc,), {"threads": 10**6}),
+        ("Handle.from_bytes(keys=JSON text)", TypeError, _core.Handle.from_bytes, (enc,), {"keys": keys}),
+        # Providers are called back (GIL taken again) when no key opens the file.
+        ("Handle.from_bytes(providers=int)", TypeError, _core.Handle.from_bytes, (enc,), {"providers": 5}),
+        ("Handle.from_bytes(providers: not a list)", TypeError, _core.Handle.from_bytes, (enc,),
+         {"providers": lambda: 5}),
+        ("Handle.from_bytes(provider: 3 bytes)", _core.InvalidKeyError, _core.Handle.from_bytes, (enc,),
+         {"providers": lambda: [type("P", (), {"unwrap": lambda self, r: b"abc"})()]}),
+        ("Handle.from_bytes(provider: a str)", TypeError, _core.Handle.from_bytes, (enc,),
+         {"providers": lambda: [type("P", (), {"unwrap": lambda self, r: "k" * 32})()]}),
+        ("serialize(wrapper: not a stanza)", (TypeError, ValueError), _core.serialize, (rec(out24()),),
+         {"recipients": "[]", "wrappers": [type("W", (), {"wrap": lambda self, k: 5})()]}),
         ("public serialize(TensorSpec(data_ptr=0, data_len=4))", ValueError, ct.serialize,
          ({"a": ct.TensorSpec(dtype="float32", shape=[1], data_ptr=0, data_len=4)},)),
     ]:
@@ -222,7 +243,7 @@ _CHILD = textwrap.dedent(
     # meets the held export (BufferError) instead of freeing it underneath.
     import threading
     big = cn.save({"w": np.zeros(1 << 24, np.uint8)}, encrypt_for=key)
-    hb = _core.Handle.from_bytes(big, keys=keys, threads=2)
+    hb = _core.Handle.from_bytes(big, keys=ring, threads=2)
     refused, done = [0], threading.Event()
 
     def resize(buf):
@@ -248,7 +269,7 @@ _CHILD = textwrap.dedent(
     e = call("_check_panic_boundary(threads=2)", _core._check_panic_boundary, panic_ok=True, threads=2)
     report["panic"] = [type(e).__name__, str(e)] if e is not None else None
     after = np.zeros(24, np.uint8)
-    _core.Handle.from_bytes(enc, keys=keys, threads=2).read_into("w", after)
+    _core.Handle.from_bytes(enc, keys=ring, threads=2).read_into("w", after)
     report["after_panic_ok"] = after.view(np.float32).tolist() == list(range(6))
     report["payload_in_messages"] = any(PAYLOAD in m for m in report["messages"])
     sys.stdout.write("REPORT " + json.dumps(report) + "\n")

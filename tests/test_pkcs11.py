@@ -234,7 +234,7 @@ def test_import_refuses_duplicates_and_non_oct_keys(hsm):
 
 def test_unwrap_on_the_token_returns_the_data_key(hsm, model):
     path, _ = model
-    (stanza,) = _providers.recipients_of_file(str(path))
+    (stanza,) = ct.inspect(path)["recipients"]
     want = AESGCM(b64d(hsm["key"]["k"])).decrypt(
         b64d(stanza["iv"]), b64d(stanza["encrypted_key"]) + b64d(stanza["tag"]), None
     )
@@ -292,7 +292,7 @@ def test_load_in_process_through_the_provider_only(hsm, model, no_keys):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_its_own_session(hsm, model):
     path, _ = model
-    (stanza,) = _providers.recipients_of_file(str(path))
+    (stanza,) = ct.inspect(path)["recipients"]
     p = provider()
     want = p.unwrap(stanza)
     assert want is not None
@@ -327,21 +327,21 @@ def test_other_keys_do_not_open(hsm, tmp_path, no_keys):
         cn.load_file(other)
     with pytest.raises(ct.KeyNotFoundError):
         cn.load_file(lookalike)
-    (stanza,) = _providers.recipients_of_file(str(lookalike))
+    (stanza,) = ct.inspect(lookalike)["recipients"]
     assert provider().unwrap(stanza) is None
 
 
 def test_a_tampered_wrapped_key_gives_an_error_not_data(hsm, model, tmp_path, no_keys):
     path, _ = model
     data = bytearray(path.read_bytes())
-    (stanza,) = _providers.recipients_of_file(str(path))
+    (stanza,) = ct.inspect(path)["recipients"]
     ek = stanza["encrypted_key"]
     at = bytes(data).index(ek.encode())
     i = at + len(ek) // 2
     data[i] = ord("A") if data[i] != ord("A") else ord("B")  # same length, still base64url
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(bytes(data))
-    assert _providers.recipients_of_file(str(bad))[0]["encrypted_key"] != ek
+    assert ct.inspect(bad)["recipients"][0]["encrypted_key"] != ek
     ct.register_key_provider(provider())
     with pytest.raises(ct.SafetensorError):
         cn.load_file(bad)
@@ -473,7 +473,7 @@ def test_the_pin_is_not_shown(hsm, model, tmp_path, no_keys):
         pickle.dumps(p)
     # Errors: a token that is not there, a module that is not there.
     path, _ = model
-    (stanza,) = _providers.recipients_of_file(str(path))
+    (stanza,) = ct.inspect(path)["recipients"]
     for bad in (
         Pkcs11Provider(MODULE, token_label="no-such-token", pin=PIN),
         Pkcs11Provider(str(tmp_path / "missing.so"), token_label=TOKEN, pin=PIN),

@@ -177,3 +177,194 @@ def test_a_provider_gets_unknown_stanzas_whole(tmp_path, clean_providers):
     with pytest.raises(ct.KeyNotFoundError):
         cn.load_file(path)
     assert seen[0] == future and seen[1]["alg"] == "A256GCMKW"
+
+
+# -- the provider chain inside one open (issue 12) ---------------------------
+
+
+class _Counting:
+    """Wraps _core.Handle's constructors and counts them."""
+
+    def __init__(self, handle):
+        self._handle, self.opens = handle, 0
+
+    def open(self, *a, **k):
+        self.opens += 1
+        return self._handle.open(*a, **k)
+
+    def from_bytes(self, *a, **k):
+        self.opens += 1
+        return self._handle.from_bytes(*a, **k)
+
+
+def test_a_provider_opens_a_file_in_one_open_without_reading_its_header_again(tmp_path, clean_providers, monkeypatch):
+    """Before: a KeyNotFoundError was caught, the header read again in Python
+    (inspect, or struct.unpack of the bytes) and the file opened a second
+    time. Now the core asks the provider inside the one open: one open per
+    load, from a path and from bytes, no header read outside the core, and
+    the provider asked once per distinct stanza."""
+    from cryptotensors import _core, _open, _serialize
+
+    vault_key, other = ct.generate_key("oct"), ct.generate_key("oct")
+    wrapper = CapturingWrapper(vault_key)
+    path = tmp_path / "m.safetensors"
+    d = {"w": np.arange(10, dtype=np.float32)}
+    cn.save_file(d, path, encrypt_for=[wrapper, other])
+    forged = _remac(path.read_bytes(), wrapper.data_key, lambda rs: rs * 3)
+    path.write_bytes(forged)
+    asked = []
+
+    class Vault(VaultProvider):
+        def unwrap(self, r):
+            asked.append(r["kid"])
+            return super().unwrap(r)
+
+    ct.register_key_provider(Vault(vault_key))
+    counting = _Counting(_core.Handle)
+    monkeypatch.setattr(_open, "Handle", counting)
+    monkeypatch.setattr(_serialize._core, "Handle", counting)
+
+    def no_header_reads(*a, **k):
+        raise AssertionError("the header was read again outside the open")
+
+    monkeypatch.setattr(_core, "inspect", no_header_reads)
+    with ct.safe_open(path, "np") as f:
+        np.testing.assert_array_equal(f.get_tensor("w"), d["w"])
+    assert counting.opens == 1
+    assert sorted(asked) == sorted([vault_key["kid"], other["kid"]])  # each distinct stanza once
+    del asked[:]
+    np.testing.assert_array_equal(cn.load(forged)["w"], d["w"])
+    assert counting.opens == 2
+    assert sorted(asked) == sorted([vault_key["kid"], other["kid"]])
+
+
+def test_rewrap_asks_a_provider_once(tmp_path, clean_providers, monkeypatch):
+    from cryptotensors import _core
+
+    vault_key = ct.generate_key("oct")
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.ones(3)}, path, encrypt_for=vault_key)
+    vault = VaultProvider(vault_key)
+    ct.register_key_provider(vault)
+    monkeypatch.setattr(_core, "inspect", None)  # no header read outside the core
+    new = ct.generate_key("oct")
+    ct.rewrap(path, add=new)
+    assert vault.calls == 1
+    ct.rekey(path, recipients=new, remove=[vault_key["kid"]])
+    assert vault.calls == 2
+    np.testing.assert_array_equal(cn.load_file(path, keys=new)["w"], np.ones(3))
+
+
+def test_a_provider_exception_reaches_the_caller_unchanged(tmp_path, clean_providers):
+    class Down(Exception):
+        pass
+
+    class Failing:
+        def unwrap(self, r):
+            raise Down("key service unreachable")
+
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.ones(3)}, path, encrypt_for=ct.generate_key("oct"))
+    later = VaultProvider(ct.generate_key("oct"))
+    ct.register_key_provider(Failing())
+    ct.register_key_provider(later)
+    with pytest.raises(Down, match="unreachable"):
+        cn.load_file(path)
+    with pytest.raises(Down):
+        cn.load(path.read_bytes())
+    assert later.calls == 0  # the failure ended the open
+
+
+@pytest.mark.parametrize("answer", [b"", b"k" * 31, b"k" * 33, bytearray(64)])
+def test_a_provider_key_of_the_wrong_length_is_invalid_key(tmp_path, clean_providers, answer):
+    class Short:
+        def unwrap(self, r):
+            return answer
+
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.ones(3)}, path, encrypt_for=ct.generate_key("oct"))
+    ct.register_key_provider(Short())
+    with pytest.raises(ct.InvalidKeyError, match=f"{len(answer)} bytes, not 32"):
+        cn.load_file(path)
+
+
+def test_providers_are_listed_only_when_the_keys_open_nothing(tmp_path, clean_providers, monkeypatch):
+    """Discovery (entry points, plugins) runs only when the key ring fails,
+    and what a provider opened is not cached for a later open without it."""
+    key = ct.generate_key("oct")
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.ones(3)}, path, encrypt_for=key)
+    listed = []
+    real = _providers.providers
+    monkeypatch.setattr(_providers, "providers", lambda: listed.append(1) or real())
+    cn.load_file(path, keys=key)
+    assert listed == []
+    vault = VaultProvider(key)
+    ct.register_key_provider(vault)
+    cn.load_file(path)
+    assert listed == [1] and vault.calls == 1
+    _providers._registered.remove(vault)
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path)
+
+
+def test_a_key_wrapper_gets_a_data_key_drawn_by_the_core(tmp_path, clean_providers, monkeypatch):
+    """The data key of a wrapped (HSM) save is drawn in Rust: not by Python's
+    secrets module, and a fresh one per save."""
+    import secrets
+
+    def refuse(*a, **k):
+        raise AssertionError("the data key was drawn in Python")
+
+    monkeypatch.setattr(secrets, "token_bytes", refuse)
+    vault_key = ct.generate_key("oct")
+    keys = []
+    for i in range(2):
+        wrapper = CapturingWrapper(vault_key)
+        path = tmp_path / f"m{i}.safetensors"
+        cn.save_file({"w": np.full(3, i)}, path, encrypt_for=[wrapper])
+        assert isinstance(wrapper.data_key, bytes) and len(wrapper.data_key) == 32
+        keys.append(wrapper.data_key)
+    assert keys[0] != keys[1]
+    ct.register_key_provider(VaultProvider(vault_key))
+    np.testing.assert_array_equal(cn.load_file(tmp_path / "m1.safetensors")["w"], np.full(3, 1))
+
+
+def test_a_wrapper_exception_reaches_the_caller_and_nothing_is_written(tmp_path):
+    class Refused(Exception):
+        pass
+
+    class Failing:
+        def wrap(self, data_key):
+            raise Refused("token says no")
+
+    with pytest.raises(Refused):
+        cn.save_file({"w": np.ones(3)}, tmp_path / "m.safetensors", encrypt_for=[Failing()])
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_key_rings_are_parsed_once_and_show_no_secret(monkeypatch, tmp_path):
+    import json
+
+    from cryptotensors import _core, _keys
+
+    key = ct.generate_key("oct")
+    ring = _core.KeyRing(json.dumps(key))
+    assert key["k"] not in repr(ring) and key["kid"] in repr(ring)
+    assert len(ring) == 1 and ring.kids() == [key["kid"]]
+    assert _keys.keyring(key) is _keys.keyring(dict(key))  # one parse per distinct key set
+    monkeypatch.setenv("CRYPTOTENSORS_KEYS", json.dumps(ct.generate_key("oct")))
+    monkeypatch.setenv("CRYPTOTENSORS_CONFIG_DIR", str(tmp_path))
+    joined = _keys.keyring(key)
+    assert joined is _keys.keyring(key) and len(joined) == 2
+    other = ct.generate_key("oct")
+    monkeypatch.setenv("CRYPTOTENSORS_KEYS", json.dumps(other))
+    assert _keys.keyring(key).kids() == [key["kid"], other["kid"]]
+    (tmp_path / "keys.jwks").write_text(json.dumps({"keys": [ct.generate_key("X25519")]}))
+    assert len(_keys.keyring(key)) == 3
+    # A ring is what an open takes; JSON text is refused.
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.ones(2)}, path, encrypt_for=key)
+    np.testing.assert_array_equal(cn.load_file(path, keys=ring)["w"], np.ones(2))
+    with pytest.raises(TypeError):
+        _core.Handle.open(str(path), "pread", json.dumps(key))

@@ -198,7 +198,7 @@ fuzz_target!(|input: Input| {
             } else {
                 Algorithm::Aes256Gcm
             },
-            external: None,
+            wrappers: Vec::new(),
         }),
         sign_with: sign.then(|| key(ED25519_KEY)),
         segment_size: 4096 << ((f >> 5) % 3),

@@ -167,7 +167,7 @@ pub fn build_fixture(kind: Kind) -> Fixture {
             recipients,
             tensors: tensors.map(|t| t.iter().map(|s| s.to_string()).collect()),
             algorithm,
-            external: None,
+            wrappers: Vec::new(),
         })
     };
     let mut opts = WriteOptions {

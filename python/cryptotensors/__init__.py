@@ -179,7 +179,7 @@ def rekey(
 
 def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy) -> dict:
     return dict(
-        trusted=_keys.trusted_json(trusted_signers),
+        trusted=_keys.trusted(trusted_signers),
         remove=[remove] if isinstance(remove, str) else list(remove),
         sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
         drop_signature=drop_signature,
@@ -189,22 +189,16 @@ def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_
 
 
 def _rotate(core, operation: str, filename, output, keys, policy_input, kwargs: dict) -> None:
-    """Runs a rewrap or rekey in the core, with the key providers when the
-    call's keys do not open the file."""
+    """Runs a rewrap or rekey in the core, with the key providers (asked by
+    the core when the call's keys do not open the file)."""
     import os
 
     from . import _policy
 
     src = os.fspath(filename)
     dst = os.fspath(output) if output is not None else src
-    kwargs.update(keys=_keys.keyring_json(keys), policy_input=_policy.input_json(operation, "cpu", policy_input, True))
-    try:
-        core(src, dst, **kwargs)
-    except KeyNotFoundError:
-        provided = _providers.data_keys(_providers.recipients_of_file(src)) if _providers.providers() else []
-        if not provided:
-            raise
-        core(src, dst, data_keys=provided, **kwargs)
+    kwargs.update(keys=_keys.keyring(keys), policy_input=_policy.input_json(operation, "cpu", policy_input, True))
+    core(src, dst, providers=_providers.providers, **kwargs)
 
 
 def _legacy_key_list(keys) -> list:

@@ -2,7 +2,7 @@
 module by tests/test_stubs.py (`python -m mypy.stubtest cryptotensors._core`)."""
 
 import os
-from typing import Any, Final, Literal, Optional, Union, final
+from typing import Any, Callable, Final, Iterable, Literal, Optional, Union, final
 
 from typing_extensions import Buffer
 
@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "KeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -33,6 +33,15 @@ class InternalError(SafetensorError): ...
 class SafetensorOSError(SafetensorError, OSError): ...
 
 @final
+class KeyRing:
+    """JWKs parsed once (a JWK, a list of JWKs or a JWKS, as JSON text); the repr shows no secret."""
+    def __new__(cls, jwks: str) -> KeyRing: ...
+    @staticmethod
+    def join(rings: list[KeyRing]) -> KeyRing: ...
+    def kids(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+
+@final
 class Handle:
     """A verified open file: every read authenticates into the caller's buffer."""
 
@@ -40,21 +49,21 @@ class Handle:
     def open(
         path: _Path,
         backend: str,
-        keys: Optional[str] = None,
-        trusted: Optional[str] = None,
+        keys: Optional[KeyRing] = None,
+        trusted: Optional[KeyRing] = None,
         require_encryption: bool = False,
         threads: int = ...,
-        data_keys: Optional[list[bytes]] = None,
+        providers: Optional[Callable[[], Iterable[Any]]] = None,
         policy_input: Optional[str] = None,
     ) -> Handle: ...
     @staticmethod
     def from_bytes(
         data: bytes,
-        keys: Optional[str] = None,
-        trusted: Optional[str] = None,
+        keys: Optional[KeyRing] = None,
+        trusted: Optional[KeyRing] = None,
         require_encryption: bool = False,
         threads: int = ...,
-        data_keys: Optional[list[bytes]] = None,
+        providers: Optional[Callable[[], Iterable[Any]]] = None,
         policy_input: Optional[str] = None,
     ) -> Handle: ...
     def share(self) -> Handle: ...
@@ -96,19 +105,19 @@ def serialize(
     sign_with: Optional[str] = None,
     policy: Optional[str] = None,
     threads: int = ...,
-    external: Optional[tuple[bytes, str]] = None,
+    wrappers: Optional[list[Any]] = None,
 ) -> Optional[bytes]: ...
 def rewrap(
     src: _Path,
     dst: _Path,
     *,
-    keys: Optional[str] = None,
-    trusted: Optional[str] = None,
+    keys: Optional[KeyRing] = None,
+    trusted: Optional[KeyRing] = None,
     add: Optional[str] = None,
     remove: list[str] = ...,
     sign_with: Optional[str] = None,
     drop_signature: bool = False,
-    data_keys: Optional[list[bytes]] = None,
+    providers: Optional[Callable[[], Iterable[Any]]] = None,
     policy: Optional[str] = None,
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
@@ -117,14 +126,14 @@ def rekey(
     src: _Path,
     dst: _Path,
     *,
-    keys: Optional[str] = None,
-    trusted: Optional[str] = None,
+    keys: Optional[KeyRing] = None,
+    trusted: Optional[KeyRing] = None,
     recipients: Optional[str] = None,
     add: Optional[str] = None,
     remove: list[str] = ...,
     sign_with: Optional[str] = None,
     drop_signature: bool = False,
-    data_keys: Optional[list[bytes]] = None,
+    providers: Optional[Callable[[], Iterable[Any]]] = None,
     policy: Optional[str] = None,
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
@@ -145,7 +154,7 @@ def migrate(
     segment_size: int = 0,
     sign_with: Optional[str] = None,
     threads: int = ...,
-    external: Optional[tuple[bytes, str]] = None,
+    wrappers: Optional[list[Any]] = None,
 ) -> dict[str, Any]:
     """Writes a cryptotensors 0.2.3 file in this format, one tensor in memory at a time."""
     ...

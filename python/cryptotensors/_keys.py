@@ -7,11 +7,12 @@ own key. Trusted signers are configured the same way and only by the loader.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Optional
 
-from ._core import SafetensorError
+from ._core import KeyRing, SafetensorError
 
 KEYS_ENV = "CRYPTOTENSORS_KEYS"
 TRUSTED_ENV = "CRYPTOTENSORS_TRUSTED_SIGNERS"
@@ -129,6 +130,91 @@ def trusted_json(trusted_signers: Any = None) -> Optional[str]:
     """Trusted signer public keys of one load: the call, then the environment."""
     ring = _from_call(trusted_signers, "trusted_signers") + _from_env(TRUSTED_ENV)
     return json.dumps(ring) if ring else None
+
+
+# Key rings (the core's parsed JWKs), so that an open passes parsed keys, not
+# JSON text to parse again. Keyed by a digest of the JWKs' JSON (never the
+# text: no second copy of secrets as dict keys), by path and (mtime, size)
+# for key files, and by the rings joined for one load.
+_RINGS: dict = {}
+_JOINED: dict = {}
+
+
+def _cached(key, make) -> Optional[KeyRing]:
+    """`make()` (a ring, or None for no keys), made once per key."""
+    found = _RINGS.get(key)
+    if found is None:
+        if len(_RINGS) >= 32:
+            _RINGS.clear()
+        found = _RINGS[key] = (make(),)
+    return found[0]
+
+
+def _digest(text) -> bytes:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).digest()
+
+
+def _ring_of(jwks: list) -> Optional[KeyRing]:
+    """The ring of a list of JWK dicts, parsed once per distinct list."""
+    if not jwks:
+        return None
+    text = json.dumps(jwks)
+    return _cached(("jwks", _digest(text)), lambda: KeyRing(text))
+
+
+def _ring_of_call(value: Any, what: str) -> Optional[KeyRing]:
+    if isinstance(value, KeyRing):
+        return value if len(value) else None
+    return _ring_of(_from_call(value, what))
+
+
+def _ring_of_file(path) -> Optional[KeyRing]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _cached(("file", str(path), st.st_mtime_ns, st.st_size), lambda: _ring_of(_read_jwks_file(path)))
+
+
+def _ring_of_env(name: str) -> Optional[KeyRing]:
+    """The ring of an environment variable's JWKS text, or of the file it names."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if raw[0] in "[{":
+        # No local keeps the text: a failed parse's traceback shows locals.
+        digest, raw = _digest(raw), None
+        return _cached(("env", digest), lambda: _ring_of(_from_env(name)))
+    if not os.path.exists(raw):
+        _from_env(name)  # raises the missing-file error
+    return _ring_of_file(raw)
+
+
+def _joined(*rings: Optional[KeyRing]) -> Optional[KeyRing]:
+    parts = tuple(r for r in rings if r is not None)
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    # The tuple holds the rings themselves, so their identities stay theirs.
+    joined = _JOINED.get(parts)
+    if joined is None:
+        if len(_JOINED) >= 32:
+            _JOINED.clear()
+        joined = _JOINED[parts] = KeyRing.join(list(parts))
+    return joined
+
+
+def keyring(keys: Any = None) -> Optional[KeyRing]:
+    """The key ring of one load, parsed: the call, CRYPTOTENSORS_KEYS, then the config file."""
+    return _joined(
+        _ring_of_call(keys, "keys"),
+        _ring_of_env(KEYS_ENV),
+        _ring_of_file(os.path.join(_config_dir(), KEYS_FILE)),
+    )
+
+
+def trusted(trusted_signers: Any = None) -> Optional[KeyRing]:
+    """Trusted signer public keys of one load, parsed: the call, then the environment."""
+    return _joined(_ring_of_call(trusted_signers, "trusted_signers"), _ring_of_env(TRUSTED_ENV))
 
 
 def threads(num_threads: Optional[int]) -> int:

@@ -7,7 +7,7 @@ import threading
 from typing import Any, Optional
 
 from . import _core, _frameworks, _keys, _policy, _providers, _serialize
-from ._core import Handle, KeyNotFoundError
+from ._core import Handle
 
 
 class safe_open:
@@ -55,23 +55,15 @@ class safe_open:
         self._framework = _frameworks.get(name)
         if os.path.isdir(self._filename):
             raise OSError("No such device (os error 19)")  # what mapping a directory gives in safetensors
-        args = (
-            self._filename,
-            self._backend,
-            _keys.keyring_json(keys),
-            _keys.trusted_json(trusted_signers),
-            bool(require_encryption),
-            _keys.threads(num_threads),
-        )
+        ring, trusted = _keys.keyring(keys), _keys.trusted(trusted_signers)
         policy = _policy.input_json(self._framework.name, self._device, policy_input, _every_tensor)
         try:
-            self._handle = Handle.open(*args, policy_input=policy)
-        except KeyNotFoundError:
-            # Last in the provider chain: key providers (HSM, key service).
-            provided = _providers.data_keys(_providers.recipients_of_file(self._filename)) if _providers.providers() else []
-            if not provided:
-                raise
-            self._handle = Handle.open(*args, data_keys=provided, policy_input=policy)
+            # The key providers (HSM, key service) come last in the chain: the
+            # core lists and asks them only when the key ring opens nothing.
+            self._handle = Handle.open(
+                self._filename, self._backend, ring, trusted, bool(require_encryption), _keys.threads(num_threads),
+                providers=_providers.providers, policy_input=policy,
+            )
         except FileNotFoundError:
             raise FileNotFoundError(f"No such file or directory: {self._filename}") from None
         try:

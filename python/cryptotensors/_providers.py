@@ -4,10 +4,16 @@ own secret (an HSM, a KMS, a key service). See README "Key providers".
 A provider is an object with ``unwrap(recipient) -> bytes | None``. It gets a
 recipient stanza of the file (a dict: ``kid``, ``alg``, ``encrypted_key`` and,
 by algorithm, ``iv``/``tag`` or ``enc``; FORMAT.md §6) and returns the 32-byte
-data key, or None when the stanza is not its to open. Whatever it returns is
-checked by the core against the file's key commitment and header MAC before
-any tensor is decrypted, so a provider cannot make a file decrypt to other
-weights.
+data key, or None when the stanza is not its to open; an exception it raises
+ends the open and reaches the caller. Whatever it returns is checked by the
+core against the file's key commitment and header MAC before any tensor is
+decrypted, so a provider cannot make a file decrypt to other weights; a value
+that is not 32 bytes is an ``InvalidKeyError``.
+
+The core asks the providers itself, inside the one open of a file (no header
+is parsed here): it calls ``providers()`` only when the key ring opens
+nothing, then asks each provider once per distinct stanza, in order, until a
+key passes the checks.
 
 Providers come from ``register_key_provider`` (this process only) and from
 the entry-point group ``cryptotensors.key_providers``: each entry point names
@@ -20,9 +26,6 @@ none of those opens the file.
 
 from __future__ import annotations
 
-import copy
-import json
-import struct
 import threading
 from typing import Callable, List, Optional
 
@@ -69,49 +72,3 @@ def providers() -> List[object]:
         if _discovered is None:
             _discovered = _discover()
         return list(_registered) + list(_discovered)
-
-
-def distinct(recipients: List[dict]) -> List[dict]:
-    """The stanzas in file order, each identical one once (FORMAT.md §6.3:
-    a forged file may repeat a stanza to make every provider work for each
-    copy; a provider is an HSM or a network call)."""
-    seen, out = set(), []
-    for stanza in recipients:
-        try:
-            ident = json.dumps(stanza, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
-            continue
-        if ident not in seen:
-            seen.add(ident)
-            out.append(stanza)
-    return out
-
-
-def data_keys(recipients: List[dict]) -> List[bytes]:
-    """Asks every provider about every distinct stanza, once; returns the
-    distinct keys they unwrapped, for the core to check."""
-    out: List[bytes] = []
-    stanzas = distinct(recipients)
-    for provider in providers():
-        for stanza in stanzas:
-            key = provider.unwrap(copy.deepcopy(stanza))
-            if key is not None and bytes(key) not in out:
-                out.append(bytes(key))
-    return out
-
-
-def recipients_of_bytes(data: bytes) -> List[dict]:
-    """The recipient stanzas named in a serialized file's header."""
-    try:
-        (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + n])
-        envelope = json.loads(header["__metadata__"]["__cryptotensors__"])
-        return list(envelope["encryption"]["recipients"])
-    except Exception:
-        return []
-
-
-def recipients_of_file(filename: str) -> List[dict]:
-    from . import _core
-
-    return list(_core.inspect(filename).get("recipients", []))

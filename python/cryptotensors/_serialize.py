@@ -7,7 +7,6 @@ import ctypes
 import json
 import os
 import re
-import secrets
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import _core, _keys, _policy, _providers
@@ -100,19 +99,18 @@ def save_options(
         return opts
     # Key wrappers (objects with wrap(data_key) -> recipient stanza, such as
     # cryptotensors.pkcs11.Pkcs11Recipient) wrap with a key that never leaves
-    # them; everything else is JWKs.
+    # them; everything else is JWKs. The core draws the data key and hands
+    # it to each wrapper (as a Python bytes object, which cannot be wiped).
     items = encrypt_for if isinstance(encrypt_for, (list, tuple)) else [encrypt_for]
     wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
     if wrappers:
         recipients = _key_text([r for r in items if not callable(getattr(r, "wrap", None))]) or "[]"
+        opts["wrappers"] = wrappers
     else:
         recipients = _key_text(encrypt_for)
         if recipients is None:
             raise SafetensorError("encrypt_for lists no recipient key")
     opts["recipients"] = recipients
-    if wrappers:
-        data_key = secrets.token_bytes(32)
-        opts["external"] = (data_key, json.dumps([dict(w.wrap(data_key)) for w in wrappers]))
     opts["algorithm"] = algorithm or "AES-256-GCM"
     if encrypted_tensors is not None:
         if isinstance(encrypted_tensors, (str, re.Pattern)):
@@ -181,15 +179,12 @@ def open_bytes(
         # As safetensors: bytes only (not bytearray or memoryview).
         what = "'None'" if data is None else f"'{type(data).__name__}' object"
         raise TypeError(f"argument 'bytes': {what} is not an instance of 'bytes'")
-    args = (data, _keys.keyring_json(keys), _keys.trusted_json(trusted_signers), bool(require_encryption), _keys.threads(num_threads))
+    ring, trusted = _keys.keyring(keys), _keys.trusted(trusted_signers)
     policy = _policy.input_json(framework, device, policy_input, every_tensor=every_tensor)
-    try:
-        return _core.Handle.from_bytes(*args, policy_input=policy)
-    except _core.KeyNotFoundError:
-        provided = _providers.data_keys(_providers.recipients_of_bytes(data)) if _providers.providers() else []
-        if not provided:
-            raise
-        return _core.Handle.from_bytes(*args, data_keys=provided, policy_input=policy)
+    return _core.Handle.from_bytes(
+        data, ring, trusted, bool(require_encryption), _keys.threads(num_threads),
+        providers=_providers.providers, policy_input=policy,
+    )
 
 
 def deserialize(bytes, **load_options) -> list:  # the parameter is named as in safetensors

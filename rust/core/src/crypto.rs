@@ -118,10 +118,17 @@ pub fn fill_random(out: &mut [u8]) -> Result<()> {
 pub struct DataKey(pub(crate) SecretBytes);
 
 impl DataKey {
-    /// A data key unwrapped elsewhere (by a key provider); `None` unless it
-    /// is 32 bytes. It still has to pass [`PayloadKey::verify`].
-    pub fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
+    /// A data key from bytes; `None` unless it is 32 bytes. It still has to
+    /// pass [`PayloadKey::verify`]. Outside the crate, a provider's key
+    /// comes in through `keys::provided_key`.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<DataKey> {
         SecretBytes::from_slice(bytes).map(DataKey)
+    }
+
+    /// The key's bytes, for a key wrapper outside this crate (an HSM) that
+    /// must be handed the key to wrap it. Callers must not log or keep them.
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        self.0.expose()
     }
 
     /// A fresh random data key.

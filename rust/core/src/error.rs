@@ -78,6 +78,10 @@ pub enum Error {
     /// A file of cryptotensors 0.2.3 (its metadata has `__encryption__` or
     /// `__crypto_keys__`): not a plain file, and not read by the loaders.
     LegacyFormat,
+    /// A key provider or key wrapper outside this crate (an HSM, a key
+    /// service, a Python object) failed; its own error is the source, so
+    /// that a binding can hand it back to its caller unchanged.
+    KeyProvider(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for Error {
@@ -149,11 +153,19 @@ impl fmt::Display for Error {
                 f,
                 "This is a file of cryptotensors 0.2.3 (the paper's reference implementation), not a plain safetensors file: its tensors may be ciphertext. Convert it with `cryptotensors migrate`"
             ),
+            KeyProvider(e) => write!(f, "Key provider failed: {e}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::KeyProvider(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

@@ -4,7 +4,8 @@
 //!
 //! The modules follow FORMAT.md: [`header`] (the safetensors layout),
 //! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
-//! nonces, key schedule), [`keys`] (JWK and recipients), [`sign`] (JWS),
+//! nonces, key schedule), [`keys`] (JWKs, recipients, and the `Identity` and
+//! `KeyWrapper` traits of who opens a file and whom it is sealed for), [`sign`] (JWS),
 //! [`reader`] and [`writer`], [`rewrap`] for key rotation, [`rekey`] for
 //! re-encryption under a new data key, and [`slice`] for partial reads; [`legacy`] reads
 //! files of cryptotensors 0.2.3 to migrate them.

@@ -17,7 +17,8 @@ use crate::crypto::{Binding, DataKey, PayloadKey, TAG_LEN};
 use crate::envelope::{self, Layout, Protection, DIGEST_LEN, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
-use crate::keys::{self, Jwk};
+use crate::keys::{self, Jwk, Recipient};
+use crate::keys::{Identity, Providers};
 use crate::policy::Policy;
 use crate::slice::SliceRuns;
 use crate::{sign, Source};
@@ -35,10 +36,11 @@ pub struct LoadOptions {
     /// The input document of the file's access policy (JSON text); `None`
     /// evaluates the policy on an empty object.
     pub policy_input: Option<String>,
-    /// Data keys already unwrapped by an external key provider (an HSM, a
-    /// key service). Each is accepted only if it passes the key commitment
-    /// and the header MAC, like a key unwrapped here.
-    pub data_keys: Vec<DataKey>,
+    /// Key providers (an HSM, a key service), asked after `keys` and only
+    /// when no key of the ring opens the file. A data key a provider
+    /// returns is accepted only if it passes the key commitment and the
+    /// header MAC, like a key unwrapped here.
+    pub providers: Option<Arc<dyn Providers>>,
     /// Reuse the verification of an identical header opened before under
     /// identical options (see [`clear_cache`]).
     pub cache: bool,
@@ -161,6 +163,15 @@ impl Reader {
     /// Opens and verifies a file: format, envelope, trailer digest, signature,
     /// requirements, and for encrypted files the data key.
     pub fn open(source: Arc<dyn Source>, opts: &LoadOptions) -> Result<Reader> {
+        Ok(Reader::open_keyed(source, opts)?.0)
+    }
+
+    /// [`Reader::open`], also returning the data key of an encrypted file
+    /// when this open unwrapped it (not on a cache hit), for a rewrap.
+    pub(crate) fn open_keyed(
+        source: Arc<dyn Source>,
+        opts: &LoadOptions,
+    ) -> Result<(Reader, Option<DataKey>)> {
         opts.check()?;
         let (json, data_start) = read_header_bytes(source.as_ref())?;
         let header = Header::parse(&json)?;
@@ -169,7 +180,7 @@ impl Reader {
         if crate::legacy::is_legacy(&header) {
             return Err(Error::LegacyFormat);
         }
-        let key = (opts.cache && opts.data_keys.is_empty()).then(|| cache_key(&json, opts));
+        let key = opts.cache.then(|| cache_key(&json, opts));
         let hit = key.and_then(|k| {
             cache()
                 .lock()
@@ -228,10 +239,20 @@ impl Reader {
         if early {
             enforce()?;
         }
+        // Only what the key ring opened is cached (the cache key covers the
+        // ring, not the providers): a provider's answer is asked for again
+        // at the next open, so unregistering a provider takes effect.
+        let mut cacheable = true;
+        let mut data_key = None;
         let payload = match &layout {
             Some(l) if l.encryption.is_some() => match &hit {
                 Some(v) => v.payload.clone(),
-                None => Some(Arc::new(unlock(&header, l, &opts.keys, &opts.data_keys)?.1)),
+                None => {
+                    let u = unlock(&header, l, &opts.keys, opts.providers.as_deref())?;
+                    cacheable = !u.by_provider;
+                    data_key = Some(u.data_key);
+                    Some(Arc::new(u.payload))
+                }
             },
             _ => None,
         };
@@ -243,7 +264,7 @@ impl Reader {
             }
             enforce()?;
         }
-        if let (Some(k), None) = (key, &hit) {
+        if let (Some(k), None, true) = (key, &hit, cacheable) {
             let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
             if c.len() >= CACHE_CAPACITY {
                 c.clear();
@@ -256,7 +277,7 @@ impl Reader {
                 }),
             );
         }
-        Ok(Reader {
+        let reader = Reader {
             source,
             header,
             data_start,
@@ -264,7 +285,8 @@ impl Reader {
             trailer,
             payload,
             signer,
-        })
+        };
+        Ok((reader, data_key))
     }
 
     /// The parsed header.
@@ -513,21 +535,36 @@ impl Sealer<'_> {
     }
 }
 
-/// Unwraps the data key of an encrypted file with one of `keys`, checks the
-/// key commitment and the header MAC, and returns the data key with the
-/// payload key derived from it (FORMAT.md §4.4 steps 4–6, §6.3).
-/// Not-my-key stanzas are skipped; a key that matches a stanza but fails
-/// makes the result [`Error::Integrity`] unless another key succeeds.
+/// The data key of an encrypted file, checked, and who unwrapped it.
+pub struct Unlocked {
+    /// The data key.
+    pub data_key: DataKey,
+    /// The payload key derived from it.
+    pub payload: PayloadKey,
+    /// Whether a key provider (not the key ring) unwrapped it.
+    pub by_provider: bool,
+}
+
+/// Unwraps the data key of an encrypted file, checks the key commitment
+/// and the header MAC, and returns the data key with the payload key
+/// derived from it (FORMAT.md §4.4 steps 4–6, §6.3).
+///
+/// Identities are asked in order: each key of `keys`, then, only when none
+/// of those opened the file, each provider; each identity is asked once per
+/// distinct stanza, and the first key that passes the checks ends the
+/// search. Not-my-key answers are skipped; an identity whose stanza does
+/// not open (or whose key fails the checks) makes the result
+/// [`Error::Integrity`] unless a later one succeeds; any other error of an
+/// identity ends the search with that error.
 ///
 /// Work is bounded by what is distinct: a stanza identical to an earlier
-/// one is not tried again, nor is a data key already checked, and the first
-/// success ends the search.
+/// one is not asked about again, nor is a data key already checked.
 pub fn unlock(
     header: &Header,
     layout: &Layout,
     keys: &[Jwk],
-    provided: &[DataKey],
-) -> Result<(DataKey, PayloadKey)> {
+    providers: Option<&dyn Providers>,
+) -> Result<Unlocked> {
     let params = layout
         .encryption
         .as_ref()
@@ -549,28 +586,37 @@ pub fn unlock(
             &mac,
         )
     };
-    let distinct = recipients
+    let distinct: Vec<&Recipient> = recipients
         .iter()
         .enumerate()
         .filter(|&(i, r)| !recipients[..i].contains(r))
-        .map(|(_, r)| r);
-    let unwrapped = distinct
-        .flat_map(|r| keys.iter().filter_map(move |k| keys::unwrap(r, k)))
-        .chain(provided.iter().map(|dk| Ok(dk.clone())));
-    let mut tried = false;
-    let mut checked: Vec<DataKey> = Vec::new();
-    for candidate in unwrapped {
-        tried = true;
-        let Ok(dk) = candidate else { continue };
-        if checked.iter().any(|c| c.0.expose() == dk.0.expose()) {
-            continue;
-        }
-        if let Ok(p) = verify(&dk) {
-            return Ok((dk, p));
-        }
-        checked.push(dk);
+        .map(|(_, r)| r)
+        .collect();
+    let mut search = Search {
+        distinct: &distinct,
+        verify: &verify,
+        tried: false,
+        checked: Vec::new(),
+    };
+    let ring = keys.iter().map(|k| k as &dyn Identity);
+    if let Some((data_key, payload)) = search.run(ring)? {
+        return Ok(Unlocked {
+            data_key,
+            payload,
+            by_provider: false,
+        });
     }
-    if tried {
+    if let Some(p) = providers {
+        let listed = p.identities()?;
+        if let Some((data_key, payload)) = search.run(listed.iter().map(|i| i.as_ref()))? {
+            return Ok(Unlocked {
+                data_key,
+                payload,
+                by_provider: true,
+            });
+        }
+    }
+    if search.tried {
         Err(Error::Integrity)
     } else {
         let mut kids: Vec<String> = Vec::new();
@@ -583,10 +629,50 @@ pub fn unlock(
     }
 }
 
+/// The state of one [`unlock`] across its identities.
+struct Search<'a, V: Fn(&DataKey) -> Result<PayloadKey>> {
+    distinct: &'a [&'a Recipient],
+    verify: &'a V,
+    /// Whether any identity claimed a stanza.
+    tried: bool,
+    /// Data keys that failed the checks.
+    checked: Vec<DataKey>,
+}
+
+impl<V: Fn(&DataKey) -> Result<PayloadKey>> Search<'_, V> {
+    fn run<'i>(
+        &mut self,
+        identities: impl Iterator<Item = &'i dyn Identity>,
+    ) -> Result<Option<(DataKey, PayloadKey)>> {
+        for identity in identities {
+            for stanza in self.distinct {
+                let Some(answer) = identity.unwrap_stanza(stanza) else {
+                    continue;
+                };
+                self.tried = true;
+                let dk = match answer {
+                    Ok(dk) => dk,
+                    Err(Error::Integrity) => continue,
+                    Err(e) => return Err(e),
+                };
+                if self.checked.iter().any(|c| c.0.expose() == dk.0.expose()) {
+                    continue;
+                }
+                if let Ok(p) = (self.verify)(&dk) {
+                    return Ok(Some((dk, p)));
+                }
+                self.checked.push(dk);
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::Algorithm;
+    use crate::keys::KeyWrapper;
     use crate::keys::{KeyKind, MAX_RECIPIENTS};
     use crate::writer::{serialize, EncryptOptions, TensorData, WriteOptions};
     use crate::Dtype;
@@ -597,7 +683,7 @@ mod tests {
                 recipients: to,
                 tensors: None,
                 algorithm: Algorithm::Aes256Gcm,
-                external: None,
+                wrappers: Vec::new(),
             }),
             ..Default::default()
         };
@@ -610,6 +696,197 @@ mod tests {
             cache: true,
             ..Default::default()
         }
+    }
+
+    /// A key wrapper that keeps the data key the writer gave it, so that a
+    /// test can forge what a recipient could.
+    #[derive(Debug)]
+    struct Capture(Jwk, Mutex<Option<DataKey>>);
+
+    impl KeyWrapper for Capture {
+        fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
+            *self.1.lock().unwrap() = Some(key.clone());
+            keys::wrap(key, &self.0)
+        }
+    }
+
+    /// `tensors` encrypted for `key` through a wrapper, with the data key.
+    fn captured(tensors: &[TensorData], key: &Jwk) -> (Vec<u8>, DataKey) {
+        let capture = Arc::new(Capture(key.clone(), Mutex::new(None)));
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![],
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+                wrappers: vec![capture.clone()],
+            }),
+            ..Default::default()
+        };
+        let bytes = serialize(tensors, &opts).unwrap();
+        let dk = capture.1.lock().unwrap().clone().unwrap();
+        (bytes, dk)
+    }
+
+    /// A provider that answers every stanza with `answer` and counts the
+    /// stanzas it is asked about.
+    #[derive(Debug)]
+    struct Counting {
+        answer: fn(&Recipient) -> Option<Result<DataKey>>,
+        asked: Mutex<Vec<Recipient>>,
+    }
+
+    impl Counting {
+        fn new(answer: fn(&Recipient) -> Option<Result<DataKey>>) -> Arc<Counting> {
+            Arc::new(Counting {
+                answer,
+                asked: Mutex::new(Vec::new()),
+            })
+        }
+        fn asked(&self) -> usize {
+            self.asked.lock().unwrap().len()
+        }
+    }
+
+    impl Identity for Counting {
+        fn unwrap_stanza(&self, stanza: &Recipient) -> Option<Result<DataKey>> {
+            self.asked.lock().unwrap().push(stanza.clone());
+            (self.answer)(stanza)
+        }
+    }
+
+    /// The identity of an oct JWK, as a provider (a key the loader does not
+    /// hold in its ring).
+    #[derive(Debug)]
+    struct Holds(Jwk, Mutex<usize>);
+
+    impl Identity for Holds {
+        fn unwrap_stanza(&self, stanza: &Recipient) -> Option<Result<DataKey>> {
+            *self.1.lock().unwrap() += 1;
+            self.0.unwrap_stanza(stanza)
+        }
+    }
+
+    fn with_providers(keys: Vec<Jwk>, providers: Vec<Arc<dyn Identity>>) -> LoadOptions {
+        LoadOptions {
+            providers: Some(Arc::new(providers)),
+            ..loader(keys)
+        }
+    }
+
+    fn one_tensor() -> [TensorData<'static>; 1] {
+        [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[4],
+            data: &[1, 2, 3, 4],
+        }]
+    }
+
+    /// The key ring first, providers only when it opens nothing; among
+    /// providers the first that opens wins and later ones are not asked.
+    #[test]
+    fn identities_are_asked_in_order_and_stop_at_success() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let file: Arc<dyn Source> = Arc::new(captured(&one_tensor(), &key).0);
+        let never = Counting::new(|_| None);
+        let opts = with_providers(vec![key.clone()], vec![never.clone()]);
+        Reader::open(file.clone(), &opts).unwrap();
+        assert_eq!(
+            never.asked(),
+            0,
+            "the ring opened it: providers are not asked"
+        );
+        let first = Arc::new(Holds(key.clone(), Mutex::new(0)));
+        let later = Counting::new(|_| None);
+        let opts = with_providers(vec![], vec![first.clone(), later.clone()]);
+        let r = Reader::open(file.clone(), &opts).unwrap();
+        let mut out = [0u8; 4];
+        r.read_into("w", &mut out).unwrap();
+        assert_eq!(out, [1, 2, 3, 4]);
+        assert_eq!(*first.1.lock().unwrap(), 1);
+        assert_eq!(later.asked(), 0, "an earlier provider opened it");
+        // Nobody claims a stanza: KeyNotFound, after every provider was asked.
+        let (a, b) = (Counting::new(|_| None), Counting::new(|_| None));
+        let opts = with_providers(vec![], vec![a.clone(), b.clone()]);
+        let e = Reader::open(file, &opts).unwrap_err();
+        assert!(matches!(e, Error::KeyNotFound { .. }), "{e:?}");
+        assert_eq!((a.asked(), b.asked()), (1, 1));
+    }
+
+    /// A provider's key that fails the commitment is not believed and the
+    /// next identity is asked; what a provider opened is not cached (a later
+    /// open without it finds no key).
+    #[test]
+    fn a_provider_key_failing_the_commitment_falls_through() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let file: Arc<dyn Source> = Arc::new(captured(&one_tensor(), &key).0);
+        let liar = Counting::new(|_| Some(Ok(DataKey::from_bytes(&[7; 32]).unwrap())));
+        let honest = Arc::new(Holds(key.clone(), Mutex::new(0)));
+        let opts = with_providers(vec![], vec![liar.clone(), honest.clone()]);
+        Reader::open(file.clone(), &opts).unwrap();
+        assert_eq!((liar.asked(), *honest.1.lock().unwrap()), (1, 1));
+        let e = Reader::open(file.clone(), &loader(vec![])).unwrap_err();
+        assert!(matches!(e, Error::KeyNotFound { .. }), "{e:?}");
+        // Only a liar: the file does not open, as an integrity failure.
+        let opts = with_providers(vec![], vec![liar.clone()]);
+        let e = Reader::open(file, &opts).unwrap_err();
+        assert!(matches!(e, Error::Integrity), "{e:?}");
+    }
+
+    /// A provider answering with a key of the wrong length is an error that
+    /// ends the open (no panic, no later provider asked), as is any failure
+    /// of a provider other than "does not open".
+    #[test]
+    fn a_wrong_length_provider_key_is_an_error() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let file: Arc<dyn Source> = Arc::new(captured(&one_tensor(), &key).0);
+        for len in [0usize, 16, 31, 33, 64] {
+            static LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            LEN.store(len, std::sync::atomic::Ordering::SeqCst);
+            let short = Counting::new(|_| {
+                let n = LEN.load(std::sync::atomic::Ordering::SeqCst);
+                Some(crate::keys::provided_key(&vec![1u8; n]))
+            });
+            let later = Arc::new(Holds(key.clone(), Mutex::new(0)));
+            let opts = with_providers(vec![], vec![short, later.clone()]);
+            let e = Reader::open(file.clone(), &opts).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidKey(m) if m.contains(&format!("{len} bytes"))),
+                "{e:?}"
+            );
+            assert_eq!(*later.1.lock().unwrap(), 0);
+        }
+        let failing = Counting::new(|_| {
+            Some(Err(Error::KeyProvider(
+                std::io::Error::other("service down").into(),
+            )))
+        });
+        let opts = with_providers(vec![], vec![failing]);
+        let e = Reader::open(file, &opts).unwrap_err();
+        assert!(
+            matches!(&e, Error::KeyProvider(s) if s.to_string() == "service down"),
+            "{e:?}"
+        );
+    }
+
+    /// Each identity is asked once per distinct stanza, however often the
+    /// file repeats it, in one open.
+    #[test]
+    fn a_provider_is_asked_once_per_distinct_stanza() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let other = Jwk::generate(KeyKind::Oct).unwrap();
+        let (bytes, dk) = captured(&one_tensor(), &key);
+        let file = with_recipients(&bytes, &dk, |l| {
+            let mine = l[0].clone();
+            let theirs = serde_json::to_value(keys::wrap(&dk, &other).unwrap()).unwrap();
+            *l = vec![theirs.clone(), mine.clone(), theirs, mine.clone(), mine];
+        });
+        let none = Counting::new(|_| None);
+        let opts = with_providers(vec![], vec![none.clone()]);
+        assert!(Reader::open(file, &opts).is_err());
+        let asked = none.asked.lock().unwrap();
+        assert_eq!(asked.len(), 2);
+        assert_ne!(asked[0], asked[1]);
     }
 
     /// A file whose envelope is edited (recipients replaced) and whose MAC is
@@ -648,7 +925,6 @@ mod tests {
     #[test]
     fn stanzas_are_bounded_deduplicated_and_stop_at_success() {
         let key = Jwk::generate(KeyKind::Oct).unwrap();
-        let dk = DataKey::generate().unwrap();
         let data = [3u8; 16];
         let t = [TensorData {
             name: "w",
@@ -656,19 +932,7 @@ mod tests {
             shape: &[16],
             data: &data,
         }];
-        let opts = WriteOptions {
-            encrypt: Some(EncryptOptions {
-                recipients: vec![],
-                tensors: None,
-                algorithm: Algorithm::Aes256Gcm,
-                external: Some(crate::writer::ExternalRecipients {
-                    data_key: dk.clone(),
-                    stanzas: vec![keys::wrap(&dk, &key).unwrap()],
-                }),
-            }),
-            ..Default::default()
-        };
-        let bytes = serialize(&t, &opts).unwrap();
+        let (bytes, dk) = captured(&t, &key);
         let count = |file: Arc<dyn Source>| {
             keys::UNWRAPS.with(|n| n.set(0));
             let r = Reader::open(file, &loader(vec![key.clone()]));
@@ -789,7 +1053,7 @@ mod tests {
                 recipients: vec![key.clone()],
                 tensors: None,
                 algorithm: Algorithm::Aes256Gcm,
-                external: None,
+                wrappers: Vec::new(),
             }),
             segment_size: seg,
             ..Default::default()

@@ -129,7 +129,7 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             recipients,
             tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),
             algorithm: params.algorithm,
-            external: None,
+            wrappers: Vec::new(),
         }),
         sign_with: rw.sign_with.clone(),
         policy: match &rw.policy {
@@ -228,7 +228,7 @@ mod tests {
                 recipients: vec![key.clone()],
                 tensors: Some(["big", "e8", "e32"].map(String::from).into()),
                 algorithm: Algorithm::ChaCha20Poly1305,
-                external: None,
+                wrappers: Vec::new(),
             }),
             segment_size: 4096,
             ..Default::default()

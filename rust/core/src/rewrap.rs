@@ -29,9 +29,10 @@ use crate::crypto::{self, DataKey};
 use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
+use crate::keys::Providers;
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
-use crate::reader::{unlock, LoadOptions, Reader};
+use crate::reader::{LoadOptions, Reader};
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
 use crate::{platform, sign};
 use crate::{PreadFile, Source};
@@ -41,8 +42,9 @@ use crate::{PreadFile, Source};
 pub struct RewrapOptions {
     /// Keys that open the file now (needed to change recipients).
     pub keys: Vec<Jwk>,
-    /// Data keys unwrapped by external providers (see `LoadOptions`).
-    pub data_keys: Vec<DataKey>,
+    /// Key providers, asked when `keys` do not open the file (see
+    /// `LoadOptions`).
+    pub providers: Option<Arc<dyn Providers>>,
     /// Public keys the current signature must verify under, if any.
     pub trusted_signers: Vec<Jwk>,
     /// The input document of the file's access policy (JSON text), which
@@ -103,8 +105,8 @@ pub(crate) fn lock_for_update(path: &Path, writable: bool) -> Result<(File, bool
 }
 
 /// Locks `path` and verifies it with [`Reader::open`] under `opts`' keys,
-/// trusted signers and policy input; for an encrypted file, also returns
-/// the data key (unwrapped again: a `Reader` keeps only keys derived from it).
+/// providers, trusted signers and policy input; for an encrypted file, also
+/// returns the data key that open unwrapped (each identity is asked once).
 pub(crate) fn open_for_update(path: &Path, writable: bool, opts: &RewrapOptions) -> Result<Opened> {
     let (file, writable) = lock_for_update(path, writable)?;
     let source = Arc::new(PreadFile::new(file.try_clone()?)?);
@@ -112,17 +114,18 @@ pub(crate) fn open_for_update(path: &Path, writable: bool, opts: &RewrapOptions)
         keys: opts.keys.clone(),
         trusted_signers: opts.trusted_signers.clone(),
         policy_input: opts.policy_input.clone(),
-        data_keys: opts.data_keys.clone(),
+        providers: opts.providers.clone(),
+        // Not from the cache: a hit holds no data key.
+        cache: false,
         ..Default::default()
     };
-    let reader = Reader::open(source.clone(), &load)?;
+    let (reader, data_key) = Reader::open_keyed(source.clone(), &load)?;
     let layout = reader
         .layout()
         .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
-    let data_key = match layout.encryption {
-        Some(_) => Some(unlock(reader.header(), layout, &opts.keys, &opts.data_keys)?.0),
-        None => None,
-    };
+    if layout.encryption.is_some() != data_key.is_some() {
+        return Err(Error::Integrity);
+    }
     // Reader::open checked that the file is exactly header, data and trailer.
     let data_start = source.len() - reader.header().data_len() as u64 - layout.trailer_len as u64;
     Ok(Opened {
@@ -359,7 +362,7 @@ mod tests {
                 recipients: vec![to.clone()],
                 tensors: None,
                 algorithm: crypto::Algorithm::Aes256Gcm,
-                external: None,
+                wrappers: Vec::new(),
             }),
             policy,
             segment_size,

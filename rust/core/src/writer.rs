@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use ring::digest;
@@ -25,7 +26,8 @@ use crate::envelope::{
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
-use crate::keys::{self, b64e, Jwk, Recipient};
+use crate::keys::KeyWrapper;
+use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 use crate::sign;
 
@@ -51,18 +53,11 @@ pub struct EncryptOptions {
     pub tensors: Option<BTreeSet<String>>,
     /// AEAD of the segments.
     pub algorithm: Algorithm,
-    /// Recipients wrapped outside this crate, for a data key drawn outside.
-    pub external: Option<ExternalRecipients>,
-}
-
-/// Recipient stanzas made elsewhere (an HSM that wraps with a key it never
-/// lets out), all for `data_key`, which becomes the file's data key.
-#[derive(Debug, Clone)]
-pub struct ExternalRecipients {
-    /// The file's data key: fresh and random, drawn by the caller.
-    pub data_key: DataKey,
-    /// Its wrapped copies, checked with [`Recipient::check`].
-    pub stanzas: Vec<Recipient>,
+    /// Recipients that wrap outside this crate (an HSM that wraps with a
+    /// key it never lets out), after `recipients`: each gets the data key
+    /// the writer drew, and the stanza it returns is checked with
+    /// [`crate::keys::Recipient::check`] before it is written.
+    pub wrappers: Vec<Arc<dyn KeyWrapper>>,
 }
 
 /// Options of a save.
@@ -263,9 +258,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
     let (encryption, payload, encrypted) = match &opts.encrypt {
         None => (None, None, BTreeSet::new()),
         Some(enc) => {
-            if enc.recipients.is_empty()
-                && enc.external.as_ref().is_none_or(|x| x.stanzas.is_empty())
-            {
+            if enc.recipients.is_empty() && enc.wrappers.is_empty() {
                 return Err(Error::InvalidArgument(
                     "encrypt_for lists no recipient".into(),
                 ));
@@ -286,10 +279,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                     "encrypted_tensors selects no tensor".into(),
                 ));
             }
-            let data_key = match &enc.external {
-                Some(x) => x.data_key.clone(),
-                None => DataKey::generate()?,
-            };
+            let data_key = DataKey::generate()?;
             let mut salt = [0u8; SALT_LEN];
             crypto::fill_random(&mut salt)?;
             let mut recipients = enc
@@ -297,7 +287,8 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 .iter()
                 .map(|r| keys::wrap(&data_key, r))
                 .collect::<Result<Vec<_>>>()?;
-            for stanza in enc.external.iter().flat_map(|x| &x.stanzas) {
+            for wrapper in &enc.wrappers {
+                let stanza = wrapper.wrap_data_key(&data_key)?;
                 stanza.check()?;
                 if recipients.iter().any(|r| r.kid == stanza.kid) {
                     return Err(Error::InvalidArgument(format!(
@@ -305,7 +296,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                         stanza.kid
                     )));
                 }
-                recipients.push(stanza.clone());
+                recipients.push(stanza);
             }
             // Readers refuse more stanzas than this; never write such a file.
             envelope::check_recipients(&recipients)?;

@@ -139,6 +139,14 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// Converts a core error into the matching Python exception.
 pub fn to_py(e: Error) -> PyErr {
+    // A Python key provider's or wrapper's own exception, raised again.
+    let e = match e {
+        Error::KeyProvider(source) => match source.downcast::<PyErr>() {
+            Ok(py_err) => return *py_err,
+            Err(other) => Error::KeyProvider(other),
+        },
+        e => e,
+    };
     let msg = e.to_string();
     match e {
         Error::Io(io) => os_error(io),

@@ -4,9 +4,7 @@
 use std::fs::File;
 use std::sync::{Arc, RwLock};
 
-use cryptotensors::crypto::DataKey;
 use cryptotensors::envelope::RESERVED_PREFIX;
-use cryptotensors::keys::Jwk;
 use cryptotensors::reader::{LoadOptions, Reader};
 use cryptotensors::slice::SliceRuns;
 use cryptotensors::{Error, PreadFile, Source};
@@ -18,6 +16,8 @@ use crate::buffer::WriteBuffer;
 use crate::errors::LegacyFormatError;
 use crate::errors::{to_py, IntoPy, SafetensorError};
 use crate::guard::guard;
+use crate::identity::PyProviders;
+use crate::keys::KeyRing;
 use crate::threads::Threads;
 
 /// `(dtype, shape, nbytes, encrypted, raw_offset)`, see [`Handle::info`].
@@ -32,61 +32,22 @@ pub struct Handle {
     threads: Threads,
 }
 
-/// Parses a key set, reusing the parse of identical text: loaders that open
-/// a file once per tensor pass the same key ring every time.
-fn parse_keys(json: Option<&str>) -> cryptotensors::Result<Vec<Jwk>> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    // Keyed by a digest, so the map holds no second copy of secret text.
-    static PARSED: OnceLock<Mutex<HashMap<Vec<u8>, Vec<Jwk>>>> = OnceLock::new();
-    let Some(json) = json else {
-        return Ok(Vec::new());
-    };
-    let id = ring::digest::digest(&ring::digest::SHA256, json.as_bytes())
-        .as_ref()
-        .to_vec();
-    let parsed = PARSED.get_or_init(Default::default);
-    if let Some(keys) = parsed.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
-        return Ok(keys.clone());
-    }
-    let keys = Jwk::parse_set(json)?;
-    let mut parsed = parsed.lock().unwrap_or_else(|e| e.into_inner());
-    if parsed.len() >= 16 {
-        parsed.clear();
-    }
-    parsed.insert(id, keys.clone());
-    Ok(keys)
-}
-
-/// Data keys handed over by Python key providers (see `_providers.py`).
-pub fn data_keys(provided: Option<Vec<Vec<u8>>>) -> cryptotensors::Result<Vec<DataKey>> {
-    provided
-        .unwrap_or_default()
-        .iter()
-        .map(|b| {
-            DataKey::from_bytes(b).ok_or_else(|| {
-                Error::InvalidKey("a key provider returned a data key that is not 32 bytes".into())
-            })
-        })
-        .collect()
-}
-
 fn options(
-    keys: Option<&str>,
-    trusted: Option<&str>,
+    keys: Option<PyRef<'_, KeyRing>>,
+    trusted: Option<PyRef<'_, KeyRing>>,
     require_encryption: bool,
-    provided: Option<Vec<Vec<u8>>>,
+    providers: Option<Py<PyAny>>,
     policy_input: Option<String>,
-) -> cryptotensors::Result<LoadOptions> {
-    Ok(LoadOptions {
+) -> LoadOptions {
+    LoadOptions {
         policy_input,
-        keys: parse_keys(keys)?,
-        trusted_signers: parse_keys(trusted)?,
+        keys: keys.map(|k| k.keys().to_vec()).unwrap_or_default(),
+        trusted_signers: trusted.map(|k| k.keys().to_vec()).unwrap_or_default(),
         require_encryption,
-        data_keys: data_keys(provided)?,
+        providers: providers.map(PyProviders::shared),
         // CRYPTOTENSORS_OPEN_CACHE=0 turns off the verified-header cache.
         cache: std::env::var_os("CRYPTOTENSORS_OPEN_CACHE").is_none_or(|v| v != "0"),
-    })
+    }
 }
 
 impl Handle {
@@ -114,24 +75,25 @@ impl Handle {
 
 #[pymethods]
 impl Handle {
-    /// Opens a file with the "mmap" or "pread" backend.
+    /// Opens a file with the "mmap" or "pread" backend. `keys` and `trusted`
+    /// are key rings; `providers`, a callable returning the key providers,
+    /// is called only when the key ring opens nothing.
     #[staticmethod]
-    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), data_keys=None, policy_input=None))]
+    #[pyo3(signature = (path, backend, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), providers=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
         path: std::path::PathBuf,
         backend: &str,
-        keys: Option<&str>,
-        trusted: Option<&str>,
+        keys: Option<PyRef<'_, KeyRing>>,
+        trusted: Option<PyRef<'_, KeyRing>>,
         require_encryption: bool,
         threads: Threads,
-        data_keys: Option<Vec<Vec<u8>>>,
+        providers: Option<Py<PyAny>>,
         policy_input: Option<String>,
     ) -> PyResult<Handle> {
         guard("Handle.open", || {
-            let opts =
-                options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
+            let opts = options(keys, trusted, require_encryption, providers, policy_input);
             // Both backends read through pread. With "mmap", plain tensors for
             // torch on the CPU are mapped zero-copy by torch itself (see
             // `_frameworks.Torch.mapped`); every other read is one copy, by the
@@ -162,21 +124,20 @@ impl Handle {
 
     /// Opens serialized bytes (copied once).
     #[staticmethod]
-    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), data_keys=None, policy_input=None))]
+    #[pyo3(signature = (data, keys=None, trusted=None, require_encryption=false, threads=Threads::default(), providers=None, policy_input=None))]
     #[allow(clippy::too_many_arguments)]
     fn from_bytes(
         py: Python<'_>,
         data: &[u8],
-        keys: Option<&str>,
-        trusted: Option<&str>,
+        keys: Option<PyRef<'_, KeyRing>>,
+        trusted: Option<PyRef<'_, KeyRing>>,
         require_encryption: bool,
         threads: Threads,
-        data_keys: Option<Vec<Vec<u8>>>,
+        providers: Option<Py<PyAny>>,
         policy_input: Option<String>,
     ) -> PyResult<Handle> {
         guard("Handle.from_bytes", || {
-            let opts =
-                options(keys, trusted, require_encryption, data_keys, policy_input).py_err()?;
+            let opts = options(keys, trusted, require_encryption, providers, policy_input);
             Handle::open_source(py, Arc::new(data.to_vec()), opts, threads)
         })
     }

@@ -35,3 +35,58 @@ pub fn key_id(jwk: &str) -> PyResult<(String, String)> {
         Ok((k.kid().to_owned(), k.thumbprint().to_owned()))
     })
 }
+
+/// JWKs parsed once: the binding holds them, so an open passes this object
+/// instead of JSON text to parse again. Its repr names each key's kind and
+/// kid, never a secret.
+#[pyclass(frozen, module = "cryptotensors._core")]
+pub struct KeyRing {
+    keys: Vec<Jwk>,
+}
+
+impl KeyRing {
+    pub fn keys(&self) -> &[Jwk] {
+        &self.keys
+    }
+}
+
+#[pymethods]
+impl KeyRing {
+    /// Parses a JWK, a JSON list of JWKs or a JWKS (JSON text).
+    #[new]
+    fn new(jwks: &str) -> PyResult<KeyRing> {
+        guard("KeyRing", || {
+            Ok(KeyRing {
+                keys: Jwk::parse_set(jwks).py_err()?,
+            })
+        })
+    }
+
+    /// The keys of several rings, in order, as one ring.
+    #[staticmethod]
+    fn join(rings: Vec<PyRef<'_, KeyRing>>) -> PyResult<KeyRing> {
+        guard("KeyRing.join", || {
+            Ok(KeyRing {
+                keys: rings.iter().flat_map(|r| r.keys.iter().cloned()).collect(),
+            })
+        })
+    }
+
+    /// The key ids, in order.
+    fn kids(&self) -> PyResult<Vec<String>> {
+        guard("KeyRing.kids", || {
+            Ok(self.keys.iter().map(|k| k.kid().to_owned()).collect())
+        })
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        guard("KeyRing.__len__", || Ok(self.keys.len()))
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        // Jwk's Debug shows kind, kid and whether it is private: no secret.
+        guard("KeyRing.__repr__", || {
+            Ok(format!("KeyRing({:?})", self.keys))
+        })
+    }
+}

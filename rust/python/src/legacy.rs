@@ -81,7 +81,7 @@ fn open_legacy(
 /// `{version, algorithm, signature_verified, has_policy, tensors,
 /// plain_tensors}`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, keys, trusted=None, *, encrypt_all=false, recipients=None, algorithm=None, segment_size=0, sign_with=None, threads=Threads::default(), external=None))]
+#[pyo3(signature = (src, dst, keys, trusted=None, *, encrypt_all=false, recipients=None, algorithm=None, segment_size=0, sign_with=None, threads=Threads::default(), wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn migrate<'py>(
     py: Python<'py>,
@@ -95,7 +95,7 @@ pub fn migrate<'py>(
     segment_size: usize,
     sign_with: Option<&str>,
     threads: Threads,
-    external: Option<(Vec<u8>, String)>,
+    wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("migrate", || {
         let reader = open_legacy(py, &src, keys, trusted)?;
@@ -111,7 +111,7 @@ pub fn migrate<'py>(
             segment_size,
             sign_with,
             None,
-            external,
+            wrappers,
         )?;
         py.allow_threads(|| threads.run(|| legacy::migrate_to_file(&reader, &opts, &dst)))
             .py_err()?;

@@ -15,6 +15,7 @@ mod buffer;
 mod errors;
 mod guard;
 mod handle;
+mod identity;
 mod inspect;
 mod keys;
 mod legacy;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(args::load_target, m)?)?;
     m.add_function(wrap_pyfunction!(args::check_device, m)?)?;
     m.add_function(wrap_pyfunction!(args::spec_dtype, m)?)?;
+    m.add_class::<keys::KeyRing>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;

@@ -3,21 +3,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use cryptotensors::crypto::{Algorithm, DataKey};
-use cryptotensors::keys::{Jwk, Recipient};
+use cryptotensors::crypto::Algorithm;
+use cryptotensors::keys::Jwk;
 use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
-use cryptotensors::writer::{
-    self, EncryptOptions, ExternalRecipients, TensorData, WriteOptions, DEFAULT_RESERVE,
-};
+use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
 use cryptotensors::Dtype;
-use cryptotensors::Error;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::buffer::ReadBuffer;
 use crate::errors::IntoPy;
 use crate::guard::guard;
+use crate::identity::{PyProviders, PyWrapper};
+use crate::keys::KeyRing;
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
@@ -25,11 +24,11 @@ use crate::threads::Threads;
 /// holding the tensor's bytes; its export is held for the whole call.
 ///
 /// Encryption: `recipients` (JWKS JSON text) with the optional `encrypted`
-/// names, `algorithm` and `segment_size`, and `external`, a data key with
-/// recipient stanzas wrapped for it elsewhere (JSON list); signing:
-/// `sign_with`.
+/// names, `algorithm` and `segment_size`, and `wrappers`, objects with
+/// `wrap(data_key) -> stanza` that wrap the data key the core draws
+/// elsewhere (an HSM); signing: `sign_with`.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), external=None))]
+#[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn serialize<'py>(
     py: Python<'py>,
@@ -43,7 +42,7 @@ pub fn serialize<'py>(
     sign_with: Option<&str>,
     policy: Option<String>,
     threads: Threads,
-    external: Option<(Vec<u8>, String)>,
+    wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     guard("serialize", || {
         let dtypes = tensors
@@ -74,7 +73,7 @@ pub fn serialize<'py>(
             segment_size,
             sign_with,
             policy,
-            external,
+            wrappers,
         )?;
         match path {
             Some(path) => {
@@ -95,19 +94,19 @@ pub fn serialize<'py>(
 /// Rewrites a file's header to change recipients, policy or signature;
 /// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
     src: PathBuf,
     dst: PathBuf,
-    keys: Option<&str>,
-    trusted: Option<&str>,
+    keys: Option<PyRef<'_, KeyRing>>,
+    trusted: Option<PyRef<'_, KeyRing>>,
     add: Option<&str>,
     remove: Vec<String>,
     sign_with: Option<&str>,
     drop_signature: bool,
-    data_keys: Option<Vec<Vec<u8>>>,
+    providers: Option<Py<PyAny>>,
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
@@ -120,7 +119,7 @@ pub fn rewrap(
             remove,
             sign_with,
             drop_signature,
-            data_keys,
+            providers,
             policy,
             remove_policy,
             policy_input,
@@ -133,20 +132,20 @@ pub fn rewrap(
 /// `recipients`: keys of the recipients that stay, the other arguments as
 /// for `rewrap`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default()))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default()))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
     src: PathBuf,
     dst: PathBuf,
-    keys: Option<&str>,
-    trusted: Option<&str>,
+    keys: Option<PyRef<'_, KeyRing>>,
+    trusted: Option<PyRef<'_, KeyRing>>,
     recipients: Option<&str>,
     add: Option<&str>,
     remove: Vec<String>,
     sign_with: Option<&str>,
     drop_signature: bool,
-    data_keys: Option<Vec<Vec<u8>>>,
+    providers: Option<Py<PyAny>>,
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
@@ -161,7 +160,7 @@ pub fn rekey(
                 remove,
                 sign_with,
                 drop_signature,
-                data_keys,
+                providers,
                 policy,
                 remove_policy,
                 policy_input,
@@ -175,22 +174,23 @@ pub fn rekey(
 
 #[allow(clippy::too_many_arguments)]
 fn rewrap_options(
-    keys: Option<&str>,
-    trusted: Option<&str>,
+    keys: Option<PyRef<'_, KeyRing>>,
+    trusted: Option<PyRef<'_, KeyRing>>,
     add: Option<&str>,
     remove: Vec<String>,
     sign_with: Option<&str>,
     drop_signature: bool,
-    data_keys: Option<Vec<Vec<u8>>>,
+    providers: Option<Py<PyAny>>,
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
 ) -> PyResult<RewrapOptions> {
     let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
+    let ring = |r: Option<PyRef<'_, KeyRing>>| r.map(|r| r.keys().to_vec()).unwrap_or_default();
     Ok(RewrapOptions {
-        keys: parse(keys).py_err()?,
-        data_keys: crate::handle::data_keys(data_keys).py_err()?,
-        trusted_signers: parse(trusted).py_err()?,
+        keys: ring(keys),
+        providers: providers.map(PyProviders::shared),
+        trusted_signers: ring(trusted),
         policy_input,
         add: parse(add).py_err()?,
         remove,
@@ -215,7 +215,7 @@ pub(crate) fn write_options(
     segment_size: usize,
     sign_with: Option<&str>,
     policy: Option<String>,
-    external: Option<(Vec<u8>, String)>,
+    wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<WriteOptions> {
     let encrypt = match recipients {
         None => None,
@@ -223,7 +223,11 @@ pub(crate) fn write_options(
             recipients: Jwk::parse_set(json).py_err()?,
             tensors: encrypted,
             algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
-            external: external.map(external_recipients).transpose().py_err()?,
+            wrappers: wrappers
+                .unwrap_or_default()
+                .into_iter()
+                .map(PyWrapper::shared)
+                .collect(),
         }),
     };
     let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
@@ -246,15 +250,4 @@ pub(crate) fn write_options(
 /// `CRYPTOTENSORS_FSYNC=1`: flush saves and rewraps to disk before they return.
 fn fsync_requested() -> bool {
     std::env::var_os("CRYPTOTENSORS_FSYNC").is_some_and(|v| v == "1")
-}
-
-fn external_recipients(
-    (key, stanzas): (Vec<u8>, String),
-) -> cryptotensors::Result<ExternalRecipients> {
-    Ok(ExternalRecipients {
-        data_key: DataKey::from_bytes(&key).ok_or_else(|| {
-            Error::InvalidArgument("external recipients: the data key must be 32 bytes".into())
-        })?,
-        stanzas: Recipient::parse_list(&stanzas)?,
-    })
 }

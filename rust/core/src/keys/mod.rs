@@ -1,0 +1,64 @@
+//! JOSE keys (RFC 7517, 7518, 8037) and the recipient stanzas that wrap a
+//! file's data key. See FORMAT.md §6.
+//!
+//! - `kty: "oct"` keys wrap with `A256GCMKW` (RFC 7518 §4.7).
+//! - `kty: "OKP", crv: "X25519"` keys wrap with HPKE base mode (RFC 9180):
+//!   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
+//! - `kty: "OKP", crv: "Ed25519"` keys sign with `EdDSA` (see `sign`).
+//! - `kty: "EC", crv: "P-256"` keys sign with `ES256` (RFC 7518 §3.4, §6.2).
+//!
+//! A file names its recipients by `kid`; the loader decides which keys it
+//! holds. A kid never selects a key outside the loader's own key ring.
+//!
+//! One file per concept: `jwk` (parsing, generation, export), `stanza` (the
+//! recipient stanza, its checks, and the dispatch of wrap and unwrap by key
+//! kind), one file per recipient type (`a256gcmkw`, `x25519`), `hpke` (RFC
+//! 9180), and `identity` (the traits the reader and the writer ask).
+
+mod a256gcmkw;
+mod hpke;
+mod identity;
+mod jwk;
+mod stanza;
+mod x25519;
+
+pub use identity::{provided_key, Identity, KeyWrapper, Providers};
+
+pub(crate) use jwk::p256_key_pair;
+pub use jwk::{Jwk, KeyKind};
+#[cfg(test)]
+pub(crate) use stanza::UNWRAPS;
+pub use stanza::{unwrap, wrap, Recipient, MAX_RECIPIENTS, MAX_STANZA_BYTES};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::error::{Error, Result};
+
+/// JWE algorithm of symmetric recipients.
+pub const ALG_A256GCMKW: &str = "A256GCMKW";
+/// Recipient algorithm of X25519 keys: RFC 9180 base mode with
+/// DHKEM(X25519, HKDF-SHA256) (0x0020), HKDF-SHA256 (0x0001) and
+/// ChaCha20-Poly1305 (0x0003).
+pub const ALG_HPKE: &str = "HPKE-Base-X25519-SHA256-ChaCha20Poly1305";
+/// JWS algorithm of Ed25519 signing keys.
+pub const ALG_EDDSA: &str = "EdDSA";
+/// JWS algorithm of P-256 signing keys: ECDSA over P-256 with SHA-256,
+/// signatures as the 64-byte `r || s` (RFC 7518 §3.4).
+pub const ALG_ES256: &str = "ES256";
+/// Length of an uncompressed P-256 point: `0x04 || x || y`.
+pub const P256_POINT_LEN: usize = 65;
+/// The HPKE `info` string, which binds wrapped keys to this format.
+pub const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
+
+/// Decodes base64url without padding, the only encoding JOSE allows.
+pub fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s).map_err(|_| {
+        Error::InvalidKey(format!("member {field:?} is not base64url without padding"))
+    })
+}
+
+/// Encodes base64url without padding.
+pub fn b64e(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
