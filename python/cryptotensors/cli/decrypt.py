@@ -1,0 +1,24 @@
+"""`cryptotensors decrypt`: plain safetensors files from encrypted ones."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ._destination import _transform
+from ._jobs import _check_writable, _collect, _Job, _rewrite
+from ._keys import _load_options
+from ._output import _Progress
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    load = _load_options(args)
+    jobs = _collect(Path(args.input), follow_links=not args.in_place)
+    _check_writable(jobs)
+    os.umask(os.umask(0o077) | 0o077)  # plaintext weights are the secret: outputs readable by their owner only
+
+    def convert(job: _Job, target: Path, progress: _Progress) -> None:
+        _rewrite(job, target, progress, load=load, save={})
+
+    return _transform(args, jobs, convert, "decrypt")
