@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Callable
 
 from ._errors import EXIT_CODES
+
+# command(name, run, help, examples=""): a subcommand's parser, which the command's module fills.
+Command = Callable[..., argparse.ArgumentParser]
 
 _ALGORITHMS = ("AES-256-GCM", "ChaCha20-Poly1305")
 

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ._args import Command, _claims_arg, _key_args, _output_args
 from ._destination import _transform
 from ._jobs import _check_writable, _collect, _Job, _rewrite
 from ._keys import _load_options
@@ -22,3 +23,11 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         _rewrite(job, target, progress, load=load, save={})
 
     return _transform(args, jobs, convert, "decrypt")
+
+
+def register(command: Command) -> None:
+    """Adds the `decrypt` command."""
+    p = command("decrypt", cmd_decrypt, "decrypt a file or a model directory to plain safetensors")
+    _output_args(p)
+    _key_args(p, "a key that opens the files (repeatable; CRYPTOTENSORS_KEYS is also used)")
+    _claims_arg(p)

@@ -15,6 +15,7 @@ from .. import (
     _keys,
 )
 from .. import inspect as inspect_file
+from ._args import Command
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, CliError, _about
 from ._output import _human
 
@@ -291,3 +292,10 @@ Next, on your own model (a directory from save_pretrained, or one .safetensors f
   CRYPTOTENSORS_KEYS=customer.jwk python your_loader.py    # cryptotensors' safe_open/load_file decrypt
   CRYPTOTENSORS_PATCH=1 CRYPTOTENSORS_KEYS=customer.jwk python serve.py   # transformers/accelerate, unchanged
   CRYPTOTENSORS_KEYS=customer.jwk vllm serve ./my-model-encrypted         # vLLM, through the plugin"""
+
+
+def register(command: Command) -> None:
+    """Adds the `demo` command."""
+    p = command("demo", cmd_demo, "encrypt, sign, verify and load back a tiny model, offline, step by step")
+    p.add_argument("--dir", type=Path, help="keep the outputs in this (new or empty) directory")
+    p.add_argument("--no-transformers", action="store_true", help="use a numpy state dict even if transformers is installed")

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ._args import _ALGORITHMS, Command, _output_args, _policy_arg, _regex, _segment_size
 from ._destination import _transform
 from ._errors import EXIT_USAGE, CliError
 from ._jobs import _check_writable, _collect, _Job, _rewrite, _tensor_jobs
@@ -59,3 +60,17 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         _rewrite(job, target, progress, load={}, save=save)
 
     return _transform(args, jobs, convert, "encrypt")
+
+
+def register(command: Command) -> None:
+    """Adds the `encrypt` command."""
+    p = command("encrypt", cmd_encrypt, "encrypt (and sign) a file or a model directory")
+    _output_args(p)
+    p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
+                   help="encrypt for this key: a public X25519 JWK or an oct JWK, or pkcs11:LABEL for a key "
+                        "on the token set by CRYPTOTENSORS_PKCS11_* (repeatable)")
+    p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
+    p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
+    p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
+    p.add_argument("--segment-size", type=_segment_size, metavar="BYTES", help="a power of two from 4K to 1G; default 1M")
+    _policy_arg(p)

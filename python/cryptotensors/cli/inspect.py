@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
+from ._args import Command
 from ._errors import EXIT_OK, PROG
 from ._jobs import _collect, _Job, _tensor_jobs
 from ._output import _human, _shown
@@ -58,3 +59,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(_render(j) for j in jobs))
     return EXIT_OK
+
+
+def register(command: Command) -> None:
+    """Adds the `inspect` command."""
+    p = command("inspect", cmd_inspect, "show tensors, encryption, recipients and signer, with no key")
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .. import (
     generate_key,
     public_key,
 )
+from ._args import Command
 from ._atomic import _write_new_file
 from ._errors import EXIT_OK, EXIT_USAGE, CliError
 from ._keys import _public_part, _read_jwks
@@ -43,3 +45,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     publics = [_public_part(k, source) for k in _read_jwks(source)]
     _emit_key(args, publics[0] if len(publics) == 1 else {"keys": publics}, secret=False)
     return EXIT_OK
+
+
+def register(command: Command) -> None:
+    """Adds the `keygen` command."""
+    p = command("keygen", cmd_keygen, "generate a key (a private JWK), or with -y print the public key of one")
+    p.add_argument("--type", choices=sorted(_KEY_TYPES), default="x25519",
+                   help="oct: shared secret; x25519: recipient key pair (default); ed25519: signing key (EdDSA); "
+                        "p256: signing key (ES256, EC P-256)")
+    p.add_argument("-y", "--public", action="store_true", help="read a private JWK (file or stdin) and output its public JWK")
+    p.add_argument("input", nargs="?", metavar="KEY.jwk", help="with -y: the private key file (default: stdin)")
+    p.add_argument("-o", "--output", type=Path, help="write to this file (secrets with mode 0600) instead of stdout")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -11,6 +11,7 @@ from .. import (
     _legacy_key_list,
     migrate,
 )
+from ._args import _ALGORITHMS, Command, _segment_size
 from ._destination import _transform
 from ._errors import EXIT_KEY, EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _collect, _Job, _tensor_jobs
@@ -72,3 +73,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 _MIGRATE_EXAMPLES = f"""examples:
   convert a model directory protected with cryptotensors 0.2.3, checking its old signature:
     {PROG} migrate OLD_DIR -o NEW_DIR --from-keys legacy_keys.json --trusted-signer legacy_pub.json -r customer.pub.jwk --sign-key publisher.jwk"""
+
+
+def register(command: Command) -> None:
+    """Adds the `migrate` command."""
+    p = command("migrate", cmd_migrate, "convert files of cryptotensors 0.2.3 (the paper's reference implementation) "
+                "into this format: every old tag verified, then re-encrypted and written atomically",
+                examples=_MIGRATE_EXAMPLES)
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    p.add_argument("-o", "--output", metavar="OUT", type=Path, required=True, help="output file or directory")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.set_defaults(in_place=False)
+    p.add_argument("--from-keys", metavar="LEGACY.json", required=True,
+                   help="the old package's keys: a JWK, a list of JWKs or {\"keys\": [...]} (as CRYPTOTENSOR_KEYS took them)")
+    verify = p.add_mutually_exclusive_group()
+    verify.add_argument("--trusted-signer", action="append", metavar="LEGACY_PUB.json",
+                        help="the old signer's public key, in the old form (repeatable); the old header signature must verify under it")
+    verify.add_argument("--no-verify", action="store_true", help="do not check the old header signature")
+    p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
+                   help="encrypt for this key: a public X25519 JWK or an oct JWK, or pkcs11:LABEL (repeatable)")
+    p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
+    p.add_argument("--encrypt-all", action="store_true", help="also encrypt the tensors the old file left plain")
+    p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
+    p.add_argument("--segment-size", type=_segment_size, metavar="BYTES", help="a power of two from 4K to 1G; default 1M")

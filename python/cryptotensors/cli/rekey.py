@@ -10,11 +10,12 @@ from .. import (
     _keys,
     rekey,
 )
+from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError
 from ._jobs import _Job
 from ._keys import _check_save_keys, _load_keys, _read_jwks
 from ._output import _warn
-from ._rotation import _rotate, _rotation_changes
+from ._rotation import _rotate, _rotation_args, _rotation_changes
 from .rewrap import _rewrap_plan
 
 
@@ -62,3 +63,14 @@ _REKEY_EXAMPLES = f"""examples:
     {PROG} rekey ENC_DIR -k customer.jwk -r partner.pub.jwk --remove-recipient OLD_KID --sign-key publisher.jwk
   a new data key for the same recipients, into a copy (the files were not signed):
     {PROG} rekey ENC_DIR -o ENC_DIR2 -k customer.jwk"""
+
+
+def register(command: Command) -> None:
+    """Adds the `rekey` command."""
+    p = command("rekey", cmd_rekey, "re-encrypt under a new data key, keeping recipients (less --remove-recipient, "
+                "plus --add-recipient): revokes the old data key for the new files; not copies of the old "
+                "files, nor weights already loaded", examples=_REKEY_EXAMPLES)
+    _rotation_args(p, "rekey")
+    p.add_argument("-r", "--recipient", action="append", metavar="R.jwk",
+                   help="the key of a recipient that stays: a public X25519 JWK or an oct JWK (repeatable); "
+                        "every recipient that stays needs one, unless -k gives it")

@@ -8,10 +8,11 @@ from typing import Optional
 from .. import (
     rewrap,
 )
+from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError
 from ._jobs import _Job
 from ._output import _warn
-from ._rotation import _ENVELOPE_CHANGES, _rotate, _rotation_changes
+from ._rotation import _ENVELOPE_CHANGES, _rotate, _rotation_args, _rotation_changes
 
 
 def _rewrap_plan(job: _Job, changes: dict, single: bool) -> Optional[dict]:
@@ -67,3 +68,12 @@ _REWRAP_EXAMPLES = f"""examples:
   set an access policy, in a copy; remove it, in place (the files were not signed):
     {PROG} rewrap ENC_DIR -o ENC_DIR2 -k customer.jwk --policy tee_required.rego
     {PROG} rewrap ENC_DIR2 -k customer.jwk --remove-policy"""
+
+
+def register(command: Command) -> None:
+    """Adds the `rewrap` command."""
+    p = command("rewrap", cmd_rewrap, "change recipients, signature or access policy without re-encrypting "
+                "(only headers are rewritten; tensor bytes are copied unchanged). It keeps the data key: "
+                "a removed recipient loses access to the new file only if it never unwrapped the key and "
+                "kept no old header; to revoke, use rekey", examples=_REWRAP_EXAMPLES)
+    _rotation_args(p, "rewrap")

@@ -9,6 +9,7 @@ from typing import Optional
 from .. import (
     _keys,
 )
+from ._args import Command, _claims_arg, _key_args
 from ._errors import EXIT_KEY, EXIT_OK, CliError
 from ._jobs import _collect, _each_tensor, _Job, _open, _tensor_jobs
 from ._keys import _load_options
@@ -55,3 +56,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if not args.quiet:
                 progress.println(line)
     return EXIT_OK
+
+
+def register(command: Command) -> None:
+    """Adds the `verify` command."""
+    p = command("verify", cmd_verify, "check the signature, the access policy and, given a key, every segment")
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    _key_args(p, "a key that opens the files, to check every encrypted segment (repeatable)")
+    _claims_arg(p)
