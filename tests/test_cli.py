@@ -677,6 +677,18 @@ def test_progress_only_on_a_terminal(run, home, model, keys, tmp_path, flags, en
     assert ("encrypted 2 files" in result.stdout) == (flags != ["-q"])
 
 
+def test_progress_bar_escapes_file_names(home, keys, tmp_path):
+    """The bar names the file being worked on: a name that holds terminal
+    controls is escaped there too, as on every other line."""
+    src = tmp_path / "in"
+    src.mkdir()
+    save_file({"w": np.ones((64, 64), np.float32)}, src / "a\x1b[2Jb.safetensors")
+    result, drawing = _on_a_terminal(home, "encrypt", src, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk")
+    assert result.returncode == 0, drawing
+    assert "file 1/1" in drawing and "16 KiB/16 KiB" in drawing, drawing
+    assert "\x1b[2J" not in drawing and "a\\x1b[2J" in drawing, drawing
+
+
 def test_no_progress_when_not_a_terminal(run, model, keys, tmp_path):
     assert ok(run("encrypt", model, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk")).stderr == ""
 

@@ -16,7 +16,8 @@ from typing import Callable, Iterator, List, Optional
 from ._atomic import _copy_file
 from ._errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, _about
 from ._jobs import _Job, _tensor_jobs
-from ._output import _human, _info, _plural, _Progress
+from ._output import _human, _info, _plural
+from ._progress import _Progress
 
 
 def _check_parent(path: Path) -> None:

@@ -18,7 +18,7 @@ from .. import (
 from .. import inspect as inspect_file
 from .._serialize import _SPEC_DTYPES
 from ._errors import EXIT_FAILURE, EXIT_KEY, EXIT_NOT_FOUND, EXIT_UNSAFE_PATH, CliError, _about, _cli_error
-from ._output import _Progress
+from ._progress import _Progress
 
 # TensorSpec takes constructor-style dtype names; the header uses format codes.
 _CONSTRUCTOR_NAMES = {code: name for name, code in _SPEC_DTYPES.items()}

@@ -18,7 +18,7 @@ from ._destination import _check_apart, _transform
 from ._errors import _CORE_ARGUMENT_ERROR, EXIT_USAGE, CliError, _about, _classify
 from ._jobs import _collect, _Job, _no_key, _tensor_jobs
 from ._keys import _load_keys, _read_claims, _read_policy, _recipients, _signing_key
-from ._output import _Progress
+from ._progress import _Progress
 
 # rewrap() options that change the encryption envelope, by the flag that sets them.
 _ENVELOPE_CHANGES = (("add", "--add-recipient"), ("remove", "--remove-recipient"), ("policy", "--policy"), ("remove_policy", "--remove-policy"))

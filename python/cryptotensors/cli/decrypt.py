@@ -10,7 +10,7 @@ from ._args import Command, _claims_arg, _key_args, _output_args
 from ._destination import _transform
 from ._jobs import _check_writable, _collect, _Job, _rewrite
 from ._keys import _load_options
-from ._output import _Progress
+from ._progress import _Progress
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:

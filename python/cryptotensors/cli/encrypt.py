@@ -12,7 +12,8 @@ from ._destination import _transform
 from ._errors import EXIT_USAGE, CliError
 from ._jobs import _check_writable, _collect, _Job, _rewrite, _tensor_jobs
 from ._keys import _read_policy, _recipients, _signing_key
-from ._output import _Progress, _warn
+from ._output import _warn
+from ._progress import _Progress
 
 # Other weight formats a model directory may hold: copied as they are, so unencrypted.
 _PLAINTEXT_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")

@@ -16,7 +16,8 @@ from ._destination import _transform
 from ._errors import EXIT_KEY, EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _collect, _Job, _tensor_jobs
 from ._keys import _read_arg, _recipients, _signing_key
-from ._output import _plural, _Progress, _warn
+from ._output import _plural, _warn
+from ._progress import _Progress
 
 
 def _legacy_keys(sources: Sequence[str]) -> List[dict]:

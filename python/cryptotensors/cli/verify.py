@@ -13,7 +13,8 @@ from ._args import Command, _claims_arg, _key_args
 from ._errors import EXIT_KEY, EXIT_OK, CliError
 from ._jobs import _collect, _each_tensor, _Job, _open, _tensor_jobs
 from ._keys import _load_options
-from ._output import _plural, _Progress
+from ._output import _plural
+from ._progress import _Progress
 
 
 def _signature_status(signer: Optional[str], trusted: bool) -> str:
