@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "serialize", "transcode", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -84,6 +84,21 @@ def serialize(
     threads: int = ...,
     external: Optional[tuple[bytes, str]] = None,
 ) -> Optional[bytes]: ...
+def transcode(
+    handle: Handle,
+    path: _Path,
+    *,
+    recipients: Optional[str] = None,
+    encrypted: Optional[set[str]] = None,
+    algorithm: Optional[str] = None,
+    segment_size: int = 0,
+    sign_with: Optional[str] = None,
+    policy: Optional[str] = None,
+    threads: int = ...,
+    external: Optional[tuple[bytes, str]] = None,
+) -> None:
+    """Writes every tensor of an open file, with its user metadata, to path under serialize's options, streaming."""
+    ...
 def rewrap(
     src: _Path,
     dst: _Path,

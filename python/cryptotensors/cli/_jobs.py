@@ -11,17 +11,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from .. import (
     KeyNotFoundError,
     SafetensorError,
-    TensorSpec,
+    _core,
     safe_open,
-    serialize_file,
 )
 from .. import inspect as inspect_file
-from .._serialize import _SPEC_DTYPES
-from ._errors import EXIT_FAILURE, EXIT_KEY, EXIT_NOT_FOUND, EXIT_UNSAFE_PATH, CliError, _about, _cli_error
+from .._serialize import save_options
+from ._errors import EXIT_KEY, EXIT_NOT_FOUND, EXIT_UNSAFE_PATH, CliError, _about, _cli_error
 from ._progress import _Progress
-
-# TensorSpec takes constructor-style dtype names; the header uses format codes.
-_CONSTRUCTOR_NAMES = {code: name for name, code in _SPEC_DTYPES.items()}
 
 
 @dataclass
@@ -108,26 +104,6 @@ def _tensor_jobs(jobs: Sequence[_Job]) -> List[_Job]:
     return [j for j in jobs if j.header is not None]
 
 
-def _spec_args(job: _Job, name: str, dtype: str, shape: Sequence[int]) -> Tuple[str, List[int]]:
-    """TensorSpec's dtype name and shape for a header dtype and shape."""
-    ctor = _CONSTRUCTOR_NAMES.get(dtype)
-    shape = list(shape)
-    if ctor is None:
-        raise CliError(EXIT_FAILURE, f"{job.display}: tensor {name!r}: dtype {dtype} cannot be written yet")
-    if dtype == "F4":  # TensorSpec counts float4_e2m1fn_x2 in pairs of values
-        if not shape or shape[-1] % 2:
-            raise CliError(EXIT_FAILURE, f"{job.display}: tensor {name!r}: F4 with an odd last dimension cannot be written yet")
-        shape[-1] //= 2
-    return ctor, shape
-
-
-def _check_writable(jobs: Sequence[_Job]) -> None:
-    """Fails before anything is written if a tensor could not be written back."""
-    for job in _tensor_jobs(jobs):
-        for t in job.header["tensors"]:
-            _spec_args(job, t["name"], t["dtype"], t["shape"])
-
-
 def _no_key(job: _Job) -> CliError:
     """No key given opens a file: the error names the kids that would."""
     kids = ", ".join(r["kid"] for r in job.header.get("recipients") or ())
@@ -160,15 +136,32 @@ def _each_tensor(f: safe_open, job: _Job, progress: _Progress) -> Iterator[Tuple
 
 
 def _rewrite(job: _Job, target: Path, progress: _Progress, load: dict, save: dict) -> None:
-    """Reads every tensor of a file (with `load` options) and writes them, with
-    its metadata, to `target` (with `save` options), atomically."""
+    """Writes every tensor of a file (opened with `load` options), with its
+    metadata, to `target` (with `save` options), atomically. The core
+    streams it: each segment is authenticated as it is read, no tensor is
+    whole in memory, and every dtype is written as it is."""
     with _open(job, **load) as f:
-        metadata = f.metadata()
-        tensors = list(_each_tensor(f, job, progress))
-    specs = {}
-    for name, dtype, shape, buf in tensors:  # `tensors` keeps the buffers alive
-        ctor, spec_shape = _spec_args(job, name, dtype, shape)
-        specs[name] = TensorSpec._of(ctor, spec_shape, buf, buf.ctypes.data)
-    progress.set_phase("writing")
-    with _about(f"writing {job.rel}"):
-        serialize_file(specs, target, metadata, **save)
+        names = f.offset_keys()
+        options = save_options(names, **save)
+        progress.set_phase("writing")
+        try:
+            _core.transcode(f._handle, os.fspath(target), **options)
+        except OSError as exc:  # the disk, or the directory written to
+            raise _cli_error(f"writing {job.rel}", exc) from None
+        except SafetensorError as exc:  # the file read: damaged, or a key that does not match
+            _name_the_damage(f, job)
+            raise _cli_error(job.display, exc) from None
+    progress.advance(job.size)
+
+
+class _Quiet:
+    def advance(self, nbytes: int) -> None:
+        pass
+
+
+def _name_the_damage(f: safe_open, job: _Job) -> None:
+    """After a failed rewrite: reads the tensors again, one at a time, so
+    that the error names the first one that does not authenticate (the core
+    reports only that one did not)."""
+    for _ in _each_tensor(f, job, _Quiet()):
+        pass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ._args import Command, _claims_arg, _key_args, _output_args
 from ._destination import _transform
-from ._jobs import _check_writable, _collect, _Job, _rewrite
+from ._jobs import _collect, _Job, _rewrite
 from ._keys import _load_options
 from ._progress import _Progress
 
@@ -16,7 +16,6 @@ from ._progress import _Progress
 def cmd_decrypt(args: argparse.Namespace) -> int:
     load = _load_options(args)
     jobs = _collect(Path(args.input), follow_links=not args.in_place)
-    _check_writable(jobs)
     os.umask(os.umask(0o077) | 0o077)  # plaintext weights are the secret: outputs readable by their owner only
 
     def convert(job: _Job, target: Path, progress: _Progress) -> None:

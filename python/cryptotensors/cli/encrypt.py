@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 from ._args import _ALGORITHMS, Command, _output_args, _policy_arg, _regex, _segment_size
 from ._destination import _transform
 from ._errors import EXIT_USAGE, CliError
-from ._jobs import _check_writable, _collect, _Job, _rewrite, _tensor_jobs
+from ._jobs import _collect, _Job, _rewrite, _tensor_jobs
 from ._keys import _read_policy, _recipients, _signing_key
 from ._output import _warn
 from ._progress import _Progress
@@ -48,7 +48,6 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     policy = _read_policy(args.policy) if args.policy else None
     jobs = _collect(Path(args.input), follow_links=not args.in_place)
     selection = _check_encryptable(args, jobs)
-    _check_writable(jobs)
 
     def convert(job: _Job, target: Path, progress: _Progress) -> None:
         names = selection[job.rel]

@@ -27,6 +27,7 @@ pub mod rekey;
 pub mod rewrap;
 pub mod sign;
 pub mod slice;
+pub mod transcode;
 pub mod writer;
 
 pub use dtype::Dtype;

@@ -14,11 +14,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::envelope::RESERVED_PREFIX;
 use crate::error::{Error, Result};
-use crate::header::Metadata;
 use crate::keys::{Jwk, KeyKind};
 use crate::rewrap::{check_signature_choice, open_for_update, RewrapOptions};
+use crate::transcode::user_metadata;
 use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
 
 /// What a rekey keeps and changes.
@@ -116,15 +115,8 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
         ));
     }
 
-    let metadata: Metadata = header
-        .metadata()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let write = WriteOptions {
-        metadata: Some(metadata).filter(|m| !m.is_empty()),
+        metadata: user_metadata(header),
         encrypt: Some(EncryptOptions {
             recipients,
             tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),

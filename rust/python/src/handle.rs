@@ -108,7 +108,7 @@ fn parse_index(items: &Bound<'_, PyList>) -> PyResult<Vec<Index>> {
 }
 
 impl Handle {
-    fn get(&self) -> PyResult<Arc<Reader>> {
+    pub(crate) fn get(&self) -> PyResult<Arc<Reader>> {
         self.reader
             .read()
             .unwrap_or_else(|e| e.into_inner())

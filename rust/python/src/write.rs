@@ -7,6 +7,7 @@ use cryptotensors::crypto::{Algorithm, DataKey};
 use cryptotensors::keys::{Jwk, Recipient};
 use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
+use cryptotensors::transcode::transcode_to_file;
 use cryptotensors::writer::{
     self, EncryptOptions, ExternalRecipients, TensorData, WriteOptions, DEFAULT_RESERVE,
 };
@@ -18,6 +19,7 @@ use pyo3::types::PyBytes;
 use crate::buffer::ReadBuffer;
 use crate::errors::IntoPy;
 use crate::guard::guard;
+use crate::handle::Handle;
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
@@ -89,6 +91,44 @@ pub fn serialize<'py>(
                 Ok(Some(PyBytes::new(py, &bytes)))
             }
         }
+    })
+}
+
+/// Writes every tensor of the open file `handle`, with its user metadata,
+/// atomically to `path` under `serialize`'s write options, streaming: each
+/// segment is authenticated as it is read and written on, no tensor is
+/// whole in memory, and every dtype is carried (see
+/// `cryptotensors::transcode`). `path` may be the file `handle` reads.
+#[pyfunction]
+#[pyo3(signature = (handle, path, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), external=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn transcode(
+    py: Python<'_>,
+    handle: &Handle,
+    path: PathBuf,
+    recipients: Option<&str>,
+    encrypted: Option<BTreeSet<String>>,
+    algorithm: Option<&str>,
+    segment_size: usize,
+    sign_with: Option<&str>,
+    policy: Option<String>,
+    threads: Threads,
+    external: Option<(Vec<u8>, String)>,
+) -> PyResult<()> {
+    guard("transcode", || {
+        let reader = handle.get()?;
+        let opts = write_options(
+            None,
+            recipients,
+            encrypted,
+            algorithm,
+            segment_size,
+            sign_with,
+            policy,
+            external,
+        )?;
+        py.allow_threads(|| threads.run(|| transcode_to_file(&reader, &opts, &path)))
+            .py_err()
     })
 }
 
