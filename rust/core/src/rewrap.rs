@@ -25,15 +25,15 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::crypto::{self, DataKey};
-use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
+use crate::crypto::DataKey;
+use crate::envelope::{self, Layout, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
-use crate::keys::{self, b64e, Jwk};
+use crate::keys::{self, Jwk};
+use crate::platform;
 use crate::policy::Policy;
 use crate::reader::{unlock, LoadOptions, Reader};
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
-use crate::{platform, sign};
 use crate::{PreadFile, Source};
 
 /// What to change.
@@ -297,23 +297,16 @@ fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions)
         }
         envelope.policy = policy.clone();
     }
-    meta.insert(
-        ENVELOPE_KEY.into(),
-        serde_json::to_string(&envelope).expect("JSON"),
-    );
     let tensors = old.tensors().to_vec();
-    if let (Some(enc), Some(dk)) = (&layout.encryption, data_key) {
-        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
-        let mac = crypto::header_mac(dk, &enc.salt, &envelope::mac_input(&h));
-        meta.insert(MAC_KEY.into(), b64e(&mac));
-    }
-    if let Some(k) = &opts.sign_with {
-        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
-        meta.insert(
-            SIGNATURE_KEY.into(),
-            sign::sign(&envelope::signature_input(&h), k)?,
-        );
-    }
+    let seal = envelope::Seal {
+        mac: layout
+            .encryption
+            .as_ref()
+            .zip(data_key)
+            .map(|(enc, dk)| (dk, &enc.salt)),
+        sign_with: opts.sign_with.as_ref(),
+    };
+    let meta = envelope::protected_metadata(meta, &envelope, &tensors, &seal, false)?;
     if envelope.encryption.is_none() && !meta.contains_key(SIGNATURE_KEY) {
         return Err(Error::InvalidArgument(
             "dropping the only signature of an unencrypted file would leave nothing to protect it"
@@ -358,7 +351,7 @@ mod tests {
             encrypt: Some(EncryptOptions {
                 recipients: vec![to.clone()],
                 tensors: None,
-                algorithm: crypto::Algorithm::Aes256Gcm,
+                algorithm: crate::crypto::Algorithm::Aes256Gcm,
                 external: None,
             }),
             policy,
@@ -367,6 +360,55 @@ mod tests {
             ..Default::default()
         };
         serialize_to_file(&t, &opts, path).unwrap();
+    }
+
+    /// The writer and a rewrap assemble a protected header in one place
+    /// (`envelope::protected_metadata`): re-signing a signed, encrypted file
+    /// with the key that signed it (Ed25519 is deterministic) and changing
+    /// nothing else reproduces the writer's header and data.
+    #[test]
+    fn resigning_unchanged_reproduces_the_writers_header() {
+        let dir = std::env::temp_dir().join(format!("ct-rewrap-same-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let signer = Jwk::generate(KeyKind::Ed25519).unwrap();
+        let data: Vec<u8> = (0..4096 * 2 + 5).map(|i| (i % 253) as u8).collect();
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[data.len()],
+            data: &data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: None,
+                algorithm: crate::crypto::Algorithm::Aes256Gcm,
+                external: None,
+            }),
+            sign_with: Some(signer.clone()),
+            policy: Some("package cryptotensors\nallow := true\n".into()),
+            segment_size: 4096,
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let rw = RewrapOptions {
+            keys: vec![key.clone()],
+            sign_with: Some(signer),
+            ..Default::default()
+        };
+        rewrap_file(&src, &dst, &rw).unwrap();
+        let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        // The same header (the rewrap spreads the padding differently) and data.
+        let split = |f: &[u8]| {
+            let n = 8 + u64::from_le_bytes(f[..8].try_into().unwrap()) as usize;
+            let json: serde_json::Value = serde_json::from_slice(&f[8..n]).unwrap();
+            (json, f[n..].to_vec())
+        };
+        assert_eq!(split(&a), split(&b));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -20,14 +20,12 @@ use ring::digest;
 use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::envelope::{
-    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, ENVELOPE_KEY, MAC_KEY,
-    RESERVED_PREFIX, SIGNATURE_KEY, VERSION,
+    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, RESERVED_PREFIX, VERSION,
 };
 use crate::error::{Error, Result};
-use crate::header::{self, Entry, Header, Metadata, TensorInfo};
+use crate::header::{self, Entry, Metadata, TensorInfo};
 use crate::keys::{self, b64e, Jwk, Recipient};
 use crate::policy::Policy;
-use crate::sign;
 
 /// One tensor to write; `data` is its raw little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -395,37 +393,25 @@ impl Plan<'_> {
         if let Some(sha) = trailer_sha {
             envelope.trailer_sha256 = b64e(sha);
         }
-        let mut meta = self.metadata.clone().unwrap_or_default();
-        meta.insert(
-            ENVELOPE_KEY.into(),
-            serde_json::to_string(&envelope).expect("JSON"),
-        );
-        let as_header = |meta: &Metadata| {
-            Header::from_parts(
-                Some(meta.clone()),
-                self.tensors
-                    .iter()
-                    .map(|(t, i)| (t.name.to_owned(), i.clone()))
-                    .collect(),
-            )
+        let tensors: Vec<(String, TensorInfo)> = self
+            .tensors
+            .iter()
+            .map(|(t, i)| (t.name.to_owned(), i.clone()))
+            .collect();
+        let seal = envelope::Seal {
+            mac: p
+                .payload
+                .as_ref()
+                .map(|(data_key, _, salt)| (data_key, salt)),
+            sign_with: p.sign_with.as_ref(),
         };
-        if let Some((data_key, _, salt)) = &p.payload {
-            let mac = match trailer_sha {
-                Some(_) => {
-                    crypto::header_mac(data_key, salt, &envelope::mac_input(&as_header(&meta)?))
-                }
-                None => [0u8; crypto::KEY_LEN],
-            };
-            meta.insert(MAC_KEY.into(), b64e(&mac));
-        }
-        if let Some(k) = &p.sign_with {
-            // A placeholder signature over other bytes has the same length.
-            let input = match trailer_sha {
-                Some(_) => envelope::signature_input(&as_header(&meta)?),
-                None => Vec::new(),
-            };
-            meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
-        }
+        let meta = envelope::protected_metadata(
+            self.metadata.clone().unwrap_or_default(),
+            &envelope,
+            &tensors,
+            &seal,
+            trailer_sha.is_none(),
+        )?;
         header::encode(
             Some(&meta),
             self.infos(),
