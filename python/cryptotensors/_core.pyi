@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "serialize", "transcode", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -114,6 +114,19 @@ def rewrap(
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
 ) -> None: ...
+def rewrap_plan(
+    src: _Path,
+    *,
+    add: Optional[str] = None,
+    add_kids: list[str] = ...,
+    remove: list[str] = ...,
+    sign_with: Optional[str] = None,
+    drop_signature: bool = False,
+    policy: Optional[str] = None,
+    remove_policy: bool = False,
+) -> dict[str, Any]:
+    """What rewrap with these options would change, from the header alone; raises what it would refuse."""
+    ...
 def rekey(
     src: _Path,
     dst: _Path,

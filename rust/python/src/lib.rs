@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
+    m.add_function(wrap_pyfunction!(write::rewrap_plan, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
     m.add_function(wrap_pyfunction!(write::transcode, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
