@@ -104,6 +104,8 @@ _CHILD = textwrap.dedent(
                               {"recipients": keys, "segment_size": 4096, "threads": 1}),
         "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "add": json.dumps([ct.generate_key("oct")])}),
         "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "threads": 1}),
+        "rewrap_plan": lambda: (("enc.safetensors",), {"add": json.dumps([ct.generate_key("oct")])}),
+        "transcode": lambda: ((handle(), "transcoded.safetensors"), {"recipients": keys, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
         "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
                                 {"trusted": (LEGACY / "keys.public.json").read_text()}),

@@ -312,14 +312,57 @@ def test_dtypes_without_numpy_equivalents(run, keys, tmp_path):
     ok(run("decrypt", tmp_path / "enc.safetensors", "-o", tmp_path / "dec.safetensors", "-k", keys / "customer.jwk"))
     assert (tmp_path / "dec.safetensors").read_bytes() == src.read_bytes()
 
-    # F6 has no TensorSpec name: refused before anything is written
-    header_json = json.dumps({"x": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [0, 3]}}).encode()
-    header_json += b" " * (-len(header_json) % 8)
+    # F6 (no numpy or TensorSpec name) and F4 with an odd last dimension
+    # were refused before the core wrote files itself: now they round-trip.
     f6 = tmp_path / "f6.safetensors"
-    f6.write_bytes(struct.pack("<Q", len(header_json)) + header_json + b"abc")
-    fails(run("encrypt", f6, "-o", tmp_path / "f6-enc.safetensors", "-r", keys / "customer.pub.jwk"),
-          cli.EXIT_FAILURE, "tensor 'x'", "F6_E2M3")
-    assert not (tmp_path / "f6-enc.safetensors").exists()
+    data = np.arange(1, 13, dtype=np.uint8)
+    cryptotensors._core.serialize([("x", "F6_E2M3", [4], data[:3]), ("y", "F6_E3M2", [2, 4], data[3:9]),
+                                   ("z", "F4", [2, 3], data[9:])], {"format": "pt"}, str(f6))
+    ok(run("encrypt", f6, "-o", tmp_path / "f6-enc.safetensors", "-r", keys / "customer.pub.jwk"))
+    header = cryptotensors.inspect(tmp_path / "f6-enc.safetensors")
+    assert {t["name"]: (t["dtype"], t["shape"], t["encrypted"]) for t in header["tensors"]} == {
+        "x": ("F6_E2M3", [4], True), "y": ("F6_E3M2", [2, 4], True), "z": ("F4", [2, 3], True),
+    }
+    ok(run("decrypt", tmp_path / "f6-enc.safetensors", "-o", tmp_path / "f6-dec.safetensors", "-k", keys / "customer.jwk"))
+    assert (tmp_path / "f6-dec.safetensors").read_bytes() == f6.read_bytes()
+
+
+_PEAK_CHILD = """
+import sys
+from cryptotensors import cli
+
+def peak_kib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current resident size
+before = peak_kib()
+code = cli.main(sys.argv[1:])
+print(code, (peak_kib() - before) // 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's VmHWM reset")
+def test_encrypt_and_decrypt_stream_a_file_bigger_than_their_memory(keys, tmp_path):
+    """Encrypt and decrypt once read every tensor of a file into memory, then
+    wrote it: a 192 MiB tensor made them grow by 192 MiB or more. The core
+    now streams it, segment by segment."""
+    src, enc, dec = tmp_path / "big.safetensors", tmp_path / "enc.safetensors", tmp_path / "dec.safetensors"
+    big = np.random.default_rng(0).integers(0, 255, 192 << 20, dtype=np.uint8)
+    save_file({"big": big, "small": np.arange(10, dtype=np.float32)}, src, metadata={"format": "pt"})
+    del big
+
+    def peak(*args):
+        out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, *map(str, args), "-q"],
+                             check=True, capture_output=True, text=True).stdout.split()
+        assert out[0] == "0", out
+        return int(out[1])
+
+    grew = peak("encrypt", src, "-o", enc, "-r", keys / "customer.pub.jwk", "--segment-size", "64K")
+    assert grew < 64, f"encrypt grew by {grew} MiB for a 192 MiB tensor"
+    grew = peak("decrypt", enc, "-o", dec, "-k", keys / "customer.jwk")
+    assert grew < 64, f"decrypt grew by {grew} MiB for a 192 MiB tensor"
+    assert dec.read_bytes() == src.read_bytes()
 
 
 def test_decrypted_outputs_are_private(run, encrypted, keys, tmp_path):
@@ -675,6 +718,18 @@ def test_progress_only_on_a_terminal(run, home, model, keys, tmp_path, flags, en
     assert result.returncode == 0, drawing
     assert ("\r" in drawing and "100%" in drawing and "file 6/6" in drawing and "KiB" in drawing) == drawn, drawing
     assert ("encrypted 2 files" in result.stdout) == (flags != ["-q"])
+
+
+def test_progress_bar_escapes_file_names(home, keys, tmp_path):
+    """The bar names the file being worked on: a name that holds terminal
+    controls is escaped there too, as on every other line."""
+    src = tmp_path / "in"
+    src.mkdir()
+    save_file({"w": np.ones((64, 64), np.float32)}, src / "a\x1b[2Jb.safetensors")
+    result, drawing = _on_a_terminal(home, "encrypt", src, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk")
+    assert result.returncode == 0, drawing
+    assert "file 1/1" in drawing and "16 KiB/16 KiB" in drawing, drawing
+    assert "\x1b[2J" not in drawing and "a\\x1b[2J" in drawing, drawing
 
 
 def test_no_progress_when_not_a_terminal(run, model, keys, tmp_path):

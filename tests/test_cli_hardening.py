@@ -385,7 +385,7 @@ def test_a_killed_encrypt_leaves_no_output_and_no_half_written_file(tmp_path, ke
 @pytest.mark.parametrize("anonymous", [True, False])
 def test_key_files_are_written_whole_with_or_without_o_tmpfile(tmp_path, monkeypatch, anonymous):
     if not anonymous:  # a system or file system without O_TMPFILE: a named temporary, renamed or linked in
-        monkeypatch.setattr(cli, "_open_anonymous", lambda directory, mode: None)
+        monkeypatch.setattr(cli._atomic, "_open_anonymous", lambda directory, mode: None)
     key = tmp_path / "k.jwk"
     assert cli.main(["keygen", "--type", "oct", "-o", str(key), "-q"]) == cli.EXIT_OK
     first = key.read_text()

@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "KeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "rewrap", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
+    "Handle", "KeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "read_legacy", "migrate", "inspect", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -107,6 +107,21 @@ def serialize(
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
 ) -> Optional[bytes]: ...
+def transcode(
+    handle: Handle,
+    path: _Path,
+    *,
+    recipients: Optional[str] = None,
+    encrypted: Optional[set[str]] = None,
+    algorithm: Optional[str] = None,
+    segment_size: int = 0,
+    sign_with: Optional[str] = None,
+    policy: Optional[str] = None,
+    threads: int = ...,
+    wrappers: Optional[list[Any]] = None,
+) -> None:
+    """Writes every tensor of an open file, with its user metadata, to path under serialize's options, streaming."""
+    ...
 def rewrap(
     src: _Path,
     dst: _Path,
@@ -122,6 +137,19 @@ def rewrap(
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
 ) -> None: ...
+def rewrap_plan(
+    src: _Path,
+    *,
+    add: Optional[str] = None,
+    add_kids: list[str] = ...,
+    remove: list[str] = ...,
+    sign_with: Optional[str] = None,
+    drop_signature: bool = False,
+    policy: Optional[str] = None,
+    remove_policy: bool = False,
+) -> dict[str, Any]:
+    """What rewrap with these options would change, from the header alone; raises what it would refuse."""
+    ...
 def rekey(
     src: _Path,
     dst: _Path,

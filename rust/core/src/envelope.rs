@@ -5,10 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{self, Algorithm, TAG_LEN};
+use crate::crypto::{self, Algorithm, DataKey, SALT_LEN, TAG_LEN};
 use crate::error::{Error, Result};
-use crate::header::{Header, TensorInfo};
-use crate::keys::{b64d, Recipient, MAX_RECIPIENTS};
+use crate::header::{Header, Metadata, TensorInfo};
+use crate::keys::{b64d, b64e, Jwk, Recipient, MAX_RECIPIENTS};
+use crate::sign;
 
 /// Metadata key of the envelope (a JSON string).
 pub const ENVELOPE_KEY: &str = "__cryptotensors__";
@@ -327,4 +328,49 @@ pub fn mac_input(header: &Header) -> Vec<u8> {
 /// The bytes the signature covers (the MAC included).
 pub fn signature_input(header: &Header) -> Vec<u8> {
     canonical(header, &[SIGNATURE_KEY])
+}
+
+/// What seals a protected header: the data key and salt its MAC is keyed
+/// with (an encrypted file), and the private key that signs it.
+pub(crate) struct Seal<'a> {
+    pub(crate) mac: Option<(&'a DataKey, &'a [u8; SALT_LEN])>,
+    pub(crate) sign_with: Option<&'a Jwk>,
+}
+
+/// The `__metadata__` of a protected header (FORMAT.md §3), the one place
+/// it is assembled, for a save and a rewrap alike: `user` (which must hold
+/// none of the MAC and signature keys) with the envelope, then the MAC over
+/// the canonical header, then the signature over it and the MAC. With
+/// `placeholder`, a zero MAC and a signature over no bytes stand in, of the
+/// lengths of the final ones, so that a writer can lay the file out before
+/// the trailer digest the envelope names is known.
+pub(crate) fn protected_metadata(
+    mut meta: Metadata,
+    envelope: &Envelope,
+    tensors: &[(String, TensorInfo)],
+    seal: &Seal,
+    placeholder: bool,
+) -> Result<Metadata> {
+    debug_assert!(!meta.contains_key(MAC_KEY) && !meta.contains_key(SIGNATURE_KEY));
+    meta.insert(
+        ENVELOPE_KEY.into(),
+        serde_json::to_string(envelope).expect("JSON"),
+    );
+    let as_header = |meta: &Metadata| Header::from_parts(Some(meta.clone()), tensors.to_vec());
+    if let Some((data_key, salt)) = seal.mac {
+        let mac = match placeholder {
+            false => crypto::header_mac(data_key, salt, &mac_input(&as_header(&meta)?)),
+            true => [0u8; crypto::KEY_LEN],
+        };
+        meta.insert(MAC_KEY.into(), b64e(&mac));
+    }
+    if let Some(k) = seal.sign_with {
+        // A placeholder signature over other bytes has the same length.
+        let input = match placeholder {
+            false => signature_input(&as_header(&meta)?),
+            true => Vec::new(),
+        };
+        meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
+    }
+    Ok(meta)
 }

@@ -28,6 +28,7 @@ pub mod rekey;
 pub mod rewrap;
 pub mod sign;
 pub mod slice;
+pub mod transcode;
 pub mod writer;
 
 pub use dtype::Dtype;

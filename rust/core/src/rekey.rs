@@ -14,11 +14,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::envelope::RESERVED_PREFIX;
 use crate::error::{Error, Result};
-use crate::header::Metadata;
 use crate::keys::{Jwk, KeyKind};
-use crate::rewrap::{check_signature_choice, open_for_update, RewrapOptions};
+use crate::rewrap::{self, open_for_update, RewrapOptions};
+use crate::transcode::user_metadata;
 use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
 
 /// What a rekey keeps and changes.
@@ -61,15 +60,9 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             "the file is not encrypted: it has no data key to replace".into(),
         ));
     };
-    check_signature_choice(header, rw)?;
-
-    for kid in &rw.remove {
-        if !enc.recipients.iter().any(|r| &r.kid == kid) {
-            return Err(Error::InvalidArgument(format!(
-                "no recipient has kid {kid:?}"
-            )));
-        }
-    }
+    // The rules a rewrap follows (signature, recipients removed and added,
+    // policy); then a rekey's own, about the keys of those that stay.
+    rewrap::plan(header, rw)?;
     let kept: Vec<_> = enc
         .recipients
         .iter()
@@ -101,30 +94,10 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             k.kid()
         )));
     }
-    for k in &rw.add {
-        if kept.iter().any(|r| k.matches(&r.kid)) {
-            return Err(Error::InvalidArgument(format!(
-                "{:?} is already a recipient",
-                k.kid()
-            )));
-        }
-        recipients.push(k.clone());
-    }
-    if recipients.is_empty() {
-        return Err(Error::InvalidArgument(
-            "removing every recipient would make the file unreadable".into(),
-        ));
-    }
+    recipients.extend(rw.add.iter().cloned());
 
-    let metadata: Metadata = header
-        .metadata()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let write = WriteOptions {
-        metadata: Some(metadata).filter(|m| !m.is_empty()),
+        metadata: user_metadata(header),
         encrypt: Some(EncryptOptions {
             recipients,
             tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),

@@ -25,16 +25,16 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::crypto::{self, DataKey};
-use crate::envelope::{self, Layout, ENVELOPE_KEY, MAC_KEY, SIGNATURE_KEY};
+use crate::crypto::DataKey;
+use crate::envelope::{self, Layout, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
 use crate::keys::Providers;
 use crate::keys::{self, b64e, Jwk};
+use crate::platform;
 use crate::policy::Policy;
 use crate::reader::{LoadOptions, Reader};
 use crate::writer::{AtomicFile, DEFAULT_RESERVE};
-use crate::{platform, sign};
 use crate::{PreadFile, Source};
 
 /// What to change.
@@ -137,17 +137,217 @@ pub(crate) fn open_for_update(path: &Path, writable: bool, opts: &RewrapOptions)
     })
 }
 
-/// A signed file must be re-signed or its signature explicitly dropped.
-pub(crate) fn check_signature_choice(old: &Header, opts: &RewrapOptions) -> Result<()> {
-    if old.metadata_value(SIGNATURE_KEY).is_some()
-        && opts.sign_with.is_none()
-        && !opts.drop_signature
-    {
-        return Err(Error::InvalidArgument(
-            "the file is signed: pass sign_with= to re-sign it, or drop_signature=True".into(),
-        ));
+/// What happens to a part of the header in a rewrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// Absent before and after.
+    Absent,
+    /// Carried over unchanged.
+    Kept,
+    /// Written anew (a policy set, a header re-signed).
+    Set,
+    /// Removed.
+    Removed,
+}
+
+/// What a rewrap with given options would change in a file, decided from
+/// its header alone: the one statement of the rules (FORMAT.md §8.1) that
+/// a rewrap, a rekey and a caller previewing them (the CLI, before it
+/// writes any file of a model) share. The header is not verified here; a
+/// rewrap verifies the file before it applies the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrapPlan {
+    /// The file is encrypted (it has recipients).
+    pub encrypted: bool,
+    /// The file is signed now.
+    pub signed: bool,
+    /// Kids of the recipients that stay, in the file's order.
+    pub kept: Vec<String>,
+    /// Kids of the recipients added.
+    pub added: Vec<String>,
+    /// Kids of the recipients removed.
+    pub removed: Vec<String>,
+    /// What happens to the signature.
+    pub signature: Change,
+    /// What happens to the access policy.
+    pub policy: Change,
+}
+
+impl Change {
+    /// `absent`, `kept`, `set` or `removed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Absent => "absent",
+            Change::Kept => "kept",
+            Change::Set => "set",
+            Change::Removed => "removed",
+        }
     }
-    Ok(())
+}
+
+/// Why a rewrap is refused, decided from the header and the options alone:
+/// a caller can word each in its own terms (the CLI names its flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The file is neither encrypted nor signed: there is nothing to rewrap.
+    Unprotected,
+    /// The file is signed, and the options neither re-sign it nor drop the signature.
+    SignedNeedsChoice,
+    /// Recipients to add or remove, but the file is not encrypted.
+    NotEncrypted,
+    /// A policy for a file that is not encrypted.
+    PolicyNeedsEncryption,
+    /// Dropping the only signature of a file that is not encrypted.
+    LastProtection,
+    /// No recipient has this kid.
+    UnknownKid(String),
+    /// This key is already a recipient (its kid).
+    AlreadyRecipient(String),
+    /// Every recipient would be removed.
+    NoRecipientLeft,
+}
+
+impl Refusal {
+    /// A stable name for the kind of refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Unprotected => "unprotected",
+            Refusal::SignedNeedsChoice => "signed",
+            Refusal::NotEncrypted => "not_encrypted",
+            Refusal::PolicyNeedsEncryption => "policy_needs_encryption",
+            Refusal::LastProtection => "last_protection",
+            Refusal::UnknownKid(_) => "unknown_kid",
+            Refusal::AlreadyRecipient(_) => "already_recipient",
+            Refusal::NoRecipientLeft => "no_recipient_left",
+        }
+    }
+
+    /// The kid the refusal is about, if any.
+    pub fn kid(&self) -> Option<&str> {
+        match self {
+            Refusal::UnknownKid(k) | Refusal::AlreadyRecipient(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Error {
+        Error::InvalidArgument(match r {
+            Refusal::Unprotected => "the file is neither encrypted nor signed".into(),
+            Refusal::SignedNeedsChoice => {
+                "the file is signed: pass sign_with= to re-sign it, or drop_signature=True".into()
+            }
+            Refusal::NotEncrypted => {
+                "the file is not encrypted: it has no recipients to change".into()
+            }
+            Refusal::PolicyNeedsEncryption => "a policy needs an encrypted file".into(),
+            Refusal::LastProtection => "dropping the only signature of an unencrypted file \
+                                        would leave nothing to protect it"
+                .into(),
+            Refusal::UnknownKid(kid) => format!("no recipient has kid {kid:?}"),
+            Refusal::AlreadyRecipient(kid) => format!("{kid:?} is already a recipient"),
+            Refusal::NoRecipientLeft => {
+                "removing every recipient would make the file unreadable".into()
+            }
+        })
+    }
+}
+
+/// The plan of a rewrap of the file whose header is `old` under `opts`,
+/// or the refusal (as an `InvalidArgument`).
+pub fn plan(old: &Header, opts: &RewrapOptions) -> Result<RewrapPlan> {
+    decide(old, opts, &[])?.map_err(Error::from)
+}
+
+/// [`plan`], with a refusal kept apart from an error in the header or the
+/// options (a malformed envelope, a policy that does not compile).
+/// `wrapped_elsewhere`: kids of further recipients to add whose stanzas a
+/// key provider (a token) wraps, so that only their kids are known.
+pub fn decide(
+    old: &Header,
+    opts: &RewrapOptions,
+    wrapped_elsewhere: &[String],
+) -> Result<std::result::Result<RewrapPlan, Refusal>> {
+    let signed = old.metadata_value(SIGNATURE_KEY).is_some();
+    if signed && opts.sign_with.is_none() && !opts.drop_signature {
+        return Ok(Err(Refusal::SignedNeedsChoice));
+    }
+    let Some(layout) = Layout::from_header(old)? else {
+        return Ok(Err(Refusal::Unprotected));
+    };
+    let Some(enc) = layout.envelope.encryption.as_ref() else {
+        if !opts.add.is_empty() || !opts.remove.is_empty() {
+            return Ok(Err(Refusal::NotEncrypted));
+        }
+        if matches!(opts.policy, Some(Some(_))) {
+            return Ok(Err(Refusal::PolicyNeedsEncryption));
+        }
+        if opts.sign_with.is_none() {
+            return Ok(Err(Refusal::LastProtection));
+        }
+        return Ok(Ok(RewrapPlan {
+            encrypted: false,
+            signed,
+            kept: Vec::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            signature: Change::Set,
+            policy: Change::Absent,
+        }));
+    };
+    if let Some(kid) = opts
+        .remove
+        .iter()
+        .find(|kid| !enc.recipients.iter().any(|r| &r.kid == *kid))
+    {
+        return Ok(Err(Refusal::UnknownKid(kid.clone())));
+    }
+    let kept: Vec<String> = enc
+        .recipients
+        .iter()
+        .map(|r| r.kid.clone())
+        .filter(|kid| !opts.remove.contains(kid))
+        .collect();
+    if let Some(k) = opts
+        .add
+        .iter()
+        .find(|k| kept.iter().any(|kid| k.matches(kid)))
+    {
+        return Ok(Err(Refusal::AlreadyRecipient(k.kid().to_owned())));
+    }
+    if let Some(kid) = wrapped_elsewhere.iter().find(|k| kept.contains(k)) {
+        return Ok(Err(Refusal::AlreadyRecipient(kid.clone())));
+    }
+    let mut added: Vec<String> = opts.add.iter().map(|k| k.kid().to_owned()).collect();
+    added.extend(wrapped_elsewhere.iter().cloned());
+    if kept.is_empty() && added.is_empty() {
+        return Ok(Err(Refusal::NoRecipientLeft));
+    }
+    if let Some(Some(text)) = &opts.policy {
+        Policy::compile(text)?;
+    }
+    let had_policy = layout.envelope.policy.is_some();
+    Ok(Ok(RewrapPlan {
+        encrypted: true,
+        signed,
+        kept,
+        added,
+        removed: opts.remove.clone(),
+        signature: match (&opts.sign_with, signed) {
+            (Some(_), _) => Change::Set,
+            (None, true) => Change::Removed,
+            (None, false) => Change::Absent,
+        },
+        policy: match (&opts.policy, had_policy) {
+            (Some(Some(_)), _) => Change::Set,
+            (Some(None), true) => Change::Removed,
+            (None, true) => Change::Kept,
+            (_, false) => Change::Absent,
+        },
+    }))
 }
 
 /// Rewrites the header of `src` into `dst` (which may be `src`).
@@ -250,79 +450,34 @@ fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
 /// replaced. Everything else (tensors, user metadata, salt, commitment,
 /// trailer digest) is carried over unchanged.
 fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions) -> Result<Header> {
-    check_signature_choice(old, opts)?;
+    plan(old, opts)?;
     let layout = Layout::from_header(old)?
         .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
     let mut envelope = layout.envelope.clone();
     let mut meta = old.metadata().cloned().unwrap_or_default();
     meta.remove(MAC_KEY);
     meta.remove(SIGNATURE_KEY);
-    if envelope.encryption.is_none() && (!opts.add.is_empty() || !opts.remove.is_empty()) {
-        return Err(Error::InvalidArgument(
-            "the file is not encrypted: it has no recipients to change".into(),
-        ));
-    }
     if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), data_key) {
-        for kid in &opts.remove {
-            let before = enc.recipients.len();
-            enc.recipients.retain(|r| &r.kid != kid);
-            if enc.recipients.len() == before {
-                return Err(Error::InvalidArgument(format!(
-                    "no recipient has kid {kid:?}"
-                )));
-            }
-        }
+        enc.recipients.retain(|r| !opts.remove.contains(&r.kid));
         for k in &opts.add {
-            if enc.recipients.iter().any(|r| k.matches(&r.kid)) {
-                return Err(Error::InvalidArgument(format!(
-                    "{:?} is already a recipient",
-                    k.kid()
-                )));
-            }
             enc.recipients.push(keys::wrap(dk, k)?);
-        }
-        if enc.recipients.is_empty() {
-            return Err(Error::InvalidArgument(
-                "removing every recipient would make the file unreadable".into(),
-            ));
         }
         // Readers refuse more stanzas than this; never write such a file.
         envelope::check_recipients(&enc.recipients)?;
     }
     if let Some(policy) = &opts.policy {
-        if let Some(text) = policy {
-            if envelope.encryption.is_none() {
-                return Err(Error::InvalidArgument(
-                    "a policy needs an encrypted file".into(),
-                ));
-            }
-            Policy::compile(text)?;
-        }
         envelope.policy = policy.clone();
     }
-    meta.insert(
-        ENVELOPE_KEY.into(),
-        serde_json::to_string(&envelope).expect("JSON"),
-    );
     let tensors = old.tensors().to_vec();
-    if let (Some(enc), Some(dk)) = (&layout.encryption, data_key) {
-        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
-        let mac = crypto::header_mac(dk, &enc.salt, &envelope::mac_input(&h));
-        meta.insert(MAC_KEY.into(), b64e(&mac));
-    }
-    if let Some(k) = &opts.sign_with {
-        let h = Header::from_parts(Some(meta.clone()), tensors.clone())?;
-        meta.insert(
-            SIGNATURE_KEY.into(),
-            sign::sign(&envelope::signature_input(&h), k)?,
-        );
-    }
-    if envelope.encryption.is_none() && !meta.contains_key(SIGNATURE_KEY) {
-        return Err(Error::InvalidArgument(
-            "dropping the only signature of an unencrypted file would leave nothing to protect it"
-                .into(),
-        ));
-    }
+    let seal = envelope::Seal {
+        mac: layout
+            .encryption
+            .as_ref()
+            .zip(data_key)
+            .map(|(enc, dk)| (dk, &enc.salt)),
+        sign_with: opts.sign_with.as_ref(),
+    };
+    let meta = envelope::protected_metadata(meta, &envelope, &tensors, &seal, false)?;
     Header::from_parts(Some(meta), tensors)
 }
 
@@ -361,7 +516,7 @@ mod tests {
             encrypt: Some(EncryptOptions {
                 recipients: vec![to.clone()],
                 tensors: None,
-                algorithm: crypto::Algorithm::Aes256Gcm,
+                algorithm: crate::crypto::Algorithm::Aes256Gcm,
                 wrappers: Vec::new(),
             }),
             policy,
@@ -370,6 +525,183 @@ mod tests {
             ..Default::default()
         };
         serialize_to_file(&t, &opts, path).unwrap();
+    }
+
+    /// Every refusal of the plan, from headers alone, and an accepted plan.
+    #[test]
+    fn the_plan_names_each_refusal() {
+        let dir = std::env::temp_dir().join(format!("ct-rewrap-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let header_of = |name: &str, opts: &WriteOptions| {
+            let path = dir.join(name);
+            let t = [TensorData {
+                name: "w",
+                dtype: Dtype::U8,
+                shape: &[3],
+                data: &[1, 2, 3],
+            }];
+            serialize_to_file(&t, opts, &path).unwrap();
+            crate::reader::read_header(&PreadFile::new(File::open(&path).unwrap()).unwrap())
+                .unwrap()
+                .0
+        };
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let other = Jwk::generate(KeyKind::Oct).unwrap();
+        let signer = Jwk::generate(KeyKind::Ed25519).unwrap();
+        let encrypt = Some(EncryptOptions {
+            recipients: vec![key.clone()],
+            tensors: None,
+            algorithm: crate::crypto::Algorithm::Aes256Gcm,
+            external: None,
+        });
+        let plain = header_of("plain.safetensors", &WriteOptions::default());
+        let signed_plain = header_of(
+            "signed.safetensors",
+            &WriteOptions {
+                sign_with: Some(signer.clone()),
+                ..Default::default()
+            },
+        );
+        let enc = header_of(
+            "enc.safetensors",
+            &WriteOptions {
+                encrypt: encrypt.clone(),
+                ..Default::default()
+            },
+        );
+        let signed_enc = header_of(
+            "signed-enc.safetensors",
+            &WriteOptions {
+                encrypt,
+                sign_with: Some(signer.clone()),
+                ..Default::default()
+            },
+        );
+        let refusal = |h: &Header, o: RewrapOptions| decide(h, &o, &[]).unwrap().unwrap_err();
+        let resign = || RewrapOptions {
+            sign_with: Some(signer.clone()),
+            ..Default::default()
+        };
+        assert_eq!(refusal(&plain, resign()), Refusal::Unprotected);
+        assert_eq!(
+            refusal(&signed_enc, RewrapOptions::default()),
+            Refusal::SignedNeedsChoice
+        );
+        let add = RewrapOptions {
+            add: vec![other.clone()],
+            ..resign()
+        };
+        assert_eq!(refusal(&signed_plain, add), Refusal::NotEncrypted);
+        let policy = RewrapOptions {
+            policy: Some(Some("package cryptotensors\nallow := true\n".into())),
+            ..resign()
+        };
+        assert_eq!(
+            refusal(&signed_plain, policy),
+            Refusal::PolicyNeedsEncryption
+        );
+        let drop = RewrapOptions {
+            drop_signature: true,
+            ..Default::default()
+        };
+        assert_eq!(refusal(&signed_plain, drop), Refusal::LastProtection);
+        let unknown = RewrapOptions {
+            remove: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert_eq!(refusal(&enc, unknown), Refusal::UnknownKid("nope".into()));
+        let again = RewrapOptions {
+            add: vec![key.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            refusal(&enc, again),
+            Refusal::AlreadyRecipient(key.kid().into())
+        );
+        let token_again = decide(&enc, &RewrapOptions::default(), &[key.kid().into()]).unwrap();
+        assert_eq!(
+            token_again.unwrap_err(),
+            Refusal::AlreadyRecipient(key.kid().into())
+        );
+        let none_left = RewrapOptions {
+            remove: vec![key.kid().into()],
+            ..Default::default()
+        };
+        assert_eq!(refusal(&enc, none_left), Refusal::NoRecipientLeft);
+        assert!(matches!(
+            plan(&enc, &RewrapOptions { remove: vec!["nope".into()], ..Default::default() }),
+            Err(Error::InvalidArgument(m)) if m == "no recipient has kid \"nope\""
+        ));
+
+        let replace = RewrapOptions {
+            add: vec![other.clone()],
+            remove: vec![key.kid().into()],
+            sign_with: Some(signer.clone()),
+            ..Default::default()
+        };
+        let p = plan(&signed_enc, &replace).unwrap();
+        assert_eq!(
+            p,
+            RewrapPlan {
+                encrypted: true,
+                signed: true,
+                kept: vec![],
+                added: vec![other.kid().into()],
+                removed: vec![key.kid().into()],
+                signature: Change::Set,
+                policy: Change::Absent,
+            }
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The writer and a rewrap assemble a protected header in one place
+    /// (`envelope::protected_metadata`): re-signing a signed, encrypted file
+    /// with the key that signed it (Ed25519 is deterministic) and changing
+    /// nothing else reproduces the writer's header and data.
+    #[test]
+    fn resigning_unchanged_reproduces_the_writers_header() {
+        let dir = std::env::temp_dir().join(format!("ct-rewrap-same-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let signer = Jwk::generate(KeyKind::Ed25519).unwrap();
+        let data: Vec<u8> = (0..4096 * 2 + 5).map(|i| (i % 253) as u8).collect();
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[data.len()],
+            data: &data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: None,
+                algorithm: crate::crypto::Algorithm::Aes256Gcm,
+                external: None,
+            }),
+            sign_with: Some(signer.clone()),
+            policy: Some("package cryptotensors\nallow := true\n".into()),
+            segment_size: 4096,
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let rw = RewrapOptions {
+            keys: vec![key.clone()],
+            sign_with: Some(signer),
+            ..Default::default()
+        };
+        rewrap_file(&src, &dst, &rw).unwrap();
+        let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        // The same header (the rewrap spreads the padding differently) and data.
+        let split = |f: &[u8]| {
+            let n = 8 + u64::from_le_bytes(f[..8].try_into().unwrap()) as usize;
+            let json: serde_json::Value = serde_json::from_slice(&f[8..n]).unwrap();
+            (json, f[n..].to_vec())
+        };
+        assert_eq!(split(&a), split(&b));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

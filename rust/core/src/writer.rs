@@ -21,15 +21,13 @@ use ring::digest;
 use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::envelope::{
-    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, ENVELOPE_KEY, MAC_KEY,
-    RESERVED_PREFIX, SIGNATURE_KEY, VERSION,
+    self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, RESERVED_PREFIX, VERSION,
 };
 use crate::error::{Error, Result};
 use crate::header::{self, Entry, Header, Metadata, TensorInfo};
 use crate::keys::KeyWrapper;
-use crate::keys::{self, b64e, Jwk};
+use crate::keys::{self, b64e, Jwk, Recipient};
 use crate::policy::Policy;
-use crate::sign;
 
 /// One tensor to write; `data` is its raw little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -142,13 +140,23 @@ impl<'a> From<&TensorData<'a>> for Input<'a> {
 }
 
 impl Input<'_> {
-    /// The bytes of a tensor given in memory (all of a plain file's are).
-    fn bytes(&self) -> Result<&[u8]> {
+    /// Hands the tensor's bytes to `emit`, in order: bytes in memory in one
+    /// go, bytes filled on demand in pieces of at most `piece` bytes (a plain
+    /// file written from another file, which has no segments of its own).
+    fn pieces(&self, piece: usize, mut emit: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match self.plain {
-            Plain::Bytes(b) => Ok(b),
-            Plain::Fill(_) => Err(Error::InvalidArgument(
-                "a plain file is written from tensors in memory".into(),
-            )),
+            Plain::Bytes(b) => emit(b),
+            Plain::Fill(_) => {
+                let mut buf = vec![0u8; piece.min(self.len)];
+                let mut offset = 0;
+                while offset < self.len {
+                    let n = buf.len().min(self.len - offset);
+                    self.fill(offset, &mut buf[..n])?;
+                    emit(&buf[..n])?;
+                    offset += n;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -173,6 +181,9 @@ struct Plan<'a> {
     tensors: Vec<(Input<'a>, TensorInfo)>,
     metadata: Option<Metadata>,
     protected: Option<Protected>,
+    /// The size of the pieces a plain file's tensors filled on demand are
+    /// written in (the segment size asked for, or the default).
+    piece: usize,
 }
 
 /// The crypto half of a plan.
@@ -225,24 +236,20 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
         .into_iter()
         .map(|(e, i)| (*by_name[e.name.as_str()], i))
         .collect();
-    if opts.encrypt.is_none() && opts.sign_with.is_none() {
-        if let Some((t, _)) = ordered.iter().find(|(t, _)| t.bytes().is_err()) {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {:?}: a plain file is written from tensors in memory",
-                t.name
-            )));
-        }
-        return Ok(Plan {
-            tensors: ordered,
-            metadata: opts.metadata.clone(),
-            protected: None,
-        });
-    }
     let segment_size = if opts.segment_size == 0 {
         crypto::DEFAULT_SEGMENT_SIZE
     } else {
         opts.segment_size
     };
+    if opts.encrypt.is_none() && opts.sign_with.is_none() {
+        // A plain file has no segments: the size only sets its pieces.
+        return Ok(Plan {
+            tensors: ordered,
+            metadata: opts.metadata.clone(),
+            protected: None,
+            piece: segment_size.max(1),
+        });
+    }
     envelope::check_segment_size(segment_size)?;
     // File order differs from the layout order only among empty tensors of
     // different dtypes, which share their offsets.
@@ -354,6 +361,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
             envelope,
             reserve: opts.reserve,
         }),
+        piece: segment_size,
     })
 }
 
@@ -376,37 +384,25 @@ impl Plan<'_> {
         if let Some(sha) = trailer_sha {
             envelope.trailer_sha256 = b64e(sha);
         }
-        let mut meta = self.metadata.clone().unwrap_or_default();
-        meta.insert(
-            ENVELOPE_KEY.into(),
-            serde_json::to_string(&envelope).expect("JSON"),
-        );
-        let as_header = |meta: &Metadata| {
-            Header::from_parts(
-                Some(meta.clone()),
-                self.tensors
-                    .iter()
-                    .map(|(t, i)| (t.name.to_owned(), i.clone()))
-                    .collect(),
-            )
+        let tensors: Vec<(String, TensorInfo)> = self
+            .tensors
+            .iter()
+            .map(|(t, i)| (t.name.to_owned(), i.clone()))
+            .collect();
+        let seal = envelope::Seal {
+            mac: p
+                .payload
+                .as_ref()
+                .map(|(data_key, _, salt)| (data_key, salt)),
+            sign_with: p.sign_with.as_ref(),
         };
-        if let Some((data_key, _, salt)) = &p.payload {
-            let mac = match trailer_sha {
-                Some(_) => {
-                    crypto::header_mac(data_key, salt, &envelope::mac_input(&as_header(&meta)?))
-                }
-                None => [0u8; crypto::KEY_LEN],
-            };
-            meta.insert(MAC_KEY.into(), b64e(&mac));
-        }
-        if let Some(k) = &p.sign_with {
-            // A placeholder signature over other bytes has the same length.
-            let input = match trailer_sha {
-                Some(_) => envelope::signature_input(&as_header(&meta)?),
-                None => Vec::new(),
-            };
-            meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
-        }
+        let meta = envelope::protected_metadata(
+            self.metadata.clone().unwrap_or_default(),
+            &envelope,
+            &tensors,
+            &seal,
+            trailer_sha.is_none(),
+        )?;
         header::encode(
             Some(&meta),
             self.infos(),
@@ -421,8 +417,11 @@ impl Plan<'_> {
             sink.write_at(0, &head)?;
             let mut pos = head.len() as u64;
             for (t, _) in &self.tensors {
-                sink.write_at(pos, t.bytes()?)?;
-                pos += t.len as u64;
+                t.pieces(self.piece, |b| {
+                    sink.write_at(pos, b)?;
+                    pos += b.len() as u64;
+                    Ok(())
+                })?;
             }
             return Ok(());
         };
@@ -599,7 +598,7 @@ pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Pat
 }
 
 /// [`serialize_to_file`] for tensors whose bytes may be filled on demand
-/// ([`Plain::Fill`]), for a protected file.
+/// ([`Plain::Fill`]).
 pub(crate) fn serialize_inputs_to_file(
     tensors: Vec<Input>,
     opts: &WriteOptions,
@@ -644,7 +643,7 @@ fn write_to_file(plan: Plan, opts: &WriteOptions, path: &Path) -> Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
         w.write_all(&plan.header(None)?)?;
         for (t, _) in &plan.tensors {
-            w.write_all(t.bytes()?)?;
+            t.pieces(plan.piece, |b| Ok(w.write_all(b)?))?;
         }
         w.flush()?;
     }

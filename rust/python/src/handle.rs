@@ -51,7 +51,7 @@ fn options(
 }
 
 impl Handle {
-    fn get(&self) -> PyResult<Arc<Reader>> {
+    pub(crate) fn get(&self) -> PyResult<Arc<Reader>> {
         self.reader
             .read()
             .unwrap_or_else(|e| e.into_inner())

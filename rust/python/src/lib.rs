@@ -34,7 +34,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keys::KeyRing>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
+    m.add_function(wrap_pyfunction!(write::rewrap_plan, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
+    m.add_function(wrap_pyfunction!(write::transcode, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(legacy::read_legacy, m)?)?;
     m.add_function(wrap_pyfunction!(legacy::migrate, m)?)?;

@@ -4,19 +4,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cryptotensors::crypto::Algorithm;
-use cryptotensors::keys::Jwk;
+use cryptotensors::keys::{Jwk, Recipient};
+use cryptotensors::reader::read_header;
 use cryptotensors::rekey::{rekey_file, RekeyOptions};
-use cryptotensors::rewrap::{rewrap_file, RewrapOptions};
+use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
+use cryptotensors::transcode::transcode_to_file;
 use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
 use cryptotensors::Dtype;
+use cryptotensors::Error;
+use cryptotensors::PreadFile;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::buffer::ReadBuffer;
 use crate::errors::IntoPy;
 use crate::guard::guard;
 use crate::identity::{PyProviders, PyWrapper};
 use crate::keys::KeyRing;
+use crate::handle::Handle;
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
@@ -91,6 +96,44 @@ pub fn serialize<'py>(
     })
 }
 
+/// Writes every tensor of the open file `handle`, with its user metadata,
+/// atomically to `path` under `serialize`'s write options, streaming: each
+/// segment is authenticated as it is read and written on, no tensor is
+/// whole in memory, and every dtype is carried (see
+/// `cryptotensors::transcode`). `path` may be the file `handle` reads.
+#[pyfunction]
+#[pyo3(signature = (handle, path, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn transcode(
+    py: Python<'_>,
+    handle: &Handle,
+    path: PathBuf,
+    recipients: Option<&str>,
+    encrypted: Option<BTreeSet<String>>,
+    algorithm: Option<&str>,
+    segment_size: usize,
+    sign_with: Option<&str>,
+    policy: Option<String>,
+    threads: Threads,
+    wrappers: Option<Vec<Py<PyAny>>>,
+) -> PyResult<()> {
+    guard("transcode", || {
+        let reader = handle.get()?;
+        let opts = write_options(
+            None,
+            recipients,
+            encrypted,
+            algorithm,
+            segment_size,
+            sign_with,
+            policy,
+            wrappers,
+        )?;
+        py.allow_threads(|| threads.run(|| transcode_to_file(&reader, &opts, &path)))
+            .py_err()
+    })
+}
+
 /// Rewrites a file's header to change recipients, policy or signature;
 /// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
 #[pyfunction]
@@ -125,6 +168,72 @@ pub fn rewrap(
             policy_input,
         )?;
         py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
+    })
+}
+
+/// What `rewrap` with these options would change in the file at `src`
+/// (`add_kids`: recipients to add that a token wraps, by kid),
+/// decided from its header alone (see `cryptotensors::rewrap::plan`; the
+/// header is not verified): `{refusal: None, encrypted, signed, kept,
+/// added, removed, signature, policy}`, the kids of recipients kept, added
+/// and removed, and for the signature and the policy one of "absent",
+/// "kept", "set" or "removed"; or `{refusal: {code, kid, message}}` when
+/// the rewrap would be refused. Raises for a damaged header or bad options.
+#[pyfunction]
+#[pyo3(signature = (src, *, add=None, add_kids=Vec::new(), remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn rewrap_plan<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    add: Option<&str>,
+    add_kids: Vec<String>,
+    remove: Vec<String>,
+    sign_with: Option<&str>,
+    drop_signature: bool,
+    policy: Option<String>,
+    remove_policy: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    guard("rewrap_plan", || {
+        let opts = rewrap_options(
+            None,
+            None,
+            add,
+            remove,
+            sign_with,
+            drop_signature,
+            None,
+            policy,
+            remove_policy,
+            None,
+        )?;
+        let decided = py
+            .allow_threads(|| -> cryptotensors::Result<_> {
+                let source = PreadFile::new(std::fs::File::open(&src)?)?;
+                let (header, _) = read_header(&source)?;
+                rewrap_core::decide(&header, &opts, &add_kids)
+            })
+            .py_err()?;
+        let out = PyDict::new(py);
+        match decided {
+            Err(refusal) => {
+                let r = PyDict::new(py);
+                r.set_item("code", refusal.code())?;
+                r.set_item("kid", refusal.kid())?;
+                r.set_item("message", Error::from(refusal).to_string())?;
+                out.set_item("refusal", r)?;
+            }
+            Ok(plan) => {
+                out.set_item("refusal", py.None())?;
+                out.set_item("encrypted", plan.encrypted)?;
+                out.set_item("signed", plan.signed)?;
+                out.set_item("kept", plan.kept)?;
+                out.set_item("added", plan.added)?;
+                out.set_item("removed", plan.removed)?;
+                out.set_item("signature", plan.signature.name())?;
+                out.set_item("policy", plan.policy.name())?;
+            }
+        }
+        Ok(out)
     })
 }
 

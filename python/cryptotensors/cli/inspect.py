@@ -1,0 +1,68 @@
+"""`cryptotensors inspect`: what a file says about itself, with no key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+from ._args import Command
+from ._errors import EXIT_OK, PROG
+from ._jobs import _collect, _Job, _tensor_jobs
+from ._output import _human, _shown
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> List[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def _facts(h: dict) -> List[Tuple[str, str]]:
+    """The file-level facts of an inspect() result, as (label, text)."""
+    tensors = h["tensors"]
+    facts = [("tensors", f"{len(tensors)}, {sum(t['encrypted'] for t in tensors)} encrypted")]
+    facts.append(("algorithm", h.get("algorithm") or "none (not encrypted)"))
+    if h.get("segment_size"):
+        facts.append(("segment size", f"{_human(h['segment_size'])} ({h['segment_size']} bytes)"))
+    for r in h.get("recipients") or ():
+        facts.append(("recipient", f"{r['kid']} ({r['alg']})"))
+    signer = h.get("signer")
+    facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)" if signer else "none (not signed)"))
+    for k, v in sorted((h.get("metadata") or {}).items()):
+        facts.append(("metadata", f"{k}={v}"))
+    facts.append(("policy", "Rego, checked on every load:" if h.get("policy") else "none"))
+    return facts
+
+
+def _render(job: _Job) -> str:
+    h = job.header
+    rows = [(_shown(t["name"]), _shown(t["dtype"]), _shape(t["shape"]), "yes" if t["encrypted"] else "no") for t in h["tensors"]]
+    lines = [_shown(job.display), *_table(("tensor", "dtype", "shape", "encrypted"), rows)]
+    facts = [(label, _shown(text)) for label, text in _facts(h)]
+    width = max(len(label) for label, _ in facts)
+    lines += [f"  {label.ljust(width)}  {text}" for label, text in facts]
+    lines += [("      " + _shown(line, keep="\t")).rstrip() for line in (h.get("policy") or "").splitlines()]
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    src = Path(args.input)
+    jobs = _tensor_jobs(_collect(src))
+    if args.json:
+        doc = jobs[0].header if src.is_file() else {"files": {j.rel: j.header for j in jobs}}
+        print(json.dumps(doc, indent=2, ensure_ascii=True))  # \u-escapes controls and bidi overrides too
+    else:
+        print("\n\n".join(_render(j) for j in jobs))
+    return EXIT_OK
+
+
+def register(command: Command) -> None:
+    """Adds the `inspect` command."""
+    p = command("inspect", cmd_inspect, "show tensors, encryption, recipients and signer, with no key")
+    p.add_argument("input", metavar="IN", help="a .safetensors file or a model directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
