@@ -30,7 +30,7 @@ use crate::envelope::{self, Layout, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
 use crate::keys::Providers;
-use crate::keys::{self, b64e, Jwk};
+use crate::keys::{self, Jwk};
 use crate::platform;
 use crate::policy::Policy;
 use crate::reader::{LoadOptions, Reader};
@@ -552,7 +552,7 @@ mod tests {
             recipients: vec![key.clone()],
             tensors: None,
             algorithm: crate::crypto::Algorithm::Aes256Gcm,
-            external: None,
+            wrappers: Vec::new(),
         });
         let plain = header_of("plain.safetensors", &WriteOptions::default());
         let signed_plain = header_of(
@@ -678,7 +678,7 @@ mod tests {
                 recipients: vec![key.clone()],
                 tensors: None,
                 algorithm: crate::crypto::Algorithm::Aes256Gcm,
-                external: None,
+                wrappers: Vec::new(),
             }),
             sign_with: Some(signer.clone()),
             policy: Some("package cryptotensors\nallow := true\n".into()),

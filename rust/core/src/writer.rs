@@ -24,9 +24,9 @@ use crate::envelope::{
     self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, RESERVED_PREFIX, VERSION,
 };
 use crate::error::{Error, Result};
-use crate::header::{self, Entry, Header, Metadata, TensorInfo};
+use crate::header::{self, Entry, Metadata, TensorInfo};
 use crate::keys::KeyWrapper;
-use crate::keys::{self, b64e, Jwk, Recipient};
+use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
 
 /// One tensor to write; `data` is its raw little-endian bytes.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cryptotensors::crypto::Algorithm;
-use cryptotensors::keys::{Jwk, Recipient};
+use cryptotensors::keys::Jwk;
 use cryptotensors::reader::read_header;
 use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
@@ -19,9 +19,9 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::buffer::ReadBuffer;
 use crate::errors::IntoPy;
 use crate::guard::guard;
+use crate::handle::Handle;
 use crate::identity::{PyProviders, PyWrapper};
 use crate::keys::KeyRing;
-use crate::handle::Handle;
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
