@@ -103,6 +103,7 @@ _CHILD = textwrap.dedent(
         "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "add": json.dumps([ct.generate_key("oct")])}),
         "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": keys, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
+        "protection": lambda: (("enc.safetensors",), {}),
         "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
                                 {"trusted": (LEGACY / "keys.public.json").read_text()}),
         "migrate": lambda: ((LEGACY / "v2_partial.safetensors", "migrated.safetensors", (LEGACY / "keys.json").read_text()),

@@ -489,6 +489,18 @@ def test_guard_refuses_protected_files_in_process(tmp_path):
     with pytest.raises(cryptotensors.SafetensorError):
         cryptotensors.inspect(damaged)
     assert vp.protection(damaged) == "encrypted"
+    # the same from the core's header parser, with no JSON parsing of our own
+    assert "json" not in vp.__dict__ and "struct" not in vp.__dict__
+    vectors = Path(__file__).parent / "vectors"
+    assert vp.protection(vectors / "aes_oct_version_2.safetensors") == "encrypted"  # another format version
+    assert vp.protection(vectors / "signed_plain_jws_repeated_member.safetensors") == "signed"  # a rejected signature
+    # a cryptotensors 0.2.3 file: its tensors are ciphertext, so a direct reader must not load them
+    assert vp.protection(vectors / "legacy" / "v2_partial.safetensors") == "encrypted"
+    with pytest.raises(cryptotensors.SafetensorError, match="is encrypted by cryptotensors"):
+        vp.check_direct_reader([vectors / "legacy" / "v1_aes256gcm.safetensors"], "fastsafetensors")
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    assert vp.protection(garbage) is None  # a foreign file: vLLM's own loader reports it
     for p in (plain, signed):
         with pytest.raises(cryptotensors.SafetensorError, match="is not encrypted"):
             vp.check_encrypted([enc, p])
