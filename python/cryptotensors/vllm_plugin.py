@@ -30,7 +30,7 @@ and each worker, spawned or forked. It:
    file (encrypted, or signed) they raise SafetensorError naming the file and
    the load formats to use instead, before their library is imported or any
    byte of tensor data is read. Plain files pass through unchanged. The
-   check reads the header only (`cryptotensors.inspect`).
+   check reads the header only (`_core.protection`).
 
 Steps 2 and 3 need vLLM's model-loader package, which is slow to import, so
 when it is not imported yet register() installs a one-shot import hook and
@@ -78,43 +78,18 @@ def require_encryption() -> bool:
 
 def protection(path: Any) -> Optional[str]:
     """"encrypted" or "signed" for a cryptotensors-protected file, from its
-    header alone; None for a plain safetensors file and for anything the
-    header parser cannot read (a remote URI, a missing or foreign file): the
-    caller's own loader reports those as it always did."""
-    try:
-        from . import inspect
-
-        info = inspect(os.fspath(path))
-    except Exception:
-        return _raw_protection(path)
-    if info.get("algorithm") or any(t.get("encrypted") for t in info.get("tensors", ())):
-        return "encrypted"
-    if info.get("signer") is not None:
-        return "signed"
-    return None
-
-
-def _raw_protection(path: Any) -> Optional[str]:
-    """protection() of a file that cryptotensors.inspect rejects (say, a
-    damaged envelope): the reserved `__cryptotensors*` metadata keys of a
-    header that is at least JSON. Such a file never loads through
-    cryptotensors; a direct reader must not load it either."""
-    import json
+    header alone (the core's header parser, `_core.protection`); None for a
+    plain safetensors file and for anything whose header cannot be read (a
+    remote URI, a missing or foreign file): the caller's own loader reports
+    those as it always did. A damaged or unknown envelope, and a
+    cryptotensors 0.2.3 file, count as protected: such a file never loads
+    through cryptotensors, and a direct reader must not load it either."""
+    from . import _core
 
     try:
-        with open(os.fspath(path), "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= 100_000_000:
-                return None
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        reserved = [k for k in meta if isinstance(k, str) and k.startswith("__cryptotensors")]
+        return _core.protection(os.fspath(path))
     except Exception:
         return None
-    if not reserved:
-        return None
-    if "__cryptotensors_mac__" not in meta and "__cryptotensors_signature__" in meta:
-        return "signed"
-    return "encrypted"
 
 
 def _paths(files: Any) -> List[Any]:

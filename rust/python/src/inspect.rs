@@ -2,7 +2,8 @@
 
 use std::fs::File;
 
-use cryptotensors::envelope::{Layout, RESERVED_PREFIX, SIGNATURE_KEY};
+use cryptotensors::envelope::{Layout, Protection, MAC_KEY, RESERVED_PREFIX, SIGNATURE_KEY};
+use cryptotensors::legacy::is_legacy;
 use cryptotensors::reader::read_header;
 use cryptotensors::{sign, PreadFile};
 use pyo3::prelude::*;
@@ -10,6 +11,45 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::errors::IntoPy;
 use crate::guard::guard;
+
+/// "encrypted" or "signed" for a file cryptotensors protects, None for a
+/// plain safetensors file, from its header alone (errors: an unreadable
+/// header). For loaders that read tensor bytes themselves and so can neither
+/// decrypt nor verify, it fails closed: an envelope this build rejects
+/// (damaged, or another version) still counts as protected, by its reserved
+/// members, and a cryptotensors 0.2.3 file counts as encrypted.
+#[pyfunction]
+pub fn protection(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<&'static str>> {
+    guard("protection", || {
+        py.allow_threads(|| -> cryptotensors::Result<_> {
+            let source = PreadFile::new(File::open(&path)?)?;
+            let (header, _) = read_header(&source)?;
+            Ok(classify(&header))
+        })
+        .py_err()
+    })
+}
+
+fn classify(header: &cryptotensors::header::Header) -> Option<&'static str> {
+    let has = |k: &str| header.metadata().is_some_and(|m| m.contains_key(k));
+    match Layout::from_header(header) {
+        Ok(Some(l)) => {
+            let encrypted = l.envelope.encryption.is_some()
+                || l.entries.iter().any(|e| e.0 == Protection::Encrypted);
+            if encrypted {
+                Some("encrypted")
+            } else if has(SIGNATURE_KEY) {
+                Some("signed")
+            } else {
+                None
+            }
+        }
+        Ok(None) if is_legacy(header) => Some("encrypted"),
+        Ok(None) => None,
+        Err(_) if !has(MAC_KEY) && has(SIGNATURE_KEY) => Some("signed"),
+        Err(_) => Some("encrypted"),
+    }
+}
 
 /// Describes a file from its header alone: tensors (dtype, shape, whether
 /// encrypted), user metadata, algorithm, segment size, recipients' kids and
