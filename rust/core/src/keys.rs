@@ -33,6 +33,12 @@ pub const ALG_EDDSA: &str = "EdDSA";
 /// JWS algorithm of P-256 signing keys: ECDSA over P-256 with SHA-256,
 /// signatures as the 64-byte `r || s` (RFC 7518 §3.4).
 pub const ALG_ES256: &str = "ES256";
+/// Recipient algorithm of a key held by a key service (HashiCorp Vault or
+/// OpenBao Transit, FORMAT.md §6.4): the stanza holds the service's
+/// ciphertext of the data key, which only a key provider can open.
+pub const ALG_VAULT_TRANSIT: &str = "vault-transit";
+/// Longest `ciphertext` of a key-service stanza.
+pub const MAX_SERVICE_CIPHERTEXT: usize = 2048;
 /// Length of an uncompressed P-256 point: `0x04 || x || y`.
 pub const P256_POINT_LEN: usize = 65;
 /// The HPKE `info` string, which binds wrapped keys to this format.
@@ -584,6 +590,47 @@ fn known_members(alg: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// The members besides `kid` and `alg` of a key-service stanza (§6.4),
+/// whose `alg` this build knows but whose key it never holds: they are
+/// kept in [`Recipient::other`] and opened only by key providers.
+fn service_members(alg: &str) -> Option<&'static [&'static str]> {
+    match alg {
+        ALG_VAULT_TRANSIT => Some(&["ciphertext"]),
+        _ => None,
+    }
+}
+
+/// Checks the members of a key-service stanza: exactly those of its `alg`,
+/// each a non-empty printable-ASCII string of at most
+/// [`MAX_SERVICE_CIPHERTEXT`] bytes.
+fn check_service_members(
+    kid: &str,
+    alg: &str,
+    members: &[&str],
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), String> {
+    if let Some(extra) = m.keys().find(|k| !members.contains(&k.as_str())) {
+        return Err(format!(
+            "recipient {kid:?}: unknown member {extra:?} for alg {alg:?}"
+        ));
+    }
+    for name in members {
+        match m.get(*name) {
+            Some(serde_json::Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_SERVICE_CIPHERTEXT
+                    && s.bytes().all(|b| b.is_ascii_graphic()) => {}
+            Some(_) => {
+                return Err(format!(
+                    "recipient {kid:?}: {name:?} must be a printable string of 1 to {MAX_SERVICE_CIPHERTEXT} bytes"
+                ))
+            }
+            None => return Err(format!("recipient {kid:?} lacks {name:?}")),
+        }
+    }
+    Ok(())
+}
+
 impl Recipient {
     /// The stanza as compact JSON, every member included.
     pub fn to_json(&self) -> String {
@@ -618,6 +665,9 @@ impl Recipient {
         let alg = string(&mut m, "alg")?.ok_or("a recipient stanza has no \"alg\"")?;
         if kid.is_empty() {
             return Err("a recipient stanza has an empty \"kid\"".into());
+        }
+        if let Some(members) = service_members(&alg) {
+            check_service_members(&kid, &alg, members, &m)?;
         }
         let Some(members) = known_members(&alg) else {
             return Ok(Recipient {
@@ -701,6 +751,20 @@ impl Recipient {
         Ok(list)
     }
 
+    /// Parses `[[old, new], ...]`, stanzas to replace in a rewrap; each
+    /// `new` is checked with [`Recipient::check`] where it is used.
+    pub fn parse_pairs(json: &str) -> Result<Vec<(Recipient, Recipient)>> {
+        crate::header::unique_members(json).map_err(|_| {
+            Error::InvalidArgument("replacement stanzas repeat a member, or are not JSON".into())
+        })?;
+        serde_json::from_str(json).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "not a list of [old, new] recipient stanzas ({:?} error)",
+                e.classify()
+            ))
+        })
+    }
+
     /// Checks a stanza made outside this crate (by an HSM, say) before it
     /// goes into a file: a known algorithm with exactly its members, each
     /// base64url of the right length. It cannot check that the stanza opens.
@@ -727,6 +791,16 @@ impl Recipient {
             ALG_HPKE if self.iv.is_none() && self.tag.is_none() => {
                 len("enc", &self.enc, 32)?;
                 len("encrypted_key", &key, 48)
+            }
+            alg if service_members(alg).is_some()
+                && self.iv.is_none()
+                && self.tag.is_none()
+                && self.enc.is_none()
+                && self.encrypted_key.is_empty() =>
+            {
+                let members = service_members(alg).expect("a service alg");
+                check_service_members(&self.kid, alg, members, &self.other)
+                    .map_err(Error::InvalidEnvelope)
             }
             _ => Err(Error::InvalidEnvelope(format!(
                 "recipient {:?}: unsupported algorithm or members ({:?})",
@@ -1025,6 +1099,33 @@ mod tests {
             assert!(bad.check().is_err());
         }
         assert!(Recipient::parse_list(r#"[{"kid":"a"}]"#).is_err());
+    }
+
+    /// A Transit stanza (§6.4) is accepted from a wrapper with exactly its
+    /// members, written back as it came, and refused when malformed, in a
+    /// list made elsewhere and in a file alike.
+    #[test]
+    fn vault_transit_stanza() {
+        let good = r#"[{"kid":"model-kek","alg":"vault-transit","ciphertext":"vault:v1:QUJD"}]"#;
+        let list = Recipient::parse_list(good).unwrap();
+        assert!(!list[0].is_known());
+        assert_eq!(serde_json::to_string(&list).unwrap(), good);
+        for bad in [
+            r#"[{"kid":"k","alg":"vault-transit"}]"#,
+            r#"[{"kid":"k","alg":"vault-transit","ciphertext":""}]"#,
+            r#"[{"kid":"k","alg":"vault-transit","ciphertext":7}]"#,
+            r#"[{"kid":"k","alg":"vault-transit","ciphertext":"a b"}]"#,
+            r#"[{"kid":"k","alg":"vault-transit","ciphertext":"x","addr":"https://evil"}]"#,
+        ] {
+            assert!(Recipient::parse_list(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<Vec<Recipient>>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let mut forged = list[0].clone();
+        forged.encrypted_key = "AAAA".into();
+        assert!(forged.check().is_err());
     }
 
     fn unhex(s: &str) -> Vec<u8> {

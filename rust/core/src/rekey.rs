@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::header::Metadata;
 use crate::keys::{Jwk, KeyKind};
 use crate::rewrap::{check_signature_choice, open_for_update, RewrapOptions};
-use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
+use crate::writer::{self, EncryptOptions, ExternalRecipients, WriteOptions, DEFAULT_RESERVE};
 
 /// What a rekey keeps and changes.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +32,11 @@ pub struct RekeyOptions {
     /// key, for every recipient not removed whose key is not among the
     /// opening keys.
     pub recipients: Vec<Jwk>,
+    /// The fresh data key, drawn by the caller, with its copies wrapped by
+    /// key holders outside this crate (an HSM, a key service) for
+    /// recipients that stay: a kept stanza whose kid and alg one of them
+    /// has needs no key of `recipients`.
+    pub external: Option<ExternalRecipients>,
 }
 
 /// The key that a recipient stanza of kid `kid` and algorithm `alg` is
@@ -70,10 +75,27 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             )));
         }
     }
+    let external = opts.external.iter().flat_map(|x| &x.stanzas);
+    let rewrapped = |r: &&crate::keys::Recipient| {
+        external
+            .clone()
+            .any(|s| (&s.kid, &s.alg) == (&r.kid, &r.alg))
+    };
+    if let Some(s) = external.clone().find(|s| {
+        !enc.recipients
+            .iter()
+            .any(|r| (&s.kid, &s.alg) == (&r.kid, &r.alg))
+            || rw.remove.contains(&s.kid)
+    }) {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a recipient that stays (to give it access, add it)",
+            s.kid
+        )));
+    }
     let kept: Vec<_> = enc
         .recipients
         .iter()
-        .filter(|r| !rw.remove.contains(&r.kid))
+        .filter(|r| !rw.remove.contains(&r.kid) && !rewrapped(r))
         .collect();
     let given: Vec<&Jwk> = opts.recipients.iter().chain(&rw.keys).collect();
     let mut recipients = Vec::new();
@@ -110,7 +132,7 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
         }
         recipients.push(k.clone());
     }
-    if recipients.is_empty() {
+    if recipients.is_empty() && opts.external.as_ref().is_none_or(|x| x.stanzas.is_empty()) {
         return Err(Error::InvalidArgument(
             "removing every recipient would make the file unreadable".into(),
         ));
@@ -129,7 +151,7 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             recipients,
             tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),
             algorithm: params.algorithm,
-            external: None,
+            external: opts.external.clone(),
         }),
         sign_with: rw.sign_with.clone(),
         policy: match &rw.policy {
@@ -240,6 +262,7 @@ mod tests {
                 ..Default::default()
             },
             recipients: Vec::new(),
+            external: None,
         };
         rekey_file(&src, &dst, &rk).unwrap();
         let names = ["big", "plain", "e8", "e32"];
@@ -270,6 +293,92 @@ mod tests {
             ["a.safetensors", "b.safetensors"],
             "no temporary file left"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key service's stanza that stays is wrapped anew by the service
+    /// (the caller's `external`), not asked of `recipients`: without it the
+    /// rekey is refused; with it the new file holds the new stanza, opens
+    /// with the new data key and not with the old one. An external stanza
+    /// for a recipient that does not stay is refused.
+    #[test]
+    fn rekey_with_a_key_service_recipient() {
+        use crate::crypto::DataKey;
+        use crate::keys::Recipient;
+        let dir = std::env::temp_dir().join(format!("ct-rekey-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let stanza = |ct: &str, kid: &str| {
+            Recipient::parse_list(&format!(
+                r#"[{{"kid":"{kid}","alg":"vault-transit","ciphertext":"{ct}"}}]"#
+            ))
+            .unwrap()
+            .remove(0)
+        };
+        let (old_dk, new_dk) = (DataKey::generate().unwrap(), DataKey::generate().unwrap());
+        let data = [5u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+                external: Some(ExternalRecipients {
+                    data_key: old_dk.clone(),
+                    stanzas: vec![stanza("vault:v1:b2xkb2xkb2xkb2xkb2xkb2xk", "kek")],
+                }),
+            }),
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let rekey = |external: Option<ExternalRecipients>| {
+            rekey_file(
+                &src,
+                &dst,
+                &RekeyOptions {
+                    rewrap: RewrapOptions {
+                        keys: vec![key.clone()],
+                        ..Default::default()
+                    },
+                    recipients: Vec::new(),
+                    external,
+                },
+            )
+        };
+        let ext = |kid: &str| ExternalRecipients {
+            data_key: new_dk.clone(),
+            stanzas: vec![stanza("vault:v1:bmV3bmV3bmV3bmV3bmV3bmV3", kid)],
+        };
+        assert!(matches!(rekey(None), Err(Error::InvalidArgument(m)) if m.contains("kek")));
+        assert!(matches!(
+            rekey(Some(ext("stranger"))),
+            Err(Error::InvalidArgument(_))
+        ));
+        rekey(Some(ext("kek"))).unwrap();
+        let bytes = std::fs::read(&dst).unwrap();
+        assert_eq!(
+            read_all(bytes.clone(), &key, &["w"]).unwrap(),
+            [data.to_vec()]
+        );
+        let with = |dk: &DataKey| {
+            let opts = LoadOptions {
+                data_keys: vec![dk.clone()],
+                ..Default::default()
+            };
+            Reader::open(Arc::new(bytes.clone()), &opts)
+                .map(|r| r.layout().unwrap().recipients().to_vec())
+        };
+        let recipients = with(&new_dk).unwrap();
+        assert_eq!(recipients.len(), 2);
+        assert!(recipients.contains(&ext("kek").stanzas[0]));
+        assert!(with(&old_dk).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

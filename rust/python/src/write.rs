@@ -95,7 +95,10 @@ pub fn serialize<'py>(
 /// Rewrites a file's header to change recipients, policy or signature;
 /// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None))]
+///
+/// `replace`: JSON `[[old, new], ...]`, recipient stanzas replaced in place
+/// by ones wrapping the same data key (a key service's rewrap).
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, replace=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -111,9 +114,10 @@ pub fn rewrap(
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
+    replace: Option<&str>,
 ) -> PyResult<()> {
     guard("rewrap", || {
-        let opts = rewrap_options(
+        let mut opts = rewrap_options(
             keys,
             trusted,
             add,
@@ -125,15 +129,21 @@ pub fn rewrap(
             remove_policy,
             policy_input,
         )?;
+        opts.replace = replace
+            .map(Recipient::parse_pairs)
+            .transpose()
+            .py_err()?
+            .unwrap_or_default();
         py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
     })
 }
 
 /// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey`);
 /// `recipients`: keys of the recipients that stay, the other arguments as
-/// for `rewrap`.
+/// for `rewrap`; `external`: the fresh data key and its stanzas wrapped
+/// outside (as for `serialize`) for recipients that stay.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default()))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, data_keys=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), external=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
@@ -151,6 +161,7 @@ pub fn rekey(
     remove_policy: bool,
     policy_input: Option<String>,
     threads: Threads,
+    external: Option<(Vec<u8>, String)>,
 ) -> PyResult<()> {
     guard("rekey", || {
         let opts = RekeyOptions {
@@ -167,6 +178,7 @@ pub fn rekey(
                 policy_input,
             )?,
             recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
+            external: external.map(external_recipients).transpose().py_err()?,
         };
         py.allow_threads(|| threads.run(|| rekey_file(&src, &dst, &opts)))
             .py_err()
@@ -194,6 +206,7 @@ fn rewrap_options(
         policy_input,
         add: parse(add).py_err()?,
         remove,
+        replace: Vec::new(),
         sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
         drop_signature,
         policy: if remove_policy {
