@@ -69,11 +69,11 @@ from . import (
     __version__,
     _keys,
     _legacy_key_list,
+    _vault_cli,
     generate_key,
     migrate,
     public_key,
     rekey,
-    rewrap,
     safe_open,
     serialize,
     serialize_file,
@@ -351,6 +351,10 @@ def _recipients(sources: Sequence[str]) -> list:
     for source in sources:
         if source.startswith("pkcs11:"):
             recipients.append(_token_recipient(source[len("pkcs11:") :]))
+            continue
+        if _vault_cli.is_spec(source):
+            with _about(f"-r {source}"):
+                recipients.append(_vault_cli.recipient(source))
             continue
         keys = _read_jwks(source)
         _check_save_keys(source, encrypt_for=keys)
@@ -990,15 +994,15 @@ def _rekey_plan(job: _Job, changes: dict, single: bool, keyring: List[dict]) -> 
         return None
     plan = _rewrap_plan(job, changes, single)
     kept = [r["kid"] for r in h.get("recipients") or () if r["kid"] not in changes["remove"]]
-    given = {k.get("kid") for k in [*(changes["recipients"] or ()), *keyring]}
+    given = {_vault_cli.kid_of(k) for k in [*(changes["recipients"] or ()), *keyring]}
     missing = [kid for kid in kept if kid not in given]
     if missing:
         raise CliError(EXIT_USAGE, f"{job.display}: the new data key is wrapped for every recipient that stays: "
                                    f"pass -r KEY.jwk for {', '.join(missing)} (a public key is enough for X25519), "
                                    "or --remove-recipient it")
     for jwk in changes["recipients"] or ():
-        if jwk.get("kid") not in kept:
-            raise CliError(EXIT_USAGE, f"{job.display}: -r: {jwk.get('kid')} is not a recipient that stays "
+        if _vault_cli.kid_of(jwk) not in kept:
+            raise CliError(EXIT_USAGE, f"{job.display}: -r: {_vault_cli.kid_of(jwk)} is not a recipient that stays "
                                        "(to give it access, use --add-recipient)")
     return plan
 
@@ -1054,19 +1058,16 @@ def _rotate(args: argparse.Namespace, operation: Callable, plan_of: Callable[[_J
 
 def cmd_rewrap(args: argparse.Namespace) -> int:
     changes = _rotation_changes(args)
+    changes["transit_latest"] = args.transit_latest
     if not any(changes.values()):
         raise CliError(EXIT_USAGE, "nothing to change: pass --add-recipient, --remove-recipient, --sign-key, "
-                                   "--drop-signature, --policy or --remove-policy")
-    return _rotate(args, rewrap, lambda job, single: _rewrap_plan(job, changes, single))
+                                   "--drop-signature, --policy, --remove-policy or --transit-latest")
+    return _rotate(args, _vault_cli.rewrap, lambda job, single: _rewrap_plan(job, changes, single))
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
     changes = _rotation_changes(args)
-    recipients = []
-    for source in args.recipient or ():
-        keys = _read_jwks(source)
-        _check_save_keys(source, encrypt_for=keys)
-        recipients += keys
+    recipients = _recipients(args.recipient or ())
     changes["recipients"] = recipients or None
     keyring = json.loads(_keys.keyring_json(_load_keys(args.key)) or "[]")
     return _rotate(args, rekey, lambda job, single: _rekey_plan(job, changes, single, keyring))
@@ -1569,7 +1570,8 @@ def _parser() -> argparse.ArgumentParser:
     _output_args(p)
     p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
                    help="encrypt for this key: a public X25519 JWK or an oct JWK, or pkcs11:LABEL for a key "
-                        "on the token set by CRYPTOTENSORS_PKCS11_* (repeatable)")
+                        "on the token set by CRYPTOTENSORS_PKCS11_*, or vault:MOUNT/KEY for a Vault/OpenBao Transit key "
+                        "on the server set by VAULT_ADDR (repeatable)")
     p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
     p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")
@@ -1595,13 +1597,15 @@ def _parser() -> argparse.ArgumentParser:
                 "a removed recipient loses access to the new file only if it never unwrapped the key and "
                 "kept no old header; to revoke, use rekey", examples=_REWRAP_EXAMPLES)
     _rotation_args(p, "rewrap")
+    p.add_argument("--transit-latest", action="store_true",
+                   help="move every Vault/OpenBao Transit stanza to its key's latest version (Transit rewrap)")
 
     p = command("rekey", cmd_rekey, "re-encrypt under a new data key, keeping recipients (less --remove-recipient, "
                 "plus --add-recipient): revokes the old data key for the new files; not copies of the old "
                 "files, nor weights already loaded", examples=_REKEY_EXAMPLES)
     _rotation_args(p, "rekey")
     p.add_argument("-r", "--recipient", action="append", metavar="R.jwk",
-                   help="the key of a recipient that stays: a public X25519 JWK or an oct JWK (repeatable); "
+                   help="the key of a recipient that stays: a public X25519 JWK, an oct JWK, or vault:MOUNT/KEY (repeatable); "
                         "every recipient that stays needs one, unless -k gives it")
 
     p = command("migrate", cmd_migrate, "convert files of cryptotensors 0.2.3 (the paper's reference implementation) "
