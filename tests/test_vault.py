@@ -275,7 +275,7 @@ def test_approle_login(server, tmp_path, only):
     with pytest.raises(vault.KeyServiceAuthError, match="login refused") as e:
         cn.load_file(path)
     _no_secrets(e.value, "not-the-secret-id")
-    assert bad.requests == 1
+    assert bad.requests == 0  # refused at login: no Transit request went out
 
 
 def test_tls_with_the_ca_file_and_without(tls_server, tmp_path, only):
@@ -304,16 +304,20 @@ def test_rotation_rewrap_then_min_decryption_version(server, tmp_path, only):
     p = only(server.provider())
     for i in range(2):
         cn.save_file(TENSORS, model / f"s{i}.safetensors", encrypt_for=p.recipient(key))
+    jwk = ct.generate_key("oct")  # a shard of the directory with no Transit stanza: left as it is
+    cn.save_file(TENSORS, model / "jwk-only.safetensors", encrypt_for=jwk)
+    jwk_only = (model / "jwk-only.safetensors").read_bytes()
     old = tmp_path / "old.safetensors"
     shutil.copy(model / "s0.safetensors", old)
     server.bao("write", "-f", f"transit/keys/{key}/rotate")
     _cli("rewrap", model, "--transit-latest", "-q", env=server.env())
-    for f in model.glob("*.safetensors"):
+    assert (model / "jwk-only.safetensors").read_bytes() == jwk_only
+    for f in model.glob("s*.safetensors"):
         (s,) = _stanzas(f)
         assert s["ciphertext"].startswith("vault:v2:")
     server.bao("write", f"transit/keys/{key}/config", "min_decryption_version=2")
     only(server.provider())  # a fresh process: nothing cached
-    for f in model.glob("*.safetensors"):
+    for f in model.glob("s*.safetensors"):
         _same(cn.load_file(f))
     with pytest.raises(vault.KeyServiceDeniedError, match="version"):
         cn.load_file(old)

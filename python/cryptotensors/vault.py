@@ -243,7 +243,7 @@ class VaultProvider:
         self._client = None
         self._client_pid = None
         self._cache: Dict[Tuple[str, str, str], Tuple[bytes, float]] = {}
-        self.requests = 0  # Transit requests sent (for benchmarks and tests)
+        self.requests = 0  # Transit requests sent, logins not counted (for benchmarks and tests)
 
     def __repr__(self) -> str:
         return (
@@ -319,18 +319,17 @@ class VaultProvider:
 
     # -- requests and their failures -------------------------------------
 
-    def _request(self, call, what: str, key: Optional[str] = None, login: bool = False):
+    def _request(self, call, what: str, key: Optional[str] = None, login: bool = False, mount: Optional[str] = None):
         """Runs ``call()``; turns every failure into a KeyServiceError naming
         the server's answer, raised outside the handler so that no cause or
         context holds the request (and its token header)."""
         hvac = _import_hvac()
         import requests
 
-        where = f"Vault {self.addr}" + (f" ({what} {self.mount}/{key})" if key else f" ({what})")
+        where = f"Vault {self.addr}" + (f" ({what} {mount or self.mount}/{key})" if key else f" ({what})")
         failure: Optional[KeyServiceError] = None
         forbidden = False
         try:
-            self.requests += 1
             return call()
         except requests.exceptions.SSLError:
             failure = KeyServiceTLSError(
@@ -384,15 +383,18 @@ class VaultProvider:
             return KeyServiceAuthError(f"{where}: permission denied: the token is invalid, expired or revoked")
         return KeyServiceDeniedError(f"{where}: permission denied: the token's policy does not grant {what} on this key")
 
-    def _transit(self, op: str, key: str, **body):
+    def _transit(self, op: str, key: str, mount: Optional[str] = None, **body):
         """One Transit call, with one fresh login when a login-based token
         has expired or was revoked."""
         transit_op = {"encrypt": "encrypt_data", "decrypt": "decrypt_data", "rewrap": "rewrap_data"}[op]
+        mount = mount or self.mount
         for attempt in (0, 1):
             client = self._ensure_client()
+            self.requests += 1
             try:
                 return self._request(
-                    lambda c=client: getattr(c.secrets.transit, transit_op)(key, mount_point=self.mount, **body), op, key
+                    lambda c=client: getattr(c.secrets.transit, transit_op)(key, mount_point=mount, **body), op, key,
+                    mount=mount,
                 )["data"]
             except KeyServiceAuthError:
                 if self.auth == "token" or attempt:
@@ -499,11 +501,7 @@ class VaultProvider:
             raise SafetensorError("a data key has 32 bytes")
         plaintext = base64.b64encode(data_key).decode()
         with self._lock:
-            saved, self.mount = self.mount, mount
-            try:
-                ct = self._transit("encrypt", key, plaintext=plaintext).get("ciphertext")
-            finally:
-                self.mount = saved
+            ct = self._transit("encrypt", key, mount, plaintext=plaintext).get("ciphertext")
         if not isinstance(ct, str) or not _CIPHERTEXT.fullmatch(ct):
             raise KeyServiceError(f"Vault {self.addr} (encrypt {mount}/{key}): the server's ciphertext is not Transit's")
         return {"kid": key, "alg": ALG, "ciphertext": ct}
@@ -640,15 +638,33 @@ def rewrap_latest(
                         add=add, remove=remove, policy=policy, remove_policy=remove_policy,
                     )
         return total
+    dst = os.fspath(output) if output is not None else src
     stanzas = list(_core.inspect(src).get("recipients") or [])
     pairs = provider.rewrapped(stanzas)
+    if not pairs and not (add or remove or policy is not None or remove_policy or sign_with or drop_signature):
+        # Already at the latest versions: nothing to re-MAC (the file may
+        # have no stanza this provider opens).
+        if dst != src and not (os.path.exists(dst) and os.path.samefile(src, dst)):
+            import shutil
+            import tempfile
+
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".rewrap-")
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        return 0
     data_keys = []
     for s in stanzas:
         dk = provider.unwrap(s)
         if dk is not None and dk not in data_keys:
             data_keys.append(dk)
     _core.rewrap(
-        src, os.fspath(output) if output is not None else src,
+        src, dst,
         keys=_keys.keyring_json(keys), data_keys=data_keys or None,
         add=json.dumps(_keys._as_list(add)) if add else None,
         replace=json.dumps([[o, n] for o, n in pairs]) if pairs else None,
