@@ -98,6 +98,7 @@ def rewrap(
     policy: Optional[str] = None,
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
+    replace: Optional[str] = None,
 ) -> None: ...
 def rekey(
     src: _Path,
@@ -115,6 +116,7 @@ def rekey(
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
     threads: int = ...,
+    external: Optional[tuple[bytes, str]] = None,
 ) -> None: ...
 def read_legacy(path: _Path, keys: str, trusted: Optional[str] = None) -> dict[str, Any]:
     """Reads a cryptotensors 0.2.3 file: keys and trusted verifying keys as JSON text; every tag checked."""
