@@ -526,3 +526,11 @@ def test_from_env_is_off_without_an_address(monkeypatch):
     assert "s.secret-token" not in repr(p) and p.mount == "transit"
     with pytest.raises(TypeError):
         __import__("pickle").dumps(p)
+
+
+def test_a_clear_error_when_hvac_is_missing(monkeypatch):
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    monkeypatch.setenv("VAULT_TOKEN", "s.secret-token")
+    monkeypatch.setitem(sys.modules, "hvac", None)  # import hvac raises ImportError
+    with pytest.raises(ImportError, match=r"cryptotensors\[vault\]"):
+        vault.from_env()
