@@ -160,7 +160,9 @@ def rekey(
     The recipients stay (less `remove=`, plus `add=`, as for `rewrap`); the
     file holds only wrapped copies of the old key, so each recipient that
     stays needs its key: an opening key of `keys=`, or `recipients=` (JWKs:
-    a public X25519 key is enough, an oct key is its secret). The signature,
+    a public X25519 key is enough, an oct key is its secret; or key wrappers
+    such as `cryptotensors.vault.VaultProvider.recipient(name)`, which wrap
+    the new data key themselves). The signature,
     policy and verification rules are those of `rewrap` (the policy input's
     "framework" is "rekey").
 
@@ -169,7 +171,14 @@ def rekey(
     What it does NOT do: revoke copies of the old file, nor plaintext
     already loaded. The result replaces `output` (default: `filename`)
     atomically."""
+    # Key wrappers among the recipients (objects with wrap(data_key) and a
+    # kid, as for encrypt_for=: an HSM, a Vault key) wrap the fresh data key
+    # the core draws, for the recipient of their kid.
+    items = [] if recipients is None else recipients if isinstance(recipients, (list, tuple)) else [recipients]
+    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
+    recipients = [r for r in items if not callable(getattr(r, "wrap", None))]
     _rotate(_core.rekey, "rekey", filename, output, keys, policy_input, dict(
+        wrappers=wrappers or None,
         recipients=_json.dumps(_keys._as_list(recipients)) if recipients else None,
         add=_json.dumps(_keys._as_list(add)) if add else None,
         threads=_keys.threads(num_threads),

@@ -136,6 +136,7 @@ def rewrap(
     policy: Optional[str] = None,
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
+    replace: Optional[str] = None,
 ) -> None: ...
 def rewrap_plan(
     src: _Path,
@@ -166,6 +167,7 @@ def rekey(
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
     threads: int = ...,
+    wrappers: Optional[list[Any]] = None,
 ) -> None: ...
 def read_legacy(path: _Path, keys: str, trusted: Optional[str] = None) -> dict[str, Any]:
     """Reads a cryptotensors 0.2.3 file: keys and trusted verifying keys as JSON text; every tag checked."""

@@ -13,6 +13,7 @@ from .. import (
     SafetensorError,
     TensorSpec,
     _keys,
+    _vault_cli,
     generate_key,
     public_key,
     serialize,
@@ -88,6 +89,10 @@ def _recipients(sources: Sequence[str]) -> list:
     for source in sources:
         if source.startswith("pkcs11:"):
             recipients.append(_token_recipient(source[len("pkcs11:") :]))
+            continue
+        if _vault_cli.is_spec(source):
+            with _about(f"-r {source}"):
+                recipients.append(_vault_cli.recipient(source))
             continue
         keys = _read_jwks(source)
         _check_save_keys(source, encrypt_for=keys)

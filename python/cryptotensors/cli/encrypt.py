@@ -68,7 +68,8 @@ def register(command: Command) -> None:
     _output_args(p)
     p.add_argument("-r", "--recipient", action="append", required=True, metavar="RECIPIENT.jwk",
                    help="encrypt for this key: a public X25519 JWK or an oct JWK, or pkcs11:LABEL for a key "
-                        "on the token set by CRYPTOTENSORS_PKCS11_* (repeatable)")
+                        "on the token set by CRYPTOTENSORS_PKCS11_*, or vault:MOUNT/KEY for a Vault/OpenBao Transit key "
+                        "on the server set by VAULT_ADDR (repeatable)")
     p.add_argument("--sign-key", metavar="SK.jwk", help="sign with this private Ed25519 or P-256 JWK")
     p.add_argument("--tensors", type=_regex, metavar="REGEX", help="encrypt only tensors whose name matches (re.search)")
     p.add_argument("--algorithm", choices=_ALGORITHMS, default=_ALGORITHMS[0], help="default: %(default)s")

@@ -8,12 +8,13 @@ from typing import List, Optional
 
 from .. import (
     _keys,
+    _vault_cli,
     rekey,
 )
 from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError
 from ._jobs import _Job
-from ._keys import _check_save_keys, _load_keys, _read_jwks
+from ._keys import _load_keys, _recipients
 from ._output import _warn
 from ._rotation import _rotate, _rotation_args, _rotation_changes
 from .rewrap import _rewrap_plan
@@ -32,26 +33,22 @@ def _rekey_plan(job: _Job, changes: dict, single: bool, keyring: List[dict]) -> 
         return None
     plan = _rewrap_plan(job, changes, single)
     kept = [r["kid"] for r in h.get("recipients") or () if r["kid"] not in changes["remove"]]
-    given = {k.get("kid") for k in [*(changes["recipients"] or ()), *keyring]}
+    given = {_vault_cli.kid_of(k) for k in [*(changes["recipients"] or ()), *keyring]}
     missing = [kid for kid in kept if kid not in given]
     if missing:
         raise CliError(EXIT_USAGE, f"{job.display}: the new data key is wrapped for every recipient that stays: "
                                    f"pass -r KEY.jwk for {', '.join(missing)} (a public key is enough for X25519), "
                                    "or --remove-recipient it")
-    for jwk in changes["recipients"] or ():
-        if jwk.get("kid") not in kept:
-            raise CliError(EXIT_USAGE, f"{job.display}: -r: {jwk.get('kid')} is not a recipient that stays "
+    for recipient in changes["recipients"] or ():
+        if _vault_cli.kid_of(recipient) not in kept:
+            raise CliError(EXIT_USAGE, f"{job.display}: -r: {_vault_cli.kid_of(recipient)} is not a recipient that stays "
                                        "(to give it access, use --add-recipient)")
     return plan
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
     changes = _rotation_changes(args)
-    recipients = []
-    for source in args.recipient or ():
-        keys = _read_jwks(source)
-        _check_save_keys(source, encrypt_for=keys)
-        recipients += keys
+    recipients = _recipients(args.recipient or ())
     changes["recipients"] = recipients or None
     keyring = json.loads(_keys.keyring_json(_load_keys(args.key)) or "[]")
     return _rotate(args, rekey, lambda job, single: _rekey_plan(job, changes, single, keyring))
@@ -72,5 +69,5 @@ def register(command: Command) -> None:
                 "files, nor weights already loaded", examples=_REKEY_EXAMPLES)
     _rotation_args(p, "rekey")
     p.add_argument("-r", "--recipient", action="append", metavar="R.jwk",
-                   help="the key of a recipient that stays: a public X25519 JWK or an oct JWK (repeatable); "
+                   help="the key of a recipient that stays: a public X25519 JWK, an oct JWK, or vault:MOUNT/KEY (repeatable); "
                         "every recipient that stays needs one, unless -k gives it")

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Optional, Sequence
 
-from .. import _core, rewrap
+from .. import _core, _vault_cli
 from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _Job
@@ -71,10 +71,11 @@ def _rewrap_plan(job: _Job, changes: dict, single: bool) -> Optional[dict]:
 
 def cmd_rewrap(args: argparse.Namespace) -> int:
     changes = _rotation_changes(args)
+    changes["transit_latest"] = args.transit_latest
     if not any(changes.values()):
         raise CliError(EXIT_USAGE, "nothing to change: pass --add-recipient, --remove-recipient, --sign-key, "
-                                   "--drop-signature, --policy or --remove-policy")
-    return _rotate(args, rewrap, lambda job, single: _rewrap_plan(job, changes, single))
+                                   "--drop-signature, --policy, --remove-policy or --transit-latest")
+    return _rotate(args, _vault_cli.rewrap, lambda job, single: _rewrap_plan(job, changes, single))
 
 
 _REWRAP_EXAMPLES = f"""examples:
@@ -93,3 +94,5 @@ def register(command: Command) -> None:
                 "a removed recipient loses access to the new file only if it never unwrapped the key and "
                 "kept no old header; to revoke, use rekey", examples=_REWRAP_EXAMPLES)
     _rotation_args(p, "rewrap")
+    p.add_argument("--transit-latest", action="store_true",
+                   help="move every Vault/OpenBao Transit stanza to its key's latest version (Transit rewrap)")

@@ -13,9 +13,11 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
+use crate::crypto::DataKey;
 use crate::error::{Error, Result};
-use crate::keys::{Jwk, KeyKind};
+use crate::keys::{Jwk, KeyKind, KeyWrapper, Recipient};
 use crate::rewrap::{self, open_for_update, RewrapOptions};
 use crate::transcode::user_metadata;
 use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
@@ -31,6 +33,33 @@ pub struct RekeyOptions {
     /// key, for every recipient not removed whose key is not among the
     /// opening keys.
     pub recipients: Vec<Jwk>,
+    /// Key wrappers (an HSM, a key service) for recipients that stay, each
+    /// matched by its [`KeyWrapper::kid`] to a stanza that no key of
+    /// `recipients` covers: it wraps the fresh data key the writer draws,
+    /// into a stanza of that kid and alg.
+    pub wrappers: Vec<Arc<dyn KeyWrapper>>,
+}
+
+/// A wrapper standing in for a recipient that stays: what it returns must
+/// be a stanza of that recipient's kid and alg.
+#[derive(Debug)]
+struct Staying {
+    inner: Arc<dyn KeyWrapper>,
+    kid: String,
+    alg: String,
+}
+
+impl KeyWrapper for Staying {
+    fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
+        let stanza = self.inner.wrap_data_key(key)?;
+        if (&stanza.kid, &stanza.alg) != (&self.kid, &self.alg) {
+            return Err(Error::InvalidArgument(format!(
+                "the key wrapper for recipient {:?} returned a stanza of another kid or alg",
+                self.kid
+            )));
+        }
+        Ok(stanza)
+    }
 }
 
 /// The key that a recipient stanza of kid `kid` and algorithm `alg` is
@@ -70,12 +99,34 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
         .collect();
     let given: Vec<&Jwk> = opts.recipients.iter().chain(&rw.keys).collect();
     let mut recipients = Vec::new();
+    let mut wrappers: Vec<Arc<dyn KeyWrapper>> = Vec::new();
     let mut missing = Vec::new();
+    let mut unmatched: Vec<(Option<String>, &Arc<dyn KeyWrapper>)> =
+        opts.wrappers.iter().map(|w| (w.kid(), w)).collect();
     for r in &kept {
-        match recipient_key(&r.kid, &r.alg, &given)? {
-            Some(k) => recipients.push(k),
-            None => missing.push(r.kid.as_str()),
+        if let Some(k) = recipient_key(&r.kid, &r.alg, &given)? {
+            recipients.push(k);
+        } else if let Some(i) = unmatched
+            .iter()
+            .position(|(kid, _)| kid.as_deref() == Some(r.kid.as_str()))
+        {
+            let (_, w) = unmatched.swap_remove(i);
+            wrappers.push(Arc::new(Staying {
+                inner: w.clone(),
+                kid: r.kid.clone(),
+                alg: r.alg.clone(),
+            }));
+        } else {
+            missing.push(r.kid.as_str());
         }
+    }
+    if let Some((kid, _)) = unmatched.first() {
+        return Err(Error::InvalidArgument(match kid {
+            Some(kid) => {
+                format!("{kid:?} is not a recipient that stays (to give it access, add it)")
+            }
+            None => "a key wrapper for a rekey must name its kid (a kid attribute)".into(),
+        }));
     }
     if !missing.is_empty() {
         return Err(Error::InvalidArgument(format!(
@@ -102,7 +153,7 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
             recipients,
             tensors: Some(enc.tensors.iter().cloned().collect::<BTreeSet<_>>()),
             algorithm: params.algorithm,
-            wrappers: Vec::new(),
+            wrappers,
         }),
         sign_with: rw.sign_with.clone(),
         policy: match &rw.policy {
@@ -213,6 +264,7 @@ mod tests {
                 ..Default::default()
             },
             recipients: Vec::new(),
+            wrappers: Vec::new(),
         };
         rekey_file(&src, &dst, &rk).unwrap();
         let names = ["big", "plain", "e8", "e32"];
@@ -243,6 +295,110 @@ mod tests {
             ["a.safetensors", "b.safetensors"],
             "no temporary file left"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key service as a key wrapper: it answers with a Transit stanza
+    /// (FORMAT.md §6.4) of its kid and keeps the data key it was given.
+    #[derive(Debug)]
+    struct Service(&'static str, std::sync::Mutex<Option<DataKey>>);
+
+    impl KeyWrapper for Service {
+        fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
+            *self.1.lock().unwrap() = Some(key.clone());
+            Recipient::parse(&format!(
+                r#"{{"kid":"{}","alg":"vault-transit","ciphertext":"vault:v1:{}"}}"#,
+                self.0,
+                crate::keys::b64e(key.expose())
+            ))
+        }
+
+        fn kid(&self) -> Option<String> {
+            Some(self.0.to_owned())
+        }
+    }
+
+    /// A key service's stanza that stays is wrapped anew by its wrapper,
+    /// not asked of `recipients`: without it the rekey is refused; with it
+    /// the new file holds the new stanza, for a fresh data key that opens
+    /// the file; a wrapper for a recipient that does not stay is refused.
+    #[test]
+    fn rekey_with_a_key_service_recipient() {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let data = [5u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        let first = Arc::new(Service("kek", Default::default()));
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key.clone()],
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+                wrappers: vec![first.clone()],
+            }),
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let old_dk = first.1.lock().unwrap().clone().unwrap();
+        let rekey = |wrappers: Vec<Arc<dyn KeyWrapper>>| {
+            rekey_file(
+                &src,
+                &dst,
+                &RekeyOptions {
+                    rewrap: RewrapOptions {
+                        keys: vec![key.clone()],
+                        ..Default::default()
+                    },
+                    recipients: Vec::new(),
+                    wrappers,
+                },
+            )
+        };
+        assert!(matches!(rekey(vec![]), Err(Error::InvalidArgument(m)) if m.contains("kek")));
+        let stranger = Arc::new(Service("stranger", Default::default()));
+        assert!(matches!(
+            rekey(vec![Arc::new(Service("kek", Default::default())), stranger]),
+            Err(Error::InvalidArgument(m)) if m.contains("stranger")
+        ));
+        let again = Arc::new(Service("kek", Default::default()));
+        rekey(vec![again.clone()]).unwrap();
+        let new_dk = again.1.lock().unwrap().clone().unwrap();
+        assert_ne!(new_dk.expose(), old_dk.expose());
+        let bytes = std::fs::read(&dst).unwrap();
+        assert_eq!(
+            read_all(bytes.clone(), &key, &["w"]).unwrap(),
+            [data.to_vec()]
+        );
+        let opened = |dk: &DataKey| {
+            #[derive(Debug)]
+            struct Fixed(DataKey);
+            impl crate::keys::Identity for Fixed {
+                fn unwrap_stanza(&self, s: &Recipient) -> Option<Result<DataKey>> {
+                    (s.alg == "vault-transit").then(|| Ok(self.0.clone()))
+                }
+            }
+            let providers: Vec<Arc<dyn crate::keys::Identity>> = vec![Arc::new(Fixed(dk.clone()))];
+            let opts = LoadOptions {
+                providers: Some(Arc::new(providers)),
+                ..Default::default()
+            };
+            Reader::open(Arc::new(bytes.clone()), &opts)
+                .map(|r| r.layout().unwrap().recipients().to_vec())
+        };
+        let recipients = opened(&new_dk).unwrap();
+        assert_eq!(recipients.len(), 2);
+        assert!(recipients
+            .iter()
+            .any(|r| r.alg == "vault-transit" && r.kid == "kek"));
+        assert!(opened(&old_dk).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -54,6 +54,12 @@ pub struct RewrapOptions {
     pub add: Vec<Jwk>,
     /// Kids of recipients to remove.
     pub remove: Vec<String>,
+    /// Stanzas to replace, each `(old, new)`: `old` (exactly as in the
+    /// file) gives way to `new`, in its place. `new` wraps the same data
+    /// key, made by whoever holds the key-encryption key (a Transit
+    /// `rewrap` to the key's latest version); it is checked with
+    /// [`keys::Recipient::check`], and must keep `old`'s kid and alg.
+    pub replace: Vec<(keys::Recipient, keys::Recipient)>,
     /// Sign the new header with this Ed25519 or P-256 private key.
     pub sign_with: Option<Jwk>,
     /// Write the new header unsigned even though the file was signed.
@@ -279,7 +285,7 @@ pub fn decide(
         return Ok(Err(Refusal::Unprotected));
     };
     let Some(enc) = layout.envelope.encryption.as_ref() else {
-        if !opts.add.is_empty() || !opts.remove.is_empty() {
+        if !opts.add.is_empty() || !opts.remove.is_empty() || !opts.replace.is_empty() {
             return Ok(Err(Refusal::NotEncrypted));
         }
         if matches!(opts.policy, Some(Some(_))) {
@@ -458,6 +464,26 @@ fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions)
     meta.remove(MAC_KEY);
     meta.remove(SIGNATURE_KEY);
     if let (Some(enc), Some(dk)) = (envelope.encryption.as_mut(), data_key) {
+        for (old, new) in &opts.replace {
+            new.check()?;
+            if (&old.kid, &old.alg) != (&new.kid, &new.alg) {
+                return Err(Error::InvalidArgument(format!(
+                    "a replacement of recipient {:?} must keep its kid and alg",
+                    old.kid
+                )));
+            }
+            let slot = enc
+                .recipients
+                .iter_mut()
+                .find(|r| *r == old)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "no recipient stanza of kid {:?} is the one to replace",
+                        old.kid
+                    ))
+                })?;
+            *slot = new.clone();
+        }
         enc.recipients.retain(|r| !opts.remove.contains(&r.kid));
         for k in &opts.add {
             enc.recipients.push(keys::wrap(dk, k)?);
@@ -753,6 +779,86 @@ mod tests {
             rewrap_file(&path, &path, &wrong),
             Err(Error::KeyNotFound { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A Transit stanza (FORMAT.md §6.4) as a key service would make it.
+    fn transit(ciphertext: &str) -> keys::Recipient {
+        keys::Recipient::parse(&format!(
+            r#"{{"kid":"model-kek","alg":"vault-transit","ciphertext":"{ciphertext}"}}"#
+        ))
+        .unwrap()
+    }
+
+    /// A key service as a key wrapper: it answers with a fixed stanza.
+    #[derive(Debug)]
+    struct Service(keys::Recipient);
+
+    impl crate::keys::KeyWrapper for Service {
+        fn wrap_data_key(&self, _key: &DataKey) -> Result<keys::Recipient> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn recipients_of(path: &Path, key: &Jwk) -> Vec<keys::Recipient> {
+        let src = Arc::new(PreadFile::new(File::open(path).unwrap()).unwrap());
+        let opts = LoadOptions {
+            keys: vec![key.clone()],
+            ..Default::default()
+        };
+        let r = Reader::open(src, &opts).unwrap();
+        r.layout().unwrap().recipients().to_vec()
+    }
+
+    /// A key service's rewrap replaces its stanza in place, under the same
+    /// data key (the MAC is made anew); a replacement that changes the kid
+    /// or alg, or names a stanza the file does not hold, is refused.
+    #[test]
+    fn replace_a_key_service_stanza() {
+        let dir = std::env::temp_dir().join(format!("ct-replace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let a = Jwk::generate(KeyKind::Oct).unwrap();
+        let data = [7u8; 4096 * 3];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[4096 * 3],
+            data: &data,
+        }];
+        let (v1, v2) = (
+            transit("vault:v1:QUJDREVGR0hJSktMTU5PUFFSU1RVVg=="),
+            transit("vault:v2:QUJDREVGR0hJSktMTU5PUFFSU1RVVg=="),
+        );
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![a.clone()],
+                tensors: None,
+                algorithm: crate::crypto::Algorithm::Aes256Gcm,
+                wrappers: vec![Arc::new(Service(v1.clone()))],
+            }),
+            reserve: DEFAULT_RESERVE,
+            ..Default::default()
+        };
+        serialize_to_file(&t, &opts, &path).unwrap();
+        let with = |replace| RewrapOptions {
+            keys: vec![a.clone()],
+            replace,
+            ..Default::default()
+        };
+        let mut renamed = v2.clone();
+        renamed.kid = "other".into();
+        for bad in [vec![(v1.clone(), renamed)], vec![(v2.clone(), v1.clone())]] {
+            assert!(matches!(
+                rewrap_file(&path, &path, &with(bad)),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        rewrap_file(&path, &path, &with(vec![(v1.clone(), v2.clone())])).unwrap();
+        let now = recipients_of(&path, &a);
+        assert_eq!(now.len(), 2);
+        assert!(now.contains(&v2) && !now.contains(&v1));
+        assert_eq!(open(&path, &a).unwrap(), data);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

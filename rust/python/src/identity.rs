@@ -108,4 +108,8 @@ impl KeyWrapper for PyWrapper {
         // The writer checks it (Recipient::check) before it is written.
         Recipient::parse(&text)
     }
+
+    fn kid(&self) -> Option<String> {
+        Python::with_gil(|py| self.0.bind(py).getattr("kid").ok()?.extract().ok())
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cryptotensors::crypto::Algorithm;
-use cryptotensors::keys::Jwk;
+use cryptotensors::keys::{Jwk, Recipient};
 use cryptotensors::reader::read_header;
 use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
@@ -136,8 +136,10 @@ pub fn transcode(
 
 /// Rewrites a file's header to change recipients, policy or signature;
 /// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
+/// `replace`: JSON `[[old, new], ...]`, recipient stanzas replaced in place
+/// by ones wrapping the same data key (a key service's rewrap).
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, replace=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -153,9 +155,10 @@ pub fn rewrap(
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
+    replace: Option<&str>,
 ) -> PyResult<()> {
     guard("rewrap", || {
-        let opts = rewrap_options(
+        let mut opts = rewrap_options(
             keys,
             trusted,
             add,
@@ -167,6 +170,11 @@ pub fn rewrap(
             remove_policy,
             policy_input,
         )?;
+        opts.replace = replace
+            .map(Recipient::parse_pairs)
+            .transpose()
+            .py_err()?
+            .unwrap_or_default();
         py.allow_threads(|| rewrap_file(&src, &dst, &opts)).py_err()
     })
 }
@@ -238,10 +246,11 @@ pub fn rewrap_plan<'py>(
 }
 
 /// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey`);
-/// `recipients`: keys of the recipients that stay, the other arguments as
-/// for `rewrap`.
+/// `recipients`: keys of the recipients that stay; `wrappers`: objects with
+/// `wrap(data_key) -> stanza` and a `kid` (an HSM, a key service) for
+/// recipients that stay; the other arguments as for `rewrap`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default()))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
@@ -259,6 +268,7 @@ pub fn rekey(
     remove_policy: bool,
     policy_input: Option<String>,
     threads: Threads,
+    wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<()> {
     guard("rekey", || {
         let opts = RekeyOptions {
@@ -275,6 +285,11 @@ pub fn rekey(
                 policy_input,
             )?,
             recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
+            wrappers: wrappers
+                .unwrap_or_default()
+                .into_iter()
+                .map(PyWrapper::shared)
+                .collect(),
         };
         py.allow_threads(|| threads.run(|| rekey_file(&src, &dst, &opts)))
             .py_err()
@@ -303,6 +318,7 @@ fn rewrap_options(
         policy_input,
         add: parse(add).py_err()?,
         remove,
+        replace: Vec::new(),
         sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
         drop_signature,
         policy: if remove_policy {

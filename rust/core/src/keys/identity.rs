@@ -30,6 +30,12 @@ pub trait Identity: Send + Sync + fmt::Debug {
 pub trait KeyWrapper: Send + Sync + fmt::Debug {
     /// Wraps `key`, the data key the writer drew, into a stanza.
     fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient>;
+
+    /// The kid its stanzas carry, when it says so before wrapping (a rekey
+    /// matches wrappers to the recipients that stay by it).
+    fn kid(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Key providers: identities asked after the loader's key ring, and only
@@ -49,6 +55,10 @@ impl Identity for Jwk {
 impl KeyWrapper for Jwk {
     fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
         super::wrap(key, self)
+    }
+
+    fn kid(&self) -> Option<String> {
+        Some(Jwk::kid(self).to_owned())
     }
 }
 

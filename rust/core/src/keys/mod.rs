@@ -46,6 +46,12 @@ pub const ALG_EDDSA: &str = "EdDSA";
 /// JWS algorithm of P-256 signing keys: ECDSA over P-256 with SHA-256,
 /// signatures as the 64-byte `r || s` (RFC 7518 §3.4).
 pub const ALG_ES256: &str = "ES256";
+/// Recipient algorithm of a key held by a key service (HashiCorp Vault or
+/// OpenBao Transit, FORMAT.md §6.4): the stanza holds the service's
+/// ciphertext of the data key, which only a key provider can open.
+pub const ALG_VAULT_TRANSIT: &str = "vault-transit";
+/// Longest `ciphertext` of a key-service stanza.
+pub const MAX_SERVICE_CIPHERTEXT: usize = 2048;
 /// Length of an uncompressed P-256 point: `0x04 || x || y`.
 pub const P256_POINT_LEN: usize = 65;
 /// The HPKE `info` string, which binds wrapped keys to this format.

@@ -6,7 +6,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{a256gcmkw, x25519, Jwk, KeyKind, ALG_A256GCMKW, ALG_HPKE};
+use super::{
+    a256gcmkw, x25519, Jwk, KeyKind, ALG_A256GCMKW, ALG_HPKE, ALG_VAULT_TRANSIT,
+    MAX_SERVICE_CIPHERTEXT,
+};
 use crate::crypto::{DataKey, SecretBytes};
 use crate::error::{Error, Result};
 
@@ -52,6 +55,47 @@ fn known_members(alg: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// The members besides `kid` and `alg` of a key-service stanza (§6.4),
+/// whose `alg` this build knows but whose key it never holds: they are
+/// kept in [`Recipient::other`] and opened only by key providers.
+fn service_members(alg: &str) -> Option<&'static [&'static str]> {
+    match alg {
+        ALG_VAULT_TRANSIT => Some(&["ciphertext"]),
+        _ => None,
+    }
+}
+
+/// Checks the members of a key-service stanza: exactly those of its `alg`,
+/// each a non-empty printable-ASCII string of at most
+/// [`MAX_SERVICE_CIPHERTEXT`] bytes.
+fn check_service_members(
+    kid: &str,
+    alg: &str,
+    members: &[&str],
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), String> {
+    if let Some(extra) = m.keys().find(|k| !members.contains(&k.as_str())) {
+        return Err(format!(
+            "recipient {kid:?}: unknown member {extra:?} for alg {alg:?}"
+        ));
+    }
+    for name in members {
+        match m.get(*name) {
+            Some(serde_json::Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_SERVICE_CIPHERTEXT
+                    && s.bytes().all(|b| b.is_ascii_graphic()) => {}
+            Some(_) => {
+                return Err(format!(
+                    "recipient {kid:?}: {name:?} must be a printable string of 1 to {MAX_SERVICE_CIPHERTEXT} bytes"
+                ))
+            }
+            None => return Err(format!("recipient {kid:?} lacks {name:?}")),
+        }
+    }
+    Ok(())
+}
+
 impl Recipient {
     /// The stanza as compact JSON, every member included.
     pub fn to_json(&self) -> String {
@@ -86,6 +130,9 @@ impl Recipient {
         let alg = string(&mut m, "alg")?.ok_or("a recipient stanza has no \"alg\"")?;
         if kid.is_empty() {
             return Err("a recipient stanza has an empty \"kid\"".into());
+        }
+        if let Some(members) = service_members(&alg) {
+            check_service_members(&kid, &alg, members, &m)?;
         }
         let Some(members) = known_members(&alg) else {
             return Ok(Recipient {
@@ -159,11 +206,26 @@ impl Recipient {
         crate::header::unique_members(json).map_err(|_| {
             Error::InvalidArgument("a recipient stanza repeats a member, or is not JSON".into())
         })?;
-        let stanza: Recipient = serde_json::from_str(json).map_err(|e| {
-            Error::InvalidArgument(format!("not a recipient stanza ({:?} error)", e.classify()))
-        })?;
+        // A wrapper's stanza is no secret (it goes into the file as it is),
+        // so the reason may name its members.
+        let stanza: Recipient = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidArgument(format!("not a recipient stanza: {e}")))?;
         stanza.check()?;
         Ok(stanza)
+    }
+
+    /// Parses `[[old, new], ...]`, stanzas to replace in a rewrap; each
+    /// `new` is checked with [`Recipient::check`] where it is used.
+    pub fn parse_pairs(json: &str) -> Result<Vec<(Recipient, Recipient)>> {
+        crate::header::unique_members(json).map_err(|_| {
+            Error::InvalidArgument("replacement stanzas repeat a member, or are not JSON".into())
+        })?;
+        serde_json::from_str(json).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "not a list of [old, new] recipient stanzas ({:?} error)",
+                e.classify()
+            ))
+        })
     }
 
     /// Checks a stanza made outside this crate (by an HSM, say) before it
@@ -192,6 +254,16 @@ impl Recipient {
             ALG_HPKE if self.iv.is_none() && self.tag.is_none() => {
                 len("enc", &self.enc, 32)?;
                 len("encrypted_key", &key, 48)
+            }
+            alg if service_members(alg).is_some()
+                && self.iv.is_none()
+                && self.tag.is_none()
+                && self.enc.is_none()
+                && self.encrypted_key.is_empty() =>
+            {
+                let members = service_members(alg).expect("a service alg");
+                check_service_members(&self.kid, alg, members, &self.other)
+                    .map_err(Error::InvalidEnvelope)
             }
             _ => Err(Error::InvalidEnvelope(format!(
                 "recipient {:?}: unsupported algorithm or members ({:?})",
@@ -286,6 +358,30 @@ mod tests {
         }
         assert!(Recipient::parse(r#"{"kid":"a"}"#).is_err());
         assert!(Recipient::parse(r#"[{"kid":"a"}]"#).is_err());
+    }
+
+    /// A Transit stanza (§6.4) is accepted from a wrapper with exactly its
+    /// members, written back as it came, and refused when malformed, from a
+    /// wrapper and in a file alike.
+    #[test]
+    fn vault_transit_stanza() {
+        let good = r#"{"kid":"model-kek","alg":"vault-transit","ciphertext":"vault:v1:QUJD"}"#;
+        let stanza = Recipient::parse(good).unwrap();
+        assert!(!stanza.is_known());
+        assert_eq!(stanza.to_json(), good);
+        for bad in [
+            r#"{"kid":"k","alg":"vault-transit"}"#,
+            r#"{"kid":"k","alg":"vault-transit","ciphertext":""}"#,
+            r#"{"kid":"k","alg":"vault-transit","ciphertext":7}"#,
+            r#"{"kid":"k","alg":"vault-transit","ciphertext":"a b"}"#,
+            r#"{"kid":"k","alg":"vault-transit","ciphertext":"x","addr":"https://evil"}"#,
+        ] {
+            assert!(Recipient::parse(bad).is_err(), "{bad}");
+            assert!(serde_json::from_str::<Recipient>(bad).is_err(), "{bad}");
+        }
+        let mut forged = stanza.clone();
+        forged.encrypted_key = "AAAA".into();
+        assert!(forged.check().is_err());
     }
 
     #[test]
