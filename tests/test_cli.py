@@ -185,7 +185,7 @@ def test_console_script_help_and_exit_codes(run):
     for code, meaning in cli.EXIT_CODES.items():
         assert f"{code}  {meaning}" in out
         assert f"{code}  {meaning}" in cli.__doc__
-    assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 10
+    assert len(set(cli.EXIT_CODES)) == len(cli.EXIT_CODES) == 11
     for command in ("demo", "keygen", "encrypt", "decrypt", "inspect", "verify", "rewrap", "rekey"):
         assert command in out
     module = subprocess.run([sys.executable, "-m", "cryptotensors", "--version"], capture_output=True, text=True)

@@ -206,6 +206,10 @@ def test_cli_round_trip_mixed_with_a_jwk(server, tmp_path):
     # without the server configured, the Transit stanza opens nothing (the JWK still does)
     r = _cli("decrypt", enc, "-o", tmp_path / "x.safetensors", env=server._base(), check=False)
     assert r.returncode != 0 and "cli-kek" in r.stderr
+    # a server that cannot be reached is its own exit code (10), not a key error
+    down = dict(server._base(), VAULT_ADDR="http://127.0.0.1:9", VAULT_TOKEN="ROOT")
+    r = _cli("decrypt", enc, "-o", tmp_path / "y.safetensors", env=down, check=False)
+    assert r.returncode == 10 and "127.0.0.1:9" in r.stderr, (r.returncode, r.stderr[-2000:])
     _same(cn.load_file(enc, keys=jwk))
 
 

@@ -36,6 +36,7 @@ which kind of failure it was:
     7  access policy denied
     8  disk full or another operating-system error
     9  refused input: a link leads out of the input directory, or an entry is not a regular file
+   10  key service (Vault/OpenBao) refused, lacks the key, or cannot be reached
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from ._errors import (
     EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
     EXIT_KEY,
+    EXIT_KEY_SERVICE,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_OS,
@@ -67,7 +69,7 @@ from ._errors import (
 )
 from ._output import _shown
 
-__all__ = ["main", "CliError", "PROG", "EXIT_CODES", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_NOT_FOUND", "EXIT_KEY", "EXIT_INTEGRITY", "EXIT_SIGNATURE", "EXIT_POLICY", "EXIT_OS", "EXIT_UNSAFE_PATH", "EXIT_INTERRUPTED"]
+__all__ = ["main", "CliError", "PROG", "EXIT_CODES", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_NOT_FOUND", "EXIT_KEY", "EXIT_INTEGRITY", "EXIT_SIGNATURE", "EXIT_POLICY", "EXIT_OS", "EXIT_UNSAFE_PATH", "EXIT_KEY_SERVICE", "EXIT_INTERRUPTED"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,40 +16,20 @@ from .. import (
     SafetensorError,
     SignatureError,
 )
+from .._keyservice import KeyServiceError
 
 PROG = "cryptotensors"
-
-
 EXIT_OK = 0
-
-
 EXIT_FAILURE = 1
-
-
 EXIT_USAGE = 2
-
-
 EXIT_NOT_FOUND = 3
-
-
 EXIT_KEY = 4
-
-
 EXIT_INTEGRITY = 5
-
-
 EXIT_SIGNATURE = 6
-
-
 EXIT_POLICY = 7
-
-
 EXIT_OS = 8
-
-
 EXIT_UNSAFE_PATH = 9
-
-
+EXIT_KEY_SERVICE = 10
 EXIT_INTERRUPTED = 130
 
 
@@ -64,6 +44,7 @@ EXIT_CODES = {
     EXIT_POLICY: "access policy denied",
     EXIT_OS: "disk full or another operating-system error",
     EXIT_UNSAFE_PATH: "refused input: a link leads out of the input directory, or an entry is not a regular file",
+    EXIT_KEY_SERVICE: "key service (Vault/OpenBao) refused, lacks the key, or cannot be reached",
 }
 
 
@@ -71,6 +52,7 @@ EXIT_CODES = {
 # library errors derive from SafetensorError; the core's I/O errors are
 # OSErrors with their errno, EncryptionRequiredError is an IntegrityError).
 _ERROR_CODES = (
+    (KeyServiceError, EXIT_KEY_SERVICE),
     (KeyNotFoundError, EXIT_KEY),
     (KeyConfigError, EXIT_KEY),
     (InvalidKeyError, EXIT_KEY),
