@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use ring::digest;
 
-use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
+use crate::crypto::{self, Algorithm, Binding, DataKey, SealingKey, SALT_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::envelope::{
     self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, RESERVED_PREFIX, VERSION,
@@ -191,7 +191,7 @@ struct Protected {
     segment_size: usize,
     protections: Vec<Protection>,
     trailer_len: usize,
-    payload: Option<(DataKey, PayloadKey, [u8; SALT_LEN])>,
+    payload: Option<(DataKey, SealingKey, [u8; SALT_LEN])>,
     sign_with: Option<Jwk>,
     envelope: Envelope,
     reserve: usize,
@@ -314,7 +314,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 recipients,
                 tensors: names.iter().cloned().collect(),
             };
-            let payload = PayloadKey::for_writing(&data_key, enc.algorithm, segment_size, &salt);
+            let payload = SealingKey::new(&data_key, enc.algorithm, segment_size, &salt);
             (Some(section), Some((data_key, payload, salt)), names)
         }
     };
@@ -523,7 +523,7 @@ fn digest_segments(
 /// `emit` in order. Two batch buffers alternate: while one is written out,
 /// the next is filled and sealed in parallel. Memory stays at two batches.
 fn seal_segments(
-    key: &crypto::TensorKey,
+    key: &crypto::TensorSealingKey,
     t: &Input,
     seg: usize,
     table: &mut [u8],
