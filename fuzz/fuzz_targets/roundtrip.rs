@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
-use cryptotensors::crypto::Algorithm;
+use cryptotensors::Algorithm;
 use cryptotensors::envelope::RESERVED_PREFIX;
 use cryptotensors::header::Metadata;
 use cryptotensors::reader::{LoadOptions, Reader};

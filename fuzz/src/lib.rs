@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
-use cryptotensors::crypto::Algorithm;
+use cryptotensors::Algorithm;
 use cryptotensors::envelope::{MAC_KEY, RESERVED_PREFIX, SIGNATURE_KEY};
 use cryptotensors::header::{self, Header, Metadata, TensorInfo};
 use cryptotensors::keys::Jwk;
