@@ -116,7 +116,7 @@ pub fn fill_random(out: &mut [u8]) -> Result<()> {
 }
 
 /// The random per-file key that recipients wrap. Not usable for data until
-/// [`OpeningKey::verify`] has checked it against the header.
+/// the reader (`OpeningKey::verify`) has checked it against the header.
 #[derive(Debug, Clone)]
 pub struct DataKey(pub(crate) SecretBytes);
 

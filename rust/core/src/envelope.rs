@@ -20,23 +20,23 @@ pub const SIGNATURE_KEY: &str = "__cryptotensors_signature__";
 /// Metadata keys with this prefix are reserved to the format.
 pub const RESERVED_PREFIX: &str = "__cryptotensors";
 /// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// The per-segment digest of plaintext tensors.
-pub const DIGEST_SHA256: &str = "SHA-256";
+pub(crate) const DIGEST_SHA256: &str = "SHA-256";
 /// Length of a SHA-256 digest.
-pub const DIGEST_LEN: usize = 32;
+pub(crate) const DIGEST_LEN: usize = 32;
 /// Domain separator that starts the canonical header.
-pub const CANONICAL_DOMAIN: &[u8] = b"cryptotensors/v1 canonical header\0";
+pub(crate) const CANONICAL_DOMAIN: &[u8] = b"cryptotensors/v1 canonical header\0";
 
 /// The envelope, as stored (JSON) in `__metadata__["__cryptotensors__"]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
-    /// Format version, [`VERSION`].
+    /// Format version, `VERSION` (1).
     pub version: u32,
     /// Segment size in bytes, a power of two.
     pub segment_size: usize,
-    /// Digest of plaintext segments, [`DIGEST_SHA256`].
+    /// Digest of plaintext segments, `"SHA-256"`.
     pub digest: String,
     /// Present when some tensors are encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +113,11 @@ fn decode32(field: &str, s: &str) -> Result<[u8; 32]> {
 }
 
 /// Trailer bytes that one tensor needs.
-pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> Result<usize> {
+pub(crate) fn trailer_bytes(
+    p: Protection,
+    info: &TensorInfo,
+    segment_size: usize,
+) -> Result<usize> {
     let per = match p {
         Protection::Encrypted => TAG_LEN,
         Protection::Digested => DIGEST_LEN,
@@ -127,7 +131,7 @@ pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> R
 /// Checks the list of recipient stanzas an encrypted file may carry: at
 /// least one, at most [`MAX_RECIPIENTS`] (readers refuse more, so writers
 /// must not write more).
-pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
+pub(crate) fn check_recipients(recipients: &[Recipient]) -> Result<()> {
     if recipients.is_empty() {
         return Err(bad("encrypted file lists no recipients"));
     }
@@ -141,7 +145,7 @@ pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
 }
 
 /// Checks that a segment size is one the format allows.
-pub fn check_segment_size(s: usize) -> Result<()> {
+pub(crate) fn check_segment_size(s: usize) -> Result<()> {
     if !s.is_power_of_two() || !(crypto::MIN_SEGMENT_SIZE..=crypto::MAX_SEGMENT_SIZE).contains(&s) {
         return Err(Error::InvalidArgument(format!(
             "segment size must be a power of two between {} and {} bytes, got {s}",

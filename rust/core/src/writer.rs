@@ -80,7 +80,7 @@ pub struct WriteOptions {
 
 /// The least room left after the metadata of protected files, so that
 /// recipients can be added or the file re-signed later by rewriting the
-/// header in place (see [`header::slot_padding`]).
+/// header in place (see `header::slot_padding`).
 pub const DEFAULT_RESERVE: usize = 1024;
 
 /// Where the bytes go.
