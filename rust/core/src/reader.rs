@@ -783,6 +783,35 @@ mod tests {
         }]
     }
 
+    /// A key under the right kid but with other bytes, and one flipped
+    /// ciphertext byte, fail with the same opaque error, Display and Debug
+    /// alike: nothing says which it was.
+    #[test]
+    fn wrong_key_and_flipped_byte_fail_alike() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let mut forged: serde_json::Value =
+            serde_json::from_str(&Jwk::generate(KeyKind::Oct).unwrap().to_json(true).unwrap())
+                .unwrap();
+        forged["kid"] = key.kid().into();
+        let forged = Jwk::parse(&forged.to_string()).unwrap();
+        let bytes = captured(&one_tensor(), &key).0;
+        let e1 = Reader::open(Arc::new(bytes.clone()), &loader(vec![forged])).unwrap_err();
+        let (header, data_start) = read_header(&bytes).unwrap();
+        let at = data_start as usize + header.tensor("w").unwrap().data_offsets.0;
+        let mut flipped = bytes;
+        flipped[at + 1] ^= 0x40;
+        let r = Reader::open(Arc::new(flipped), &loader(vec![key])).unwrap();
+        let mut out = [0xAAu8; 4];
+        let e2 = r.read_into("w", &mut out).unwrap_err();
+        assert!(matches!(e1, Error::Integrity), "{e1:?}");
+        assert!(matches!(e2, Error::Integrity), "{e2:?}");
+        assert_eq!(
+            (e1.to_string(), format!("{e1:?}")),
+            (e2.to_string(), format!("{e2:?}"))
+        );
+        assert_eq!(out, [0; 4], "no unauthenticated plaintext is left");
+    }
+
     /// The key ring first, providers only when it opens nothing; among
     /// providers the first that opens wins and later ones are not asked.
     #[test]
