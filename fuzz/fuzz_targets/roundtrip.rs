@@ -16,12 +16,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
-use cryptotensors::crypto::Algorithm;
 use cryptotensors::envelope::RESERVED_PREFIX;
 use cryptotensors::header::Metadata;
 use cryptotensors::reader::{LoadOptions, Reader};
 use cryptotensors::slice::{Index, SliceRuns};
 use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions};
+use cryptotensors::Algorithm;
 use cryptotensors::Dtype;
 use fuzz_common::{key, pattern, signer_public, user_part, ED25519_KEY, OCT_KEY, X25519_KEY};
 use libfuzzer_sys::fuzz_target;

@@ -8,12 +8,12 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
-use cryptotensors::crypto::Algorithm;
 use cryptotensors::envelope::{MAC_KEY, RESERVED_PREFIX, SIGNATURE_KEY};
 use cryptotensors::header::{self, Header, Metadata, TensorInfo};
 use cryptotensors::keys::Jwk;
 use cryptotensors::reader::{self, LoadOptions, Reader};
 use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions};
+use cryptotensors::Algorithm;
 use cryptotensors::Dtype;
 
 /// The symmetric key every encrypted fixture is wrapped for.

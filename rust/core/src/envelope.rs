@@ -20,23 +20,23 @@ pub const SIGNATURE_KEY: &str = "__cryptotensors_signature__";
 /// Metadata keys with this prefix are reserved to the format.
 pub const RESERVED_PREFIX: &str = "__cryptotensors";
 /// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// The per-segment digest of plaintext tensors.
-pub const DIGEST_SHA256: &str = "SHA-256";
+pub(crate) const DIGEST_SHA256: &str = "SHA-256";
 /// Length of a SHA-256 digest.
-pub const DIGEST_LEN: usize = 32;
+pub(crate) const DIGEST_LEN: usize = 32;
 /// Domain separator that starts the canonical header.
-pub const CANONICAL_DOMAIN: &[u8] = b"cryptotensors/v1 canonical header\0";
+pub(crate) const CANONICAL_DOMAIN: &[u8] = b"cryptotensors/v1 canonical header\0";
 
 /// The envelope, as stored (JSON) in `__metadata__["__cryptotensors__"]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
-    /// Format version, [`VERSION`].
+    /// Format version, `VERSION` (1).
     pub version: u32,
     /// Segment size in bytes, a power of two.
     pub segment_size: usize,
-    /// Digest of plaintext segments, [`DIGEST_SHA256`].
+    /// Digest of plaintext segments, `"SHA-256"`.
     pub digest: String,
     /// Present when some tensors are encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,7 +113,11 @@ fn decode32(field: &str, s: &str) -> Result<[u8; 32]> {
 }
 
 /// Trailer bytes that one tensor needs.
-pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> Result<usize> {
+pub(crate) fn trailer_bytes(
+    p: Protection,
+    info: &TensorInfo,
+    segment_size: usize,
+) -> Result<usize> {
     let per = match p {
         Protection::Encrypted => TAG_LEN,
         Protection::Digested => DIGEST_LEN,
@@ -127,7 +131,7 @@ pub fn trailer_bytes(p: Protection, info: &TensorInfo, segment_size: usize) -> R
 /// Checks the list of recipient stanzas an encrypted file may carry: at
 /// least one, at most [`MAX_RECIPIENTS`] (readers refuse more, so writers
 /// must not write more).
-pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
+pub(crate) fn check_recipients(recipients: &[Recipient]) -> Result<()> {
     if recipients.is_empty() {
         return Err(bad("encrypted file lists no recipients"));
     }
@@ -141,7 +145,7 @@ pub fn check_recipients(recipients: &[Recipient]) -> Result<()> {
 }
 
 /// Checks that a segment size is one the format allows.
-pub fn check_segment_size(s: usize) -> Result<()> {
+pub(crate) fn check_segment_size(s: usize) -> Result<()> {
     if !s.is_power_of_two() || !(crypto::MIN_SEGMENT_SIZE..=crypto::MAX_SEGMENT_SIZE).contains(&s) {
         return Err(Error::InvalidArgument(format!(
             "segment size must be a power of two between {} and {} bytes, got {s}",
@@ -373,4 +377,184 @@ pub(crate) fn protected_metadata(
         meta.insert(SIGNATURE_KEY.into(), sign::sign(&input, k)?);
     }
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyKind;
+    use crate::reader::read_header;
+    use crate::writer::{serialize, EncryptOptions, TensorData, WriteOptions};
+    use crate::Dtype;
+    use serde_json::{json, Value};
+
+    /// The header of a file with two tensors, `a` encrypted and `b` plain.
+    fn sealed() -> Header {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let tensors = [
+            TensorData {
+                name: "a",
+                dtype: Dtype::U8,
+                shape: &[4],
+                data: &[1, 2, 3, 4],
+            },
+            TensorData {
+                name: "b",
+                dtype: Dtype::U8,
+                shape: &[2],
+                data: &[5, 6],
+            },
+        ];
+        let opts = WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients: vec![key],
+                tensors: Some(["a".to_string()].into()),
+                algorithm: Algorithm::Aes256Gcm,
+                wrappers: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        read_header(&serialize(&tensors, &opts).unwrap()).unwrap().0
+    }
+
+    fn with_metadata(h: &Header, edit: impl FnOnce(&mut Metadata)) -> Header {
+        let mut meta = h.metadata().cloned().unwrap_or_default();
+        edit(&mut meta);
+        Header::from_parts(Some(meta), h.tensors().to_vec()).unwrap()
+    }
+
+    /// `h` with its envelope JSON edited.
+    fn with_envelope(h: &Header, edit: impl FnOnce(&mut Value)) -> Header {
+        with_metadata(h, |m| {
+            let mut v: Value = serde_json::from_str(&m[ENVELOPE_KEY]).unwrap();
+            edit(&mut v);
+            m.insert(ENVELOPE_KEY.into(), v.to_string());
+        })
+    }
+
+    /// An edit of the envelope JSON, named for the failure message.
+    type Edit = (&'static str, fn(&mut Value));
+
+    fn refusal(h: &Header) -> Error {
+        Layout::from_header(h).expect_err("the envelope must be refused")
+    }
+
+    #[test]
+    fn a_written_envelope_parses() {
+        let l = Layout::from_header(&sealed()).unwrap().unwrap();
+        assert_eq!(
+            l.entries,
+            vec![(Protection::Encrypted, 0), (Protection::Digested, TAG_LEN)]
+        );
+        assert_eq!(l.trailer_len, TAG_LEN + DIGEST_LEN);
+        assert_eq!(l.recipients().len(), 1);
+        assert_eq!(l.encryption.unwrap().algorithm, Algorithm::Aes256Gcm);
+    }
+
+    #[test]
+    fn a_plain_header_has_no_layout() {
+        let h = with_metadata(&sealed(), |m| m.clear());
+        assert!(Layout::from_header(&h).unwrap().is_none());
+    }
+
+    #[test]
+    fn versions_digests_and_algorithms_it_does_not_know_are_unsupported() {
+        let h = sealed();
+        for edit in [
+            (|v: &mut Value| v["version"] = json!(2)) as fn(&mut Value),
+            |v| v["digest"] = json!("SHA-512"),
+            |v| v["encryption"]["algorithm"] = json!("AES-128-GCM"),
+        ] {
+            let e = refusal(&with_envelope(&h, edit));
+            assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+        }
+        // A version of another type is malformed, not a future version.
+        let e = refusal(&with_envelope(&h, |v| v["version"] = json!("1")));
+        assert!(matches!(e, Error::InvalidEnvelope(_)), "{e:?}");
+    }
+
+    #[test]
+    fn malformed_envelopes_are_invalid_envelope() {
+        let h = sealed();
+        let edits: [Edit; 10] = [
+            ("unknown member", |v| v["extra"] = json!(1)),
+            ("not an object", |v| *v = json!([1])),
+            ("segment size", |v| v["segment_size"] = json!(1000)),
+            ("segment size too small", |v| {
+                v["segment_size"] = json!(2048)
+            }),
+            ("no recipients", |v| {
+                v["encryption"]["recipients"] = json!([])
+            }),
+            ("no tensors", |v| v["encryption"]["tensors"] = json!([])),
+            ("unknown tensor", |v| {
+                v["encryption"]["tensors"] = json!(["a", "z"])
+            }),
+            ("unsorted tensors", |v| {
+                v["encryption"]["tensors"] = json!(["b", "a"])
+            }),
+            ("trailer length", |v| {
+                v["trailer_length"] = json!(TAG_LEN + DIGEST_LEN + 1)
+            }),
+            ("salt length", |v| {
+                v["encryption"]["salt"] = json!(b64e(&[0u8; 16]))
+            }),
+        ];
+        for (what, edit) in edits {
+            let e = refusal(&with_envelope(&h, edit));
+            assert!(matches!(e, Error::InvalidEnvelope(_)), "{what}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn more_recipients_than_the_limit_are_refused() {
+        let h = sealed();
+        let at_limit = |n: usize| {
+            with_envelope(&h, |v| {
+                let one = v["encryption"]["recipients"][0].clone();
+                v["encryption"]["recipients"] = Value::Array(vec![one; n]);
+            })
+        };
+        Layout::from_header(&at_limit(MAX_RECIPIENTS)).unwrap();
+        let e = refusal(&at_limit(MAX_RECIPIENTS + 1));
+        assert!(
+            matches!(&e, Error::InvalidEnvelope(m) if m.contains("more than the 64")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn reserved_keys_and_orphan_macs_are_refused() {
+        let h = sealed();
+        let e = refusal(&with_metadata(&h, |m| {
+            m.insert("__cryptotensors_x".into(), "1".into());
+        }));
+        assert!(matches!(e, Error::InvalidEnvelope(_)), "{e:?}");
+        let e = refusal(&with_metadata(&h, |m| {
+            m.remove(ENVELOPE_KEY);
+        }));
+        assert!(matches!(e, Error::InvalidEnvelope(_)), "{e:?}");
+        let e = refusal(&with_metadata(&h, |m| {
+            m.remove(MAC_KEY);
+        }));
+        assert!(matches!(e, Error::InvalidEnvelope(_)), "{e:?}");
+    }
+
+    /// Length prefixes keep entries apart: moving a byte from a key to its
+    /// value changes the canonical header, and excluded keys are left out.
+    #[test]
+    fn canonical_headers_do_not_collide() {
+        let h = |k: &str, v: &str| {
+            Header::from_parts(Some([(k.to_string(), v.to_string())].into()), vec![]).unwrap()
+        };
+        assert_ne!(canonical(&h("ab", "c"), &[]), canonical(&h("a", "bc"), &[]));
+        assert!(canonical(&h("a", "b"), &[]).starts_with(CANONICAL_DOMAIN));
+        assert_eq!(
+            canonical(&h(MAC_KEY, "x"), &[MAC_KEY]),
+            canonical(
+                &Header::from_parts(Some(Metadata::new()), vec![]).unwrap(),
+                &[]
+            )
+        );
+    }
 }

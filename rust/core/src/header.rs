@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 /// Size of the little-endian header length prefix.
 pub const PREFIX_LEN: usize = 8;
 /// Largest header accepted, as in safetensors.
-pub const MAX_HEADER_SIZE: usize = 100_000_000;
+pub(crate) const MAX_HEADER_SIZE: usize = 100_000_000;
 /// The header key that holds string metadata instead of a tensor.
-pub const METADATA_KEY: &str = "__metadata__";
+pub(crate) const METADATA_KEY: &str = "__metadata__";
 
 /// Checks that no JSON object in `text`, at any depth, names a member twice
 /// (names compared after unescaping, so `"a"` and `"\u0061"` are one name).
@@ -30,7 +30,7 @@ pub const METADATA_KEY: &str = "__metadata__";
 /// a signature covers what one parser read, and a parser that resolves a
 /// repeated member differently must not read something else. Fails with the
 /// repeated name, or with the JSON error if `text` is not one JSON value.
-pub fn unique_members(text: &str) -> std::result::Result<(), String> {
+pub(crate) fn unique_members(text: &str) -> std::result::Result<(), String> {
     let mut de = serde_json::Deserializer::from_str(text);
     Unique::deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())
@@ -337,7 +337,7 @@ impl<'de> Deserialize<'de> for RawHeader {
 
 /// One tensor to lay out for writing.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Tensor name.
     pub name: String,
     /// Element type.
@@ -348,7 +348,7 @@ pub struct Entry {
 
 /// Orders entries as safetensors 0.8 writes them: by dtype, widest first, then
 /// by name; returns them with their offsets.
-pub fn layout(mut entries: Vec<Entry>) -> Result<Vec<(Entry, TensorInfo)>> {
+pub(crate) fn layout(mut entries: Vec<Entry>) -> Result<Vec<(Entry, TensorInfo)>> {
     entries.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
     let mut offset = 0usize;
     entries
@@ -370,10 +370,10 @@ pub fn layout(mut entries: Vec<Entry>) -> Result<Vec<(Entry, TensorInfo)>> {
 /// A header rewritten in place is written by one `pwrite` inside the file's
 /// first page, which a killed process never leaves half done (the kernel
 /// checks for fatal signals between pages, not within one).
-pub const IN_PLACE_END: usize = 4096;
+pub(crate) const IN_PLACE_END: usize = 4096;
 
 /// The JSON that opens a header with metadata: `{"__metadata__":{...}`.
-pub fn metadata_json(metadata: &Metadata) -> Result<Vec<u8>> {
+pub(crate) fn metadata_json(metadata: &Metadata) -> Result<Vec<u8>> {
     let mut json = Vec::with_capacity(256);
     json.extend_from_slice(b"{\"__metadata__\":");
     serde_json::to_writer(&mut json, metadata)
@@ -383,7 +383,7 @@ pub fn metadata_json(metadata: &Metadata) -> Result<Vec<u8>> {
 
 /// The spaces after the metadata that end its slot at [`IN_PLACE_END`] in
 /// the file, when at least `reserve` of them fit there; else `reserve`.
-pub fn slot_padding(metadata: &Metadata, reserve: usize) -> Result<usize> {
+pub(crate) fn slot_padding(metadata: &Metadata, reserve: usize) -> Result<usize> {
     let used = PREFIX_LEN + metadata_json(metadata)?.len();
     Ok(match IN_PLACE_END.checked_sub(used) {
         Some(room) if room >= reserve => room,

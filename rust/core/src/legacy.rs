@@ -24,15 +24,15 @@ use crate::header::{self, unique_members, Header, TensorInfo, PREFIX_LEN};
 use crate::Source;
 
 /// Metadata key of the per-tensor wrapped keys, IVs and tags.
-pub const ENCRYPTION_KEY: &str = "__encryption__";
+pub(crate) const ENCRYPTION_KEY: &str = "__encryption__";
 /// Metadata key of the version, chunk size and key references.
-pub const CRYPTO_KEYS_KEY: &str = "__crypto_keys__";
+pub(crate) const CRYPTO_KEYS_KEY: &str = "__crypto_keys__";
 /// Metadata key of the Ed25519 header signature.
 pub const SIGNATURE_KEY: &str = "__signature__";
 /// Metadata key of the Rego access policy (not carried over).
-pub const POLICY_KEY: &str = "__policy__";
+pub(crate) const POLICY_KEY: &str = "__policy__";
 /// The chunk size of version 2 when `chunk_size` is absent.
-pub const DEFAULT_CHUNK_SIZE: usize = 2 * 1024 * 1024;
+pub(crate) const DEFAULT_CHUNK_SIZE: usize = 2 * 1024 * 1024;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const ED25519_SIG_LEN: usize = 64;

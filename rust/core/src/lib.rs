@@ -2,37 +2,47 @@
 //! with AES-256-GCM or ChaCha20-Poly1305, wrapped for JOSE recipients and
 //! optionally signed. Plain files are exactly safetensors 0.8 files.
 //!
-//! The modules follow FORMAT.md: [`header`] (the safetensors layout),
-//! [`envelope`] (the crypto metadata and trailer), [`crypto`] (segments,
-//! nonces, key schedule), [`keys`] (JWKs, recipients, and the `Identity` and
-//! `KeyWrapper` traits of who opens a file and whom it is sealed for), [`sign`] (JWS),
-//! [`reader`] and [`writer`], [`rewrap`] for key rotation, [`rekey`] for
-//! re-encryption under a new data key, and [`slice`] for partial reads; [`legacy`] reads
-//! files of cryptotensors 0.2.3 to migrate them.
+//! The public modules follow FORMAT.md: [`header`] (the safetensors
+//! layout), [`envelope`] (the crypto metadata and trailer), [`keys`] (JWKs,
+//! recipients, and the `Identity` and `KeyWrapper` traits of who opens a file
+//! and whom it is sealed for), [`sign`] (JWS), [`reader`] and [`writer`],
+//! [`rewrap`] for key rotation, and [`slice`](mod@slice) for partial reads; [`legacy`]
+//! reads files of cryptotensors 0.2.3 to migrate them. Re-encryption under a
+//! new data key ([`rekey_file`]) and transcoding ([`transcode_to_file`]) are
+//! one call each.
+//!
+//! The segment cipher and key schedule (FORMAT.md §4–5), the access policy
+//! engine, the dtype table and atomic file replacement are private: callers
+//! reach them only through a [`reader::Reader`] or a [`writer`], so a key
+//! that decrypts exists only after the header it came with was verified,
+//! and no caller can seal with a reader's key or open with a writer's.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod atomic;
-pub mod crypto;
-pub mod dtype;
+mod crypto;
+mod dtype;
 pub mod envelope;
-pub mod error;
+mod error;
 pub mod header;
 pub mod keys;
 pub mod legacy;
 mod platform;
-pub mod policy;
+mod policy;
 pub mod reader;
-pub mod rekey;
+mod rekey;
 pub mod rewrap;
 pub mod sign;
 pub mod slice;
-pub mod transcode;
+mod transcode;
 pub mod writer;
 
+pub use crypto::{Algorithm, DataKey};
 pub use dtype::Dtype;
-pub use error::{Error, Result};
+pub use error::{Error, Result, SignatureFailure};
+pub use rekey::{rekey_file, RekeyOptions};
+pub use transcode::transcode_to_file;
 
 use std::fs::File;
 

@@ -2,7 +2,8 @@
 //! reads of whole tensors or slices straight into caller-owned memory.
 //!
 //! Every check on the header happens in [`Reader::open`]; a `Reader` that
-//! exists has a verified header and, for an encrypted file, a [`PayloadKey`].
+//! exists has a verified header and, for an encrypted file, a key that opens
+//! its tensors only because the key commitment and header MAC checked out.
 //! Reads then authenticate each segment as it is copied, into the caller's
 //! buffer, so the bytes checked are the bytes returned (no re-read of a
 //! mapping that might change underneath).
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 use ring::digest;
 
-use crate::crypto::{Binding, DataKey, PayloadKey, TAG_LEN};
+use crate::crypto::{Binding, DataKey, OpeningKey, TAG_LEN};
 use crate::envelope::{self, Layout, Protection, DIGEST_LEN, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result, SignatureFailure};
 use crate::header::{self, Header, TensorInfo, PREFIX_LEN};
@@ -67,7 +68,7 @@ impl LoadOptions {
 /// What verifying a header established: the signer and the payload key.
 struct Verified {
     signer: Option<String>,
-    payload: Option<Arc<PayloadKey>>,
+    payload: Option<Arc<OpeningKey>>,
 }
 
 /// Verified headers, keyed by a digest of the header bytes and of the
@@ -125,7 +126,7 @@ pub struct Reader {
     data_start: u64,
     layout: Option<Layout>,
     trailer: Vec<u8>,
-    payload: Option<Arc<PayloadKey>>,
+    payload: Option<Arc<OpeningKey>>,
     signer: Option<String>,
 }
 
@@ -513,7 +514,7 @@ impl Reader {
 
 /// Checks segments of one tensor against its slice of the trailer.
 struct Sealer<'a> {
-    key: Option<crate::crypto::TensorKey>,
+    key: Option<crate::crypto::TensorOpeningKey>,
     table: &'a [u8],
     segment_size: usize,
 }
@@ -536,11 +537,11 @@ impl Sealer<'_> {
 }
 
 /// The data key of an encrypted file, checked, and who unwrapped it.
-pub struct Unlocked {
+pub(crate) struct Unlocked {
     /// The data key.
     pub data_key: DataKey,
     /// The payload key derived from it.
-    pub payload: PayloadKey,
+    pub payload: OpeningKey,
     /// Whether a key provider (not the key ring) unwrapped it.
     pub by_provider: bool,
 }
@@ -559,7 +560,7 @@ pub struct Unlocked {
 ///
 /// Work is bounded by what is distinct: a stanza identical to an earlier
 /// one is not asked about again, nor is a data key already checked.
-pub fn unlock(
+pub(crate) fn unlock(
     header: &Header,
     layout: &Layout,
     keys: &[Jwk],
@@ -576,7 +577,7 @@ pub fn unlock(
     let mac_input = envelope::mac_input(header);
     let recipients = layout.recipients();
     let verify = |dk: &DataKey| {
-        PayloadKey::verify(
+        OpeningKey::verify(
             dk,
             params.algorithm,
             layout.envelope.segment_size,
@@ -630,7 +631,7 @@ pub fn unlock(
 }
 
 /// The state of one [`unlock`] across its identities.
-struct Search<'a, V: Fn(&DataKey) -> Result<PayloadKey>> {
+struct Search<'a, V: Fn(&DataKey) -> Result<OpeningKey>> {
     distinct: &'a [&'a Recipient],
     verify: &'a V,
     /// Whether any identity claimed a stanza.
@@ -639,11 +640,11 @@ struct Search<'a, V: Fn(&DataKey) -> Result<PayloadKey>> {
     checked: Vec<DataKey>,
 }
 
-impl<V: Fn(&DataKey) -> Result<PayloadKey>> Search<'_, V> {
+impl<V: Fn(&DataKey) -> Result<OpeningKey>> Search<'_, V> {
     fn run<'i>(
         &mut self,
         identities: impl Iterator<Item = &'i dyn Identity>,
-    ) -> Result<Option<(DataKey, PayloadKey)>> {
+    ) -> Result<Option<(DataKey, OpeningKey)>> {
         for identity in identities {
             for stanza in self.distinct {
                 let Some(answer) = identity.unwrap_stanza(stanza) else {
@@ -780,6 +781,35 @@ mod tests {
             shape: &[4],
             data: &[1, 2, 3, 4],
         }]
+    }
+
+    /// A key under the right kid but with other bytes, and one flipped
+    /// ciphertext byte, fail with the same opaque error, Display and Debug
+    /// alike: nothing says which it was.
+    #[test]
+    fn wrong_key_and_flipped_byte_fail_alike() {
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let mut forged: serde_json::Value =
+            serde_json::from_str(&Jwk::generate(KeyKind::Oct).unwrap().to_json(true).unwrap())
+                .unwrap();
+        forged["kid"] = key.kid().into();
+        let forged = Jwk::parse(&forged.to_string()).unwrap();
+        let bytes = captured(&one_tensor(), &key).0;
+        let e1 = Reader::open(Arc::new(bytes.clone()), &loader(vec![forged])).unwrap_err();
+        let (header, data_start) = read_header(&bytes).unwrap();
+        let at = data_start as usize + header.tensor("w").unwrap().data_offsets.0;
+        let mut flipped = bytes;
+        flipped[at + 1] ^= 0x40;
+        let r = Reader::open(Arc::new(flipped), &loader(vec![key])).unwrap();
+        let mut out = [0xAAu8; 4];
+        let e2 = r.read_into("w", &mut out).unwrap_err();
+        assert!(matches!(e1, Error::Integrity), "{e1:?}");
+        assert!(matches!(e2, Error::Integrity), "{e2:?}");
+        assert_eq!(
+            (e1.to_string(), format!("{e1:?}")),
+            (e2.to_string(), format!("{e2:?}"))
+        );
+        assert_eq!(out, [0; 4], "no unauthenticated plaintext is left");
     }
 
     /// The key ring first, providers only when it opens nothing; among

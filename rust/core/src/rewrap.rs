@@ -5,12 +5,12 @@
 //!
 //! A rewrap keeps the data key: it changes who can unwrap it from this file
 //! on, and revokes no one who ever held it (a removed recipient who opened
-//! the file once, or anyone who kept the old header). [`crate::rekey`]
+//! the file once, or anyone who kept the old header). [`crate::rekey_file`]
 //! draws a new data key for that.
 //!
 //! The file is verified as a load verifies it ([`Reader::open`]: signature,
 //! envelope, length, trailer digest, access policy, key) before anything is
-//! written, under an exclusive lock on the file ([`lock_for_update`]), so
+//! written, under an exclusive lock on the file (`lock_for_update`), so
 //! that concurrent rewraps of one file apply one after the other.
 //!
 //! A crash at any moment leaves the old file or the new one. When the new

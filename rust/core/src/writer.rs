@@ -18,7 +18,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use ring::digest;
 
-use crate::crypto::{self, Algorithm, Binding, DataKey, PayloadKey, SALT_LEN, TAG_LEN};
+use crate::crypto::{self, Algorithm, Binding, DataKey, SealingKey, SALT_LEN, TAG_LEN};
 use crate::dtype::Dtype;
 use crate::envelope::{
     self, Encryption, Envelope, Protection, DIGEST_LEN, DIGEST_SHA256, RESERVED_PREFIX, VERSION,
@@ -80,7 +80,7 @@ pub struct WriteOptions {
 
 /// The least room left after the metadata of protected files, so that
 /// recipients can be added or the file re-signed later by rewriting the
-/// header in place (see [`header::slot_padding`]).
+/// header in place (see `header::slot_padding`).
 pub const DEFAULT_RESERVE: usize = 1024;
 
 /// Where the bytes go.
@@ -191,7 +191,7 @@ struct Protected {
     segment_size: usize,
     protections: Vec<Protection>,
     trailer_len: usize,
-    payload: Option<(DataKey, PayloadKey, [u8; SALT_LEN])>,
+    payload: Option<(DataKey, SealingKey, [u8; SALT_LEN])>,
     sign_with: Option<Jwk>,
     envelope: Envelope,
     reserve: usize,
@@ -241,6 +241,13 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
     } else {
         opts.segment_size
     };
+    if opts.policy.is_some() && opts.encrypt.is_none() {
+        // Checked before a plain file returns below, which would otherwise
+        // drop the policy without a word.
+        return Err(Error::InvalidArgument(
+            "policy= needs encrypt_for=: without encryption the data is readable directly".into(),
+        ));
+    }
     if opts.encrypt.is_none() && opts.sign_with.is_none() {
         // A plain file has no segments: the size only sets its pieces.
         return Ok(Plan {
@@ -314,7 +321,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 recipients,
                 tensors: names.iter().cloned().collect(),
             };
-            let payload = PayloadKey::for_writing(&data_key, enc.algorithm, segment_size, &salt);
+            let payload = SealingKey::new(&data_key, enc.algorithm, segment_size, &salt);
             (Some(section), Some((data_key, payload, salt)), names)
         }
     };
@@ -332,12 +339,6 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
         protections.push(p);
     }
     if let Some(text) = &opts.policy {
-        if encryption.is_none() {
-            return Err(Error::InvalidArgument(
-                "policy= needs encrypt_for=: without encryption the data is readable directly"
-                    .into(),
-            ));
-        }
         Policy::compile(text)?;
     }
     let envelope = Envelope {
@@ -523,7 +524,7 @@ fn digest_segments(
 /// `emit` in order. Two batch buffers alternate: while one is written out,
 /// the next is filled and sealed in parallel. Memory stays at two batches.
 fn seal_segments(
-    key: &crypto::TensorKey,
+    key: &crypto::TensorSealingKey,
     t: &Input,
     seg: usize,
     table: &mut [u8],
@@ -651,3 +652,216 @@ fn write_to_file(plan: Plan, opts: &WriteOptions, path: &Path) -> Result<()> {
 }
 
 pub use crate::atomic::AtomicFile;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyKind, MAX_RECIPIENTS};
+    use crate::reader::{read_header, LoadOptions, Reader};
+
+    const W: TensorData<'static> = TensorData {
+        name: "w",
+        dtype: Dtype::F32,
+        shape: &[2],
+        data: &[0; 8],
+    };
+
+    fn oct() -> Jwk {
+        Jwk::generate(KeyKind::Oct).unwrap()
+    }
+
+    fn encrypted_for(recipients: Vec<Jwk>) -> WriteOptions {
+        WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients,
+                tensors: None,
+                algorithm: Algorithm::ChaCha20Poly1305,
+                wrappers: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn refusal(tensors: &[TensorData], opts: &WriteOptions) -> Error {
+        serialize(tensors, opts).expect_err("the save must be refused")
+    }
+
+    #[test]
+    fn tensors_are_checked_before_anything_is_written() {
+        let e = refusal(&[W, W], &WriteOptions::default());
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("given twice")),
+            "{e:?}"
+        );
+        let short = TensorData { data: &[0; 7], ..W };
+        assert!(matches!(
+            refusal(&[short], &WriteOptions::default()),
+            Error::TensorInvalidInfo(n) if n == "w"
+        ));
+        let reserved = WriteOptions {
+            metadata: Some([("__cryptotensors_x".into(), "1".into())].into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            refusal(&[W], &reserved),
+            Error::InvalidArgument(_)
+        ));
+    }
+
+    /// Protected files take only the segment sizes the format allows; a
+    /// plain file has no segments, so any size only sets its write pieces.
+    #[test]
+    fn segment_sizes_are_bounded_for_protected_files() {
+        for bad in [
+            1000,
+            crypto::MIN_SEGMENT_SIZE / 2,
+            crypto::MAX_SEGMENT_SIZE * 2,
+            crypto::MIN_SEGMENT_SIZE + 1,
+        ] {
+            let opts = WriteOptions {
+                segment_size: bad,
+                ..encrypted_for(vec![oct()])
+            };
+            let e = refusal(&[W], &opts);
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains("segment size")),
+                "{bad}: {e:?}"
+            );
+        }
+        for good in [crypto::MIN_SEGMENT_SIZE, crypto::MAX_SEGMENT_SIZE] {
+            let opts = WriteOptions {
+                segment_size: good,
+                ..encrypted_for(vec![oct()])
+            };
+            serialize(&[W], &opts).unwrap();
+        }
+        let plain = WriteOptions {
+            segment_size: 1000,
+            ..Default::default()
+        };
+        serialize(&[W], &plain).unwrap();
+    }
+
+    #[test]
+    fn encryption_settings_are_checked() {
+        let e = refusal(&[W], &encrypted_for(vec![]));
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        let mut opts = encrypted_for(vec![oct()]);
+        for sel in [vec!["nope".to_string()], vec![]] {
+            opts.encrypt.as_mut().unwrap().tensors = Some(sel.into_iter().collect());
+            let e = refusal(&[W], &opts);
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        }
+        let too_many = encrypted_for((0..=MAX_RECIPIENTS).map(|_| oct()).collect());
+        let e = refusal(&[W], &too_many);
+        assert!(matches!(e, Error::InvalidEnvelope(_)), "{e:?}");
+        let policy_alone = WriteOptions {
+            policy: Some("package cryptotensors\nallow := true".into()),
+            ..Default::default()
+        };
+        // Neither encrypted nor signed: once written as a plain file with
+        // the policy silently dropped.
+        let e = refusal(&[W], &policy_alone);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("policy")),
+            "{e:?}"
+        );
+        let signed = WriteOptions {
+            sign_with: Some(Jwk::generate(KeyKind::Ed25519).unwrap()),
+            ..policy_alone
+        };
+        let e = refusal(&[W], &signed);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("policy")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn only_private_signing_keys_sign() {
+        let ed = Jwk::generate(KeyKind::Ed25519).unwrap();
+        for k in [oct(), ed.public().unwrap()] {
+            let opts = WriteOptions {
+                sign_with: Some(k),
+                ..Default::default()
+            };
+            assert!(matches!(refusal(&[W], &opts), Error::InvalidKey(_)));
+        }
+        let opts = WriteOptions {
+            sign_with: Some(ed),
+            ..Default::default()
+        };
+        serialize(&[W], &opts).unwrap();
+    }
+
+    /// A wrapper may not return a stanza under a kid already listed.
+    #[test]
+    fn a_wrapper_cannot_repeat_a_kid() {
+        #[derive(Debug)]
+        struct Again(Jwk);
+        impl KeyWrapper for Again {
+            fn wrap_data_key(&self, key: &DataKey) -> Result<crate::keys::Recipient> {
+                keys::wrap(key, &self.0)
+            }
+        }
+        let key = oct();
+        let mut opts = encrypted_for(vec![key.clone()]);
+        opts.encrypt.as_mut().unwrap().wrappers = vec![Arc::new(Again(key))];
+        let e = refusal(&[W], &opts);
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("two recipients")),
+            "{e:?}"
+        );
+    }
+
+    /// Zero-size tensors are written: no data bytes, but one (empty)
+    /// segment each, whose tag or digest the trailer holds, so their
+    /// emptiness is authenticated too.
+    #[test]
+    fn zero_size_tensors_have_one_segment() {
+        let empty = TensorData {
+            name: "e",
+            dtype: Dtype::F32,
+            shape: &[3, 0],
+            data: &[],
+        };
+        let key = oct();
+        let mut opts = encrypted_for(vec![key.clone()]);
+        opts.encrypt.as_mut().unwrap().tensors = Some(["e".to_string()].into());
+        let bytes = serialize(&[empty, W], &opts).unwrap();
+        let (header, _) = read_header(&bytes).unwrap();
+        let layout = crate::envelope::Layout::from_header(&header)
+            .unwrap()
+            .unwrap();
+        assert_eq!(layout.trailer_len, TAG_LEN + crate::envelope::DIGEST_LEN);
+        let reader = Reader::open(
+            Arc::new(bytes),
+            &LoadOptions {
+                keys: vec![key],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        reader.read_into("e", &mut []).unwrap();
+        let mut w = [1u8; 8];
+        reader.read_into("w", &mut w).unwrap();
+        assert_eq!(w, [0; 8]);
+    }
+
+    /// A refused save to a path leaves nothing there.
+    #[test]
+    fn a_refused_save_leaves_no_file() {
+        let dir = std::env::temp_dir().join(format!("ct-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.safetensors");
+        let e = serialize_to_file(&[W, W], &WriteOptions::default(), &path).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)));
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no temporary left"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

@@ -7,7 +7,7 @@
 //! (`FileNotFoundError`, and `PermissionError`); every I/O failure is an
 //! `OSError` with its `errno`.
 
-use cryptotensors::error::Error;
+use cryptotensors::Error;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyOSError, PyPermissionError};
 use pyo3::prelude::*;

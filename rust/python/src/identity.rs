@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use cryptotensors::crypto::DataKey;
 use cryptotensors::keys::Recipient;
 use cryptotensors::keys::{provided_key, Identity, KeyWrapper, Providers};
+use cryptotensors::DataKey;
 use cryptotensors::{Error, Result};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};

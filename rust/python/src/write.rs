@@ -3,16 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use cryptotensors::crypto::Algorithm;
 use cryptotensors::keys::{Jwk, Recipient};
 use cryptotensors::reader::read_header;
-use cryptotensors::rekey::{rekey_file, RekeyOptions};
 use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
-use cryptotensors::transcode::transcode_to_file;
+use cryptotensors::transcode_to_file;
 use cryptotensors::writer::{self, EncryptOptions, TensorData, WriteOptions, DEFAULT_RESERVE};
+use cryptotensors::Algorithm;
 use cryptotensors::Dtype;
 use cryptotensors::Error;
 use cryptotensors::PreadFile;
+use cryptotensors::{rekey_file, RekeyOptions};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -100,7 +100,7 @@ pub fn serialize<'py>(
 /// atomically to `path` under `serialize`'s write options, streaming: each
 /// segment is authenticated as it is read and written on, no tensor is
 /// whole in memory, and every dtype is carried (see
-/// `cryptotensors::transcode`). `path` may be the file `handle` reads.
+/// `cryptotensors::transcode_to_file`). `path` may be the file `handle` reads.
 #[pyfunction]
 #[pyo3(signature = (handle, path, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None))]
 #[allow(clippy::too_many_arguments)]
@@ -245,7 +245,7 @@ pub fn rewrap_plan<'py>(
     })
 }
 
-/// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey`);
+/// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey_file`);
 /// `recipients`: keys of the recipients that stay; `wrappers`: objects with
 /// `wrap(data_key) -> stanza` and a `kid` (an HSM, a key service) for
 /// recipients that stay; the other arguments as for `rewrap`.

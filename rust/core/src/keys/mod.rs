@@ -36,35 +36,35 @@ use base64::Engine;
 use crate::error::{Error, Result};
 
 /// JWE algorithm of symmetric recipients.
-pub const ALG_A256GCMKW: &str = "A256GCMKW";
+pub(crate) const ALG_A256GCMKW: &str = "A256GCMKW";
 /// Recipient algorithm of X25519 keys: RFC 9180 base mode with
 /// DHKEM(X25519, HKDF-SHA256) (0x0020), HKDF-SHA256 (0x0001) and
 /// ChaCha20-Poly1305 (0x0003).
-pub const ALG_HPKE: &str = "HPKE-Base-X25519-SHA256-ChaCha20Poly1305";
+pub(crate) const ALG_HPKE: &str = "HPKE-Base-X25519-SHA256-ChaCha20Poly1305";
 /// JWS algorithm of Ed25519 signing keys.
-pub const ALG_EDDSA: &str = "EdDSA";
+pub(crate) const ALG_EDDSA: &str = "EdDSA";
 /// JWS algorithm of P-256 signing keys: ECDSA over P-256 with SHA-256,
 /// signatures as the 64-byte `r || s` (RFC 7518 §3.4).
-pub const ALG_ES256: &str = "ES256";
+pub(crate) const ALG_ES256: &str = "ES256";
 /// Recipient algorithm of a key held by a key service (HashiCorp Vault or
 /// OpenBao Transit, FORMAT.md §6.4): the stanza holds the service's
 /// ciphertext of the data key, which only a key provider can open.
-pub const ALG_VAULT_TRANSIT: &str = "vault-transit";
+pub(crate) const ALG_VAULT_TRANSIT: &str = "vault-transit";
 /// Longest `ciphertext` of a key-service stanza.
-pub const MAX_SERVICE_CIPHERTEXT: usize = 2048;
+pub(crate) const MAX_SERVICE_CIPHERTEXT: usize = 2048;
 /// Length of an uncompressed P-256 point: `0x04 || x || y`.
-pub const P256_POINT_LEN: usize = 65;
+pub(crate) const P256_POINT_LEN: usize = 65;
 /// The HPKE `info` string, which binds wrapped keys to this format.
-pub const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
+pub(crate) const HPKE_INFO: &[u8] = b"cryptotensors/v1 data key";
 
 /// Decodes base64url without padding, the only encoding JOSE allows.
-pub fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
+pub(crate) fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).map_err(|_| {
         Error::InvalidKey(format!("member {field:?} is not base64url without padding"))
     })
 }
 
 /// Encodes base64url without padding.
-pub fn b64e(bytes: &[u8]) -> String {
+pub(crate) fn b64e(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }

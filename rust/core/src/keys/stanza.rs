@@ -30,7 +30,7 @@ pub const MAX_STANZA_BYTES: usize = 4096;
 pub struct Recipient {
     /// The recipient key's id.
     pub kid: String,
-    /// `A256GCMKW` or [`ALG_HPKE`], or one this build does not know.
+    /// `A256GCMKW` or the HPKE algorithm, or one this build does not know.
     pub alg: String,
     /// A256GCMKW: the 96-bit IV.
     pub iv: Option<String>,
