@@ -325,7 +325,7 @@ fn unwrap_with(r: &Recipient, key: &Jwk, secret: &SecretBytes) -> Result<DataKey
     )?);
     let plain = match key.kind {
         KeyKind::Oct => a256gcmkw::unwrap(r, secret, ct)?,
-        KeyKind::X25519 => x25519::unwrap(r, secret, &key.public, &ct)?,
+        KeyKind::X25519 => x25519::unwrap(r, secret, &ct)?,
         KeyKind::Ed25519 | KeyKind::P256 => return Err(Error::Integrity),
     };
     DataKey::from_bytes(&plain).ok_or(Error::Integrity)

@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 
 /// The stanza of `data_key` sealed to `public` for `kid`.
 pub(super) fn wrap(data_key: &DataKey, public: &[u8; 32], kid: &str) -> Result<Recipient> {
-    let ephemeral = SecretBytes::random()?;
-    let (enc, ct) = hpke::seal(public, &ephemeral, HPKE_INFO, b"", data_key.expose())?;
+    let ikm = SecretBytes::random()?;
+    let (enc, ct) = hpke::seal(public, &ikm, HPKE_INFO, b"", data_key.expose())?;
     Ok(Recipient {
         kid: kid.to_owned(),
         alg: ALG_HPKE.into(),
@@ -25,15 +25,10 @@ pub(super) fn wrap(data_key: &DataKey, public: &[u8; 32], kid: &str) -> Result<R
 }
 
 /// Opens `ct`, the stanza's decoded `encrypted_key`, with the recipient's
-/// key pair.
-pub(super) fn unwrap(
-    r: &Recipient,
-    secret: &SecretBytes,
-    public: &[u8; 32],
-    ct: &[u8],
-) -> Result<Zeroizing<Vec<u8>>> {
+/// secret key (HPKE derives its public half).
+pub(super) fn unwrap(r: &Recipient, secret: &SecretBytes, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let enc: [u8; 32] = decode_field(r, "enc", &r.enc)?
         .try_into()
         .map_err(|_| Error::Integrity)?;
-    hpke::open(secret, public, &enc, HPKE_INFO, b"", ct)
+    hpke::open(secret, &enc, HPKE_INFO, b"", ct)
 }
