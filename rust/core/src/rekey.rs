@@ -19,8 +19,8 @@ use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::keys::{Jwk, KeyKind, KeyWrapper, Recipient};
 use crate::rewrap::{self, open_for_update, RewrapOptions};
-use crate::transcode::user_metadata;
-use crate::writer::{self, EncryptOptions, WriteOptions, DEFAULT_RESERVE};
+use crate::transcode::{user_metadata, write_from};
+use crate::writer::{EncryptOptions, WriteOptions, DEFAULT_RESERVE};
 
 /// What a rekey keeps and changes.
 #[derive(Debug, Clone, Default)]
@@ -164,24 +164,8 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
         reserve: DEFAULT_RESERVE,
         fsync: rw.fsync,
     };
-    // Every segment is authenticated before its bytes are used: the writer
-    // fills each segment through the reader, which decrypts and verifies
-    // it. An empty tensor's one empty segment is checked here, since the
-    // writer has no byte of it to ask for.
-    for (name, info) in header.tensors() {
-        if info.is_empty() {
-            reader.read_into(name, &mut [])?;
-        }
-    }
-    let fills: Vec<_> = header
-        .tensors()
-        .iter()
-        .map(|(name, _)| {
-            move |offset: usize, buf: &mut [u8]| reader.read_range_into(name, offset, buf)
-        })
-        .collect();
     // Written and renamed while the source is locked (see rewrap_file).
-    writer::serialize_filled_to_file(header.tensors(), &fills, &write, dst)?;
+    write_from(reader, &write, dst)?;
     drop(opened);
     Ok(())
 }

@@ -44,6 +44,15 @@ pub fn transcode_to_file(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Re
             opts.segment_size = layout.envelope.segment_size;
         }
     }
+    write_from(reader, &opts, dst)
+}
+
+/// Writes every tensor of `reader`'s file to `dst` under `opts` as they
+/// are (a transcode, a rekey). Every segment is authenticated before its
+/// bytes are used: the writer fills each segment through the reader, which
+/// decrypts and verifies it.
+pub(crate) fn write_from(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Result<()> {
+    let header = reader.header();
     // An empty tensor's one empty segment is checked here, since the writer
     // has no byte of it to ask for.
     for (name, info) in header.tensors() {
@@ -58,5 +67,5 @@ pub fn transcode_to_file(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Re
             move |offset: usize, buf: &mut [u8]| reader.read_range_into(name, offset, buf)
         })
         .collect();
-    writer::serialize_filled_to_file(header.tensors(), &fills, &opts, dst)
+    writer::serialize_filled_to_file(header.tensors(), &fills, opts, dst)
 }

@@ -116,13 +116,7 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::keys::unhex;
 
     /// RFC 9180 A.2.1: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
     /// ChaCha20Poly1305, base mode, the first message (sequence 0).

@@ -506,14 +506,8 @@ fn p256_generate() -> Result<(SecretBytes, [u8; 32], [u8; 32])> {
 mod tests {
     use super::*;
     use crate::crypto::DataKey;
+    use crate::keys::unhex;
     use crate::keys::wrap;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     #[test]
     fn jwk_parse_rules() {

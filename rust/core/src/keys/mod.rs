@@ -68,3 +68,12 @@ pub(crate) fn b64d(field: &str, s: &str) -> Result<Vec<u8>> {
 pub(crate) fn b64e(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
+
+/// Hex test vectors (RFC 9180, RFC 7748…) as bytes.
+#[cfg(test)]
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
