@@ -463,43 +463,40 @@ pub(crate) fn p256_key_pair(d: &SecretBytes, point: &[u8; P256_POINT_LEN]) -> Re
     })
 }
 
-/// The PKCS#8 v1 document `EcdsaKeyPair::generate_pkcs8` returns for P-256
-/// is ring's fixed template with the key spliced in:
-/// `PREFIX || d (32) || MIDDLE || 0x04 || x (32) || y (32)` (RFC 5958,
-/// RFC 5915 `ECPrivateKey` with the public key and no parameters).
-const P256_PKCS8_PREFIX: [u8; 36] = [
-    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
-    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
-    0x01, 0x01, 0x04, 0x20,
-];
-const P256_PKCS8_MIDDLE: [u8; 5] = [0xa1, 0x44, 0x03, 0x42, 0x00];
-
-/// A fresh P-256 key: ring generates it; `d` is read out of the PKCS#8
-/// document (whose layout is checked byte for byte) and the pair is then
-/// rebuilt from `d` and the point, which ring checks for consistency.
+/// A fresh P-256 key. `d` is drawn from the system CSPRNG by rejection
+/// sampling (FIPS 186-5 A.2.2: a candidate that is 0 or not below the group
+/// order is drawn again; one in about 2^32 is); the vetted `p256` crate
+/// computes the point `d·G`, and ring rebuilds the pair from both, checking
+/// that they match, as it does for an imported key. Nothing is read out of
+/// an encoding: ring's PKCS#8 document is not used.
 fn p256_generate() -> Result<(SecretBytes, [u8; 32], [u8; 32])> {
-    let rng = SystemRandom::new();
-    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-        .map_err(|_| Error::Io(std::io::Error::other("system random source failed")))?;
-    let der = doc.as_ref();
-    let layout_error = || Error::InvalidKey("unexpected PKCS#8 layout from ring".into());
-    let d_at = P256_PKCS8_PREFIX.len();
-    let point_at = d_at + 32 + P256_PKCS8_MIDDLE.len();
-    if der.len() != point_at + P256_POINT_LEN
-        || der[..d_at] != P256_PKCS8_PREFIX
-        || der[d_at + 32..point_at] != P256_PKCS8_MIDDLE
-    {
-        return Err(layout_error());
+    // A run of 64 rejections has probability about 2^-2048: only a broken
+    // random source gets there, and it is then refused, not used.
+    for _ in 0..64 {
+        let d = SecretBytes::random()?;
+        let Some(point) = p256_public(&d) else {
+            continue;
+        };
+        p256_key_pair(&d, &point)?;
+        let x: [u8; 32] = point[1..33].try_into().expect("32 bytes");
+        let y: [u8; 32] = point[33..].try_into().expect("32 bytes");
+        return Ok((d, x, y));
     }
-    let d = SecretBytes::from_slice(&der[d_at..d_at + 32]).ok_or_else(layout_error)?;
-    let point: [u8; P256_POINT_LEN] = der[point_at..].try_into().map_err(|_| layout_error())?;
-    let pair = p256_key_pair(&d, &point).map_err(|_| layout_error())?;
-    if pair.public_key().as_ref() != point.as_slice() || point[0] != 0x04 {
-        return Err(layout_error());
-    }
-    let x: [u8; 32] = point[1..33].try_into().expect("32 bytes");
-    let y: [u8; 32] = point[33..].try_into().expect("32 bytes");
-    Ok((d, x, y))
+    Err(Error::Io(std::io::Error::other(
+        "system random source failed: no P-256 scalar in range",
+    )))
+}
+
+/// The uncompressed point `d·G`, or None if `d` is 0 or not below the order.
+fn p256_public(d: &SecretBytes) -> Option<[u8; P256_POINT_LEN]> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let secret = p256::SecretKey::from_bytes(d.expose().into()).ok()?;
+    secret
+        .public_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .try_into()
+        .ok()
 }
 
 #[cfg(test)]
@@ -547,6 +544,29 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
         v[member] = value;
         v.to_string()
+    }
+
+    #[test]
+    fn p256_public_point_matches_rfc6979_a25() {
+        // RFC 6979 A.2.5: the P-256 key pair of its ECDSA examples.
+        let d = SecretBytes::from_slice(&unhex(
+            "c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721",
+        ))
+        .unwrap();
+        let point = p256_public(&d).unwrap();
+        assert_eq!(point[0], 0x04);
+        assert_eq!(
+            point[1..33],
+            unhex("60fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6")[..]
+        );
+        assert_eq!(
+            point[33..],
+            unhex("7903fe1008b8bc99a41ae9e95628bc64f2f1b20c2d7e9f5177a3c294d4462299")[..]
+        );
+        // 0 and the group order n are not private keys: drawn again.
+        assert!(p256_public(&SecretBytes::from_slice(&[0u8; 32]).unwrap()).is_none());
+        let n = unhex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+        assert!(p256_public(&SecretBytes::from_slice(&n).unwrap()).is_none());
     }
 
     #[test]
