@@ -16,29 +16,12 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from _env import bare_env  # noqa: F401 (the vLLM tests import it from here)
 
 import cryptotensors
 
 CLI = Path(sys.executable).parent / "cryptotensors"
 TIMEOUT = 300
-
-
-def bare_env(home, **extra):
-    """A bare environment: no ambient keys, no configuration file, offline."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "CRYPTOTENSORS_CONFIG_DIR": str(Path(home) / "no-config"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def _vllm_python():

@@ -12,7 +12,6 @@ every module attribute that is one of them, this module's included.
 """
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ pytest.importorskip("transformers")
 import safetensors  # noqa: E402
 import safetensors.numpy  # noqa: E402
 import safetensors.torch  # noqa: E402
+from _env import bare_env  # noqa: E402
 
 import cryptotensors  # noqa: E402
 import cryptotensors.numpy  # noqa: E402
@@ -241,21 +241,6 @@ def test_encrypted_files_through_safetensors_names(tmp_path, patched, monkeypatc
 # -- fresh interpreters ------------------------------------------------------------------------
 
 
-def _env(home, **extra):
-    """A bare environment: no ambient keys, no configuration file, offline."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 def _installed_pth():
     """The start-up .pth file of an installed (non-editable) wheel, if any."""
     from importlib import metadata
@@ -312,7 +297,7 @@ _PROBE = """
 
 
 def test_env_activation_at_startup_is_lazy_and_off_by_default(tmp_path, activation):
-    on = _python(_PROBE, _env(tmp_path, CRYPTOTENSORS_PATCH="1", **activation), tmp_path)
+    on = _python(_PROBE, bare_env(tmp_path, CRYPTOTENSORS_PATCH="1", **activation), tmp_path)
     assert on.returncode == 0, on.stderr
     got = json.loads(on.stdout)
     # imported at start-up by the .pth line, but neither torch nor safetensors yet: cheap
@@ -321,7 +306,7 @@ def test_env_activation_at_startup_is_lazy_and_off_by_default(tmp_path, activati
         extra = dict(activation)
         if value is not None:
             extra["CRYPTOTENSORS_PATCH"] = value
-        off = _python(_PROBE, _env(tmp_path, **extra), tmp_path)
+        off = _python(_PROBE, bare_env(tmp_path, **extra), tmp_path)
         assert off.returncode == 0, off.stderr
         got = json.loads(off.stdout)
         assert got["patched"] is False and got["at_start"]["safetensors"] is False
@@ -353,7 +338,7 @@ def test_import_hook_and_activation_at_import_of_cryptotensors(tmp_path):
         assert load_file is safetensors.torch.load_file  # __main__'s names are given back too
         print("ok")
     """
-    r = _python(code, _env(tmp_path, CRYPTOTENSORS_PATCH="1"), tmp_path)
+    r = _python(code, bare_env(tmp_path, CRYPTOTENSORS_PATCH="1"), tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
@@ -402,7 +387,7 @@ def llama(tmp_path_factory):
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save({"logits": logits, "state": state}, root / "reference.pt")
 
-    env = _env(root / "home")
+    env = bare_env(root / "home")
     key, pub = root / "customer.jwk", root / "customer.pub.jwk"
     _cli("keygen", "--type", "x25519", "-o", key, env=env)
     _cli("keygen", "-y", key, "-o", pub, env=env)
@@ -472,7 +457,7 @@ def test_from_pretrained_encrypted_with_env_only(llama, activation, tmp_path):
     encrypted model with unchanged transformers code: same weights, same logits
     bit for bit."""
     out = tmp_path / "out.pt"
-    env = _env(tmp_path / "home", CRYPTOTENSORS_KEYS=llama.key, CRYPTOTENSORS_PATCH="1", **activation)
+    env = bare_env(tmp_path / "home", CRYPTOTENSORS_KEYS=llama.key, CRYPTOTENSORS_PATCH="1", **activation)
     code = textwrap.dedent(_LOAD) % {"ids": IDS}
     r = subprocess.run(
         [sys.executable, "-c", code, str(llama.enc), str(llama.plain), str(out), str(llama.tampered)],
@@ -519,7 +504,7 @@ _NO_KEY = """
 
 def test_from_pretrained_without_key_fails_with_our_error(llama, tmp_path):
     report = tmp_path / "report.json"
-    env = _env(tmp_path / "home")  # no CRYPTOTENSORS_KEYS, no configuration file
+    env = bare_env(tmp_path / "home")  # no CRYPTOTENSORS_KEYS, no configuration file
     r = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_NO_KEY), str(llama.enc), str(report)],
         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=TIMEOUT,
