@@ -37,7 +37,7 @@ _CHILD = textwrap.dedent(
     PAYLOAD = "this payload must never be shown"
     INTERNAL = getattr(_core, "InternalError", ())  # () before the guard existed
     ALLOWED = (TypeError, ValueError, OverflowError, OSError, _core.SafetensorError)
-    report = {"failures": [], "expect": [], "cases": 0, "no_baseline": [], "messages": []}
+    report = {"failures": [], "expect": [], "cases": 0, "no_baseline": [], "messages": [], "carried": []}
 
     def started(desc):
         # Written before each call: if the process dies, the parent names the call.
@@ -55,6 +55,9 @@ _CHILD = textwrap.dedent(
             if not isinstance(e, ALLOWED) or bug:
                 report["failures"].append(f"{desc}: {type(e).__module__}.{type(e).__name__}: {e}")
             report["messages"].append(str(e))
+            # Everything an exception carries, for the secrets check.
+            report["carried"].append(repr((e.args, vars(e) if hasattr(e, "__dict__") else None,
+                                           e.__context__, e.__cause__)))
             return e
 
     def expect(desc, exc, fn, *args, **kwargs):
@@ -75,6 +78,15 @@ _CHILD = textwrap.dedent(
         f.write(enc)
     keys = json.dumps([key])
     ring = _core.KeyRing(keys)
+    # Key arguments are parsed rings (issue 12): a signing ring, and rings the
+    # binding must refuse for sign_with. Their secrets must never be shown.
+    sk = ct.generate_key("Ed25519")
+    signer = _core.KeyRing(json.dumps(sk))
+    two_signers = _core.KeyRing(json.dumps([sk, ct.generate_key("P-256")]))
+    public_signer = _core.KeyRing(json.dumps(ct.public_key(sk)))
+    empty = _core.KeyRing.join([])
+    SECRETS = (key["k"], sk["d"])
+    new_ring = lambda: _core.KeyRing(json.dumps([ct.generate_key("oct")]))  # noqa: E731
     from pathlib import Path
 
     LEGACY = Path(os.environ["CRYPTOTENSORS_TEST_LEGACY"])  # the test tree's, whatever copy is installed
@@ -95,23 +107,25 @@ _CHILD = textwrap.dedent(
             np.zeros(1, np.uint8), np.zeros(1 << 16, np.uint8),
         ]
 
+    legacy_ring = lambda: _core.LegacyKeyRing((LEGACY / "keys.json").read_text())  # noqa: E731
+    legacy_public = lambda: _core.LegacyKeyRing((LEGACY / "keys.public.json").read_text())  # noqa: E731
     out24 = lambda: np.zeros(24, np.uint8)  # noqa: E731
     row0 = lambda: handle().select("w", (slice(0, 1),))[0]  # noqa: E731  (a SliceIndex: row 0 of w)
     rec = lambda data: [("w", "F32", [2, 3], data)]  # noqa: E731
     # A valid call of each callable: (positional args, keyword args).
     BASELINE = {
         "serialize": lambda: ((rec(np.zeros(24, np.uint8)), {"m": "1"}, None),
-                              {"recipients": keys, "segment_size": 4096, "threads": 1}),
-        "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "add": json.dumps([ct.generate_key("oct")])}),
-        "rekey": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "threads": 1}),
-        "rewrap_plan": lambda: (("enc.safetensors",), {"add": json.dumps([ct.generate_key("oct")])}),
-        "transcode": lambda: ((handle(), "transcoded.safetensors"), {"recipients": keys, "threads": 1}),
+                              {"recipients": ring, "segment_size": 4096, "sign_with": signer, "threads": 1}),
+        "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "add": new_ring(), "sign_with": signer}),
+        "rekey": lambda: (("enc.safetensors", "out.safetensors"),
+                          {"keys": ring, "recipients": ring, "add": new_ring(), "sign_with": signer, "threads": 1}),
+        "rewrap_plan": lambda: (("enc.safetensors",), {"add": new_ring(), "sign_with": signer}),
+        "transcode": lambda: ((handle(), "transcoded.safetensors"), {"recipients": ring, "sign_with": signer, "threads": 1}),
         "inspect": lambda: (("enc.safetensors",), {}),
         "protection": lambda: (("enc.safetensors",), {}),
-        "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text()),
-                                {"trusted": (LEGACY / "keys.public.json").read_text()}),
-        "migrate": lambda: ((LEGACY / "v2_partial.safetensors", "migrated.safetensors", (LEGACY / "keys.json").read_text()),
-                            {"trusted": (LEGACY / "keys.public.json").read_text(), "recipients": keys, "threads": 1}),
+        "read_legacy": lambda: ((LEGACY / "v2_partial.safetensors", legacy_ring()), {"trusted": legacy_public()}),
+        "migrate": lambda: ((LEGACY / "v2_partial.safetensors", "migrated.safetensors", legacy_ring()),
+                            {"trusted": legacy_public(), "recipients": ring, "sign_with": signer, "threads": 1}),
         "generate_key": lambda: (("oct",), {}),
         "public_key": lambda: ((json.dumps(ct.generate_key("X25519")),), {}),
         "key_id": lambda: ((json.dumps(key),), {}),
@@ -166,9 +180,11 @@ _CHILD = textwrap.dedent(
             continue
         if isinstance(obj, type):  # a class: its constructor, static and bound methods
             call(f"{name}()", obj)
-            if name == "KeyRing":  # holds no file: no closed state
+            if name in ("KeyRing", "LegacyKeyRing"):  # hold no file: no closed state
                 for h in hostile():
-                    call(f"KeyRing({type(h).__name__} {h!r:.40})", obj, h)
+                    call(f"{name}({type(h).__name__} {h!r:.40})", obj, h)
+                if name == "LegacyKeyRing":
+                    continue
                 for m in ("join", "kids"):
                     attr = getattr(obj, m) if m == "join" else (lambda *a, **k: ring.kids(*a, **k))
                     sweep(f"KeyRing.{m}", attr, BASELINE.get(f"KeyRing.{m}"), False)
@@ -224,6 +240,38 @@ _CHILD = textwrap.dedent(
         ("serialize(threads=2**40)", ValueError, _core.serialize, (rec(out24()),), {"threads": 2**40}),
         ("Handle.from_bytes(threads=10**6)", ValueError, _core.Handle.from_bytes, (enc,), {"threads": 10**6}),
         ("Handle.from_bytes(keys=JSON text)", TypeError, _core.Handle.from_bytes, (enc,), {"keys": keys}),
+        # Every key argument is a parsed ring, never text (issue 12); sign_with holds one private signing key.
+        ("serialize(recipients=JSON text)", TypeError, _core.serialize, (rec(out24()),), {"recipients": keys}),
+        ("serialize(sign_with=JSON text)", TypeError, _core.serialize, (rec(out24()),), {"sign_with": json.dumps(sk)}),
+        ("serialize(sign_with=dict)", TypeError, _core.serialize, (rec(out24()),), {"sign_with": sk}),
+        ("serialize(sign_with=two keys)", _core.InvalidKeyError, _core.serialize, (rec(out24()),), {"sign_with": two_signers}),
+        ("serialize(sign_with=empty ring)", _core.InvalidKeyError, _core.serialize, (rec(out24()),), {"sign_with": empty}),
+        ("serialize(sign_with=public key)", _core.InvalidKeyError, _core.serialize, (rec(out24()),), {"sign_with": public_signer}),
+        ("serialize(sign_with=oct key)", _core.InvalidKeyError, _core.serialize, (rec(out24()),), {"sign_with": ring}),
+        ("serialize(recipients=empty ring)", _core.InvalidArgumentError, _core.serialize, (rec(out24()),), {"recipients": empty}),
+        ("transcode(recipients=JSON text)", TypeError, _core.transcode, (handle(), "t.safetensors"), {"recipients": keys}),
+        ("transcode(sign_with=two keys)", _core.InvalidKeyError, _core.transcode, (handle(), "t.safetensors"),
+         {"sign_with": two_signers}),
+        ("rewrap(add=JSON text)", TypeError, _core.rewrap, ("enc.safetensors", "o.safetensors"), {"keys": ring, "add": keys}),
+        ("rewrap(sign_with=JSON text)", TypeError, _core.rewrap, ("enc.safetensors", "o.safetensors"),
+         {"keys": ring, "sign_with": json.dumps(sk)}),
+        ("rewrap(sign_with=two keys)", _core.InvalidKeyError, _core.rewrap, ("enc.safetensors", "o.safetensors"),
+         {"keys": ring, "sign_with": two_signers}),
+        ("rewrap_plan(add=JSON text)", TypeError, _core.rewrap_plan, ("enc.safetensors",), {"add": keys}),
+        ("rewrap_plan(sign_with=empty ring)", _core.InvalidKeyError, _core.rewrap_plan, ("enc.safetensors",), {"sign_with": empty}),
+        ("rekey(recipients=JSON text)", TypeError, _core.rekey, ("enc.safetensors", "o.safetensors"),
+         {"keys": ring, "recipients": keys}),
+        ("rekey(add=JSON text)", TypeError, _core.rekey, ("enc.safetensors", "o.safetensors"), {"keys": ring, "add": keys}),
+        ("rekey(sign_with=public key)", _core.InvalidKeyError, _core.rekey, ("enc.safetensors", "o.safetensors"),
+         {"keys": ring, "sign_with": public_signer}),
+        ("migrate(keys=JSON text)", TypeError, _core.migrate,
+         (LEGACY / "v2_partial.safetensors", "m.safetensors", (LEGACY / "keys.json").read_text()), {"recipients": ring}),
+        ("migrate(keys=KeyRing)", TypeError, _core.migrate,
+         (LEGACY / "v2_partial.safetensors", "m.safetensors", ring), {"recipients": ring}),
+        ("migrate(recipients=JSON text)", TypeError, _core.migrate,
+         (LEGACY / "v2_partial.safetensors", "m.safetensors", legacy_ring()), {"recipients": keys}),
+        ("read_legacy(keys=JSON text)", TypeError, _core.read_legacy,
+         (LEGACY / "v2_partial.safetensors", (LEGACY / "keys.json").read_text())),
         # Providers are called back (GIL taken again) when no key opens the file.
         ("Handle.from_bytes(providers=int)", TypeError, _core.Handle.from_bytes, (enc,), {"providers": 5}),
         ("Handle.from_bytes(providers: not a list)", TypeError, _core.Handle.from_bytes, (enc,),
@@ -275,6 +323,7 @@ _CHILD = textwrap.dedent(
     _core.Handle.from_bytes(enc, keys=ring, threads=2).read_into("w", after)
     report["after_panic_ok"] = after.view(np.float32).tolist() == list(range(6))
     report["payload_in_messages"] = any(PAYLOAD in m for m in report["messages"])
+    report["secret_carried"] = [c for c in report["carried"] if any(s in c for s in SECRETS)]
     sys.stdout.write("REPORT " + json.dumps(report) + "\n")
     '''
 )
@@ -307,6 +356,14 @@ def test_hostile_buffers_and_sizes_raise_the_right_exception(child):
     assert report["expect"] == []
     assert report["ro_input_ok"]
     assert report["resize_refused"] > 0
+
+
+def test_no_exception_carries_a_secret(child):
+    # The key arguments refused above held private keys (as text, or in a
+    # ring): no message, argument, attribute or chained exception shows them.
+    report, _ = child
+    assert report["carried"]
+    assert report["secret_carried"] == []
 
 
 def test_every_callable_has_a_valid_baseline_call(child):

@@ -23,6 +23,7 @@ from ._core import (
     UnsupportedError,
 )
 from ._keys import KeyConfigError
+from ._keys import _legacy_list as _legacy_key_list  # noqa: F401  (cli/migrate.py reads keys with it)
 from ._open import PySafeSlice, safe_open
 from ._patch import patch, unpatch
 from ._providers import register_key_provider
@@ -131,7 +132,7 @@ def rewrap(
     advisory lock on it. The result replaces `output` (default: `filename`)
     atomically: a crash leaves the old file or the new one."""
     _rotate(_core.rewrap, "rewrap", filename, output, keys, policy_input, dict(
-        add=_json.dumps(_keys._as_list(add)) if add else None,
+        add=_keys.given(add, "add") if add else None,
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
     ))
 
@@ -179,8 +180,8 @@ def rekey(
     recipients = [r for r in items if not callable(getattr(r, "wrap", None))]
     _rotate(_core.rekey, "rekey", filename, output, keys, policy_input, dict(
         wrappers=wrappers or None,
-        recipients=_json.dumps(_keys._as_list(recipients)) if recipients else None,
-        add=_json.dumps(_keys._as_list(add)) if add else None,
+        recipients=_keys.given(recipients, "recipients") if recipients else None,
+        add=_keys.given(add, "add") if add else None,
         threads=_keys.threads(num_threads),
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
     ))
@@ -190,7 +191,7 @@ def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_
     return dict(
         trusted=_keys.trusted(trusted_signers),
         remove=[remove] if isinstance(remove, str) else list(remove),
-        sign_with=_json.dumps(sign_with) if isinstance(sign_with, dict) else sign_with,
+        sign_with=None if sign_with is None else _keys.signer(sign_with),
         drop_signature=drop_signature,
         policy=policy,
         remove_policy=remove_policy,
@@ -208,21 +209,6 @@ def _rotate(core, operation: str, filename, output, keys, policy_input, kwargs: 
     dst = os.fspath(output) if output is not None else src
     kwargs.update(keys=_keys.keyring(keys), policy_input=_policy.input_json(operation, "cpu", policy_input, True))
     core(src, dst, providers=_providers.providers, **kwargs)
-
-
-def _legacy_key_list(keys) -> list:
-    """The old package's keys, in any of the forms its users keep them (a
-    JWK, a list of JWKs, {"keys": [...]}, as objects or JSON text), as one list."""
-    if isinstance(keys, (str, bytes)):
-        try:
-            keys = _json.loads(keys)
-        except ValueError:
-            raise KeyConfigError("legacy keys are not JSON") from None
-    if isinstance(keys, dict):
-        keys = keys["keys"] if "keys" in keys else [keys]
-    if not isinstance(keys, (list, tuple)):
-        raise KeyConfigError("legacy keys: expected a JWK, a list of JWKs or {\"keys\": [...]}")
-    return list(keys)
 
 
 def migrate(
@@ -266,11 +252,11 @@ def migrate(
         raise SafetensorError(
             "migrate: name the old signer's public key (trusted_signers=), "
             "or pass verify_signature=False to skip the old header signature")
-    trusted = _json.dumps(_legacy_key_list(trusted_signers)) if verify_signature else None
+    trusted = _keys.legacy(trusted_signers, "legacy trusted signers") if verify_signature else None
     # The names only matter for encrypted_tensors=, which migrate does not take.
     opts = save_options((), encrypt_for=encrypt_for, algorithm=algorithm, segment_size=segment_size,
                         sign_with=sign_with, num_threads=num_threads)
-    report = _core.migrate(os.fspath(filename), os.fspath(output), _json.dumps(_legacy_key_list(legacy_keys)), trusted,
+    report = _core.migrate(os.fspath(filename), os.fspath(output), _keys.legacy(legacy_keys), trusted,
                            encrypt_all=encrypt_all, **opts)
     return {
         "version": report["version"],

@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "KeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "read_legacy", "migrate", "inspect", "protection", "generate_key", "public_key", "key_id",
+    "Handle", "KeyRing", "LegacyKeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "read_legacy", "migrate", "inspect", "protection", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -39,6 +39,12 @@ class KeyRing:
     @staticmethod
     def join(rings: list[KeyRing]) -> KeyRing: ...
     def kids(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+
+@final
+class LegacyKeyRing:
+    """Keys of cryptotensors 0.2.3 parsed once (its JWK dialect, as JSON text); the repr shows no secret."""
+    def __new__(cls, jwks: str) -> LegacyKeyRing: ...
     def __len__(self) -> int: ...
 
 @final
@@ -98,11 +104,11 @@ def serialize(
     metadata: Optional[dict[str, str]] = None,
     path: Optional[_Path] = None,
     *,
-    recipients: Optional[str] = None,
+    recipients: Optional[KeyRing] = None,
     encrypted: Optional[set[str]] = None,
     algorithm: Optional[str] = None,
     segment_size: int = 0,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     policy: Optional[str] = None,
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
@@ -111,11 +117,11 @@ def transcode(
     handle: Handle,
     path: _Path,
     *,
-    recipients: Optional[str] = None,
+    recipients: Optional[KeyRing] = None,
     encrypted: Optional[set[str]] = None,
     algorithm: Optional[str] = None,
     segment_size: int = 0,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     policy: Optional[str] = None,
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
@@ -128,9 +134,9 @@ def rewrap(
     *,
     keys: Optional[KeyRing] = None,
     trusted: Optional[KeyRing] = None,
-    add: Optional[str] = None,
+    add: Optional[KeyRing] = None,
     remove: list[str] = ...,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     drop_signature: bool = False,
     providers: Optional[Callable[[], Iterable[Any]]] = None,
     policy: Optional[str] = None,
@@ -141,10 +147,10 @@ def rewrap(
 def rewrap_plan(
     src: _Path,
     *,
-    add: Optional[str] = None,
+    add: Optional[KeyRing] = None,
     add_kids: list[str] = ...,
     remove: list[str] = ...,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     drop_signature: bool = False,
     policy: Optional[str] = None,
     remove_policy: bool = False,
@@ -157,10 +163,10 @@ def rekey(
     *,
     keys: Optional[KeyRing] = None,
     trusted: Optional[KeyRing] = None,
-    recipients: Optional[str] = None,
-    add: Optional[str] = None,
+    recipients: Optional[KeyRing] = None,
+    add: Optional[KeyRing] = None,
     remove: list[str] = ...,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     drop_signature: bool = False,
     providers: Optional[Callable[[], Iterable[Any]]] = None,
     policy: Optional[str] = None,
@@ -169,20 +175,20 @@ def rekey(
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
 ) -> None: ...
-def read_legacy(path: _Path, keys: str, trusted: Optional[str] = None) -> dict[str, Any]:
-    """Reads a cryptotensors 0.2.3 file: keys and trusted verifying keys as JSON text; every tag checked."""
+def read_legacy(path: _Path, keys: LegacyKeyRing, trusted: Optional[LegacyKeyRing] = None) -> dict[str, Any]:
+    """Reads a cryptotensors 0.2.3 file with its keys and trusted verifying keys; every tag checked."""
     ...
 def migrate(
     src: _Path,
     dst: _Path,
-    keys: str,
-    trusted: Optional[str] = None,
+    keys: LegacyKeyRing,
+    trusted: Optional[LegacyKeyRing] = None,
     *,
     encrypt_all: bool = False,
-    recipients: Optional[str] = None,
+    recipients: Optional[KeyRing] = None,
     algorithm: Optional[str] = None,
     segment_size: int = 0,
-    sign_with: Optional[str] = None,
+    sign_with: Optional[KeyRing] = None,
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
 ) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any, Optional
 
-from ._core import KeyRing, SafetensorError
+from ._core import KeyRing, LegacyKeyRing, SafetensorError
 
 KEYS_ENV = "CRYPTOTENSORS_KEYS"
 TRUSTED_ENV = "CRYPTOTENSORS_TRUSTED_SIGNERS"
@@ -110,25 +110,26 @@ def _from_env(name: str) -> list:
 
 
 def _from_call(value: Any, what: str) -> list:
-    """Keys passed by the caller. Text that is not JSON raises KeyConfigError,
-    not the parser's exception, which holds the text (JSONDecodeError.doc)."""
-    if not isinstance(value, (str, bytes)):
-        return _as_list(value)
-    keys, value = _jwks_or_none(value), None
+    """Keys passed by the caller. Text that is not JSON, at the top or inside
+    a list, raises KeyConfigError, not the parser's exception, which holds
+    the text (JSONDecodeError.doc); a value of a wrong type, TypeError."""
+    if isinstance(value, (str, bytes)):
+        keys, value = _jwks_or_none(value), None
+    else:
+        try:
+            keys = _as_list(value)
+        except ValueError:
+            keys = None  # raised below, outside the handler: no __context__
+        value = None
     if keys is None:
         raise _unusable(f"the {what} argument")
     return keys
 
 
 def keyring_json(keys: Any = None) -> Optional[str]:
-    """The key ring of one load, as JSON text for the core: call, env, config file."""
+    """The key ring of one load as JSON text. Only cli/rekey.py still reads
+    it (for the kids of its keys): `keyring(keys).kids()` replaces it there."""
     ring = _from_call(keys, "keys") + _from_env(KEYS_ENV) + _read_jwks_file(os.path.join(_config_dir(), KEYS_FILE))
-    return json.dumps(ring) if ring else None
-
-
-def trusted_json(trusted_signers: Any = None) -> Optional[str]:
-    """Trusted signer public keys of one load: the call, then the environment."""
-    ring = _from_call(trusted_signers, "trusted_signers") + _from_env(TRUSTED_ENV)
     return json.dumps(ring) if ring else None
 
 
@@ -215,6 +216,56 @@ def keyring(keys: Any = None) -> Optional[KeyRing]:
 def trusted(trusted_signers: Any = None) -> Optional[KeyRing]:
     """Trusted signer public keys of one load, parsed: the call, then the environment."""
     return _joined(_ring_of_call(trusted_signers, "trusted_signers"), _ring_of_env(TRUSTED_ENV))
+
+
+def given(value: Any, what: str) -> Optional[KeyRing]:
+    """Keys a call names for a save, rewrap or rekey (its recipients, the
+    recipients to add): a JWK dict, a list of JWKs, a JWKS dict, JSON text or
+    a KeyRing, parsed once per distinct keys; None when there are none.
+    Only the call's keys: the environment and the config file hold opening
+    keys, not recipients. A list may mix rings with the other forms."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, KeyRing) for v in value):
+        return _joined(*(_ring_of_call(v, what) for v in value))
+    return _ring_of_call(value, what)
+
+
+# An empty ring: the recipients of a save whose every recipient is a key
+# wrapper, and the sign_with of a call that names no key (which the binding
+# refuses rather than leave the file unsigned).
+EMPTY = KeyRing.join([])
+
+
+def signer(sign_with: Any) -> KeyRing:
+    """`sign_with=` as a ring (a JWK dict, JSON text, a one-key list or a
+    KeyRing); the binding refuses any but one private Ed25519 or P-256 key."""
+    found = _ring_of_call(sign_with, "sign_with")
+    return EMPTY if found is None else found
+
+
+def _legacy_list(keys: Any, what: str = "legacy keys") -> list:
+    """The old package's keys, in any of the forms its users keep them (a
+    JWK, a list of JWKs, {"keys": [...]}, as objects or JSON text), as one
+    list. Its own dialect (standard base64, "okp"): not the JWKs of _as_list."""
+    if isinstance(keys, (str, bytes)):
+        try:
+            keys, bad = json.loads(keys), False
+        except ValueError:
+            # Raised outside the handler: the parser's error holds the text
+            # (JSONDecodeError.doc) and would be the __context__, even `from None`.
+            keys, bad = None, True
+        if bad:
+            raise KeyConfigError(f"{what} are not JSON")
+    if isinstance(keys, dict):
+        keys = keys["keys"] if "keys" in keys else [keys]
+    if not isinstance(keys, (list, tuple)):
+        raise KeyConfigError(f"{what}: expected a JWK, a list of JWKs or {{\"keys\": [...]}}")
+    return list(keys)
+
+
+def legacy(keys: Any, what: str = "legacy keys") -> LegacyKeyRing:
+    """The old package's keys, parsed once per distinct keys, for migrate."""
+    text = json.dumps(_legacy_list(keys, what))
+    return _cached(("legacy", _digest(text)), lambda: LegacyKeyRing(text))
 
 
 def threads(num_threads: Optional[int]) -> int:

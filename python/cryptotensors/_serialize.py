@@ -4,7 +4,6 @@ load options shared by every framework module."""
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
@@ -67,11 +66,6 @@ class TensorSpec:
         return f"TensorSpec(dtype={self._dtype!r}, shape={self._shape}, data_ptr={self._data_ptr}, data_len={self._data_len})"
 
 
-def _key_text(value: Any) -> Optional[str]:
-    items = _keys._as_list(value)
-    return json.dumps(items) if items else None
-
-
 def save_options(
     names: Sequence[str],
     encrypt_for: Any = None,
@@ -87,10 +81,8 @@ def save_options(
     if segment_size is not None:
         opts["segment_size"] = int(segment_size)
     if sign_with is not None:
-        signers = _keys._as_list(sign_with)
-        if len(signers) != 1:
-            raise SafetensorError("sign_with takes exactly one private Ed25519 or P-256 JWK")
-        opts["sign_with"] = json.dumps(signers[0])
+        # The binding refuses a ring of anything but one private signing key.
+        opts["sign_with"] = _keys.signer(sign_with)
     if policy is not None:
         opts["policy"] = _policy.policy_text(policy)
     if encrypt_for is None:
@@ -104,10 +96,11 @@ def save_options(
     items = encrypt_for if isinstance(encrypt_for, (list, tuple)) else [encrypt_for]
     wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
     if wrappers:
-        recipients = _key_text([r for r in items if not callable(getattr(r, "wrap", None))]) or "[]"
+        jwks = [r for r in items if not callable(getattr(r, "wrap", None))]
+        recipients = _keys.given(jwks, "encrypt_for") or _keys.EMPTY
         opts["wrappers"] = wrappers
     else:
-        recipients = _key_text(encrypt_for)
+        recipients = _keys.given(encrypt_for, "encrypt_for")
         if recipients is None:
             raise SafetensorError("encrypt_for lists no recipient key")
     opts["recipients"] = recipients

@@ -663,7 +663,7 @@ def rewrap_latest(
     _core.rewrap(
         src, dst,
         keys=_keys.keyring(keys), providers=lambda: [provider],
-        add=json.dumps(_keys._as_list(add)) if add else None,
+        add=_keys.given(add, "add") if add else None,
         replace=json.dumps([[o, n] for o, n in pairs]) if pairs else None,
         policy_input=_policy.input_json("rewrap", "cpu", policy_input, True),
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),

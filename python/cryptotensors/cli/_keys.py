@@ -159,6 +159,6 @@ def _load_options(args: argparse.Namespace) -> dict:
     }
     # A malformed CRYPTOTENSORS_KEYS or _TRUSTED_SIGNERS (KeyConfigError, exit
     # 4) fails here, as itself: at the first open it would read as "no key".
-    _keys.keyring_json(options["keys"])
-    _keys.trusted_json(options["trusted_signers"])
+    _keys.keyring(options["keys"])
+    _keys.trusted(options["trusted_signers"])
     return options

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Optional, Sequence
 
-from .. import _core, _vault_cli
+from .. import _core, _keys, _vault_cli
 from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _Job
@@ -37,10 +36,10 @@ def _core_plan(job: _Job, options: dict) -> dict:
     jwks = [k for k in added if isinstance(k, dict)]
     with _about(job.display):
         plan = _core.rewrap_plan(
-            job.path, add=json.dumps(jwks) if jwks else None,
+            job.path, add=_keys.given(jwks, "add") if jwks else None,
             add_kids=[k.kid for k in added if not isinstance(k, dict)],  # token recipients: only their kids
             remove=list(options.get("remove") or ()),
-            sign_with=json.dumps(options["sign_with"]) if options.get("sign_with") else None,
+            sign_with=_keys.signer(options["sign_with"]) if options.get("sign_with") else None,
             drop_signature=bool(options.get("drop_signature")), policy=options.get("policy"),
             remove_policy=bool(options.get("remove_policy")))
     if plan["refusal"] is not None:

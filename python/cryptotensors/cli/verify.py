@@ -49,7 +49,7 @@ def _verify_file(job: _Job, load: dict, trusted: bool, progress: _Progress) -> s
 
 def cmd_verify(args: argparse.Namespace) -> int:
     load = _load_options(args)
-    trusted = _keys.trusted_json(load["trusted_signers"]) is not None  # the call's, or the environment's
+    trusted = _keys.trusted(load["trusted_signers"]) is not None  # the call's, or the environment's
     jobs = _tensor_jobs(_collect(Path(args.input)))
     with _Progress(args, "verify", jobs) as progress:
         for job in progress.files(jobs):

@@ -1,9 +1,13 @@
-//! Key generation and inspection.
+//! Keys as the binding holds them: a [`KeyRing`] parsed once, and the
+//! argument types ([`Keys`], [`SigningKey`]) that take only a ring, so key
+//! text never crosses the boundary on a save, rewrap, rekey or open. Also
+//! key generation and inspection, which take and give one JWK as text.
 
 use cryptotensors::keys::{Jwk, KeyKind};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
-use crate::errors::IntoPy;
+use crate::errors::{IntoPy, InvalidKeyError};
 use crate::guard::guard;
 
 /// A fresh private JWK (JSON text) of kind "oct", "X25519", "Ed25519" or
@@ -88,5 +92,43 @@ impl KeyRing {
         guard("KeyRing.__repr__", || {
             Ok(format!("KeyRing({:?})", self.keys))
         })
+    }
+}
+
+/// A key-typed argument (recipients, keys to add): the keys of a
+/// [`KeyRing`], parsed when the ring was built. Anything else, JSON text
+/// included, is a `TypeError` naming only the type, never the value.
+pub struct Keys(pub Vec<Jwk>);
+
+impl<'py> FromPyObject<'py> for Keys {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        match ob.downcast::<KeyRing>() {
+            Ok(ring) => Ok(Keys(ring.get().keys.clone())),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "'{}' object is not a KeyRing (keys cross as a parsed KeyRing, not as text)",
+                ob.get_type().name()?
+            ))),
+        }
+    }
+}
+
+/// `sign_with`: a [`KeyRing`] of exactly one private Ed25519 or P-256 key.
+/// Refused before anything is read or written (`InvalidKeyError`, saying
+/// how many keys the ring holds, never what they are).
+pub struct SigningKey(pub Jwk);
+
+impl<'py> FromPyObject<'py> for SigningKey {
+    fn extract_bound(ob: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let Keys(keys) = ob.extract()?;
+        let held = keys.len();
+        match <[Jwk; 1]>::try_from(keys) {
+            Ok([key]) if key.kind().signs() && key.is_private() => Ok(SigningKey(key)),
+            Ok(_) => Err(InvalidKeyError::new_err(
+                "sign_with takes exactly one private Ed25519 or P-256 JWK; this one is not a private signing key",
+            )),
+            Err(_) => Err(InvalidKeyError::new_err(format!(
+                "sign_with takes exactly one private Ed25519 or P-256 JWK; this ring holds {held} keys"
+            ))),
+        }
     }
 }

@@ -13,12 +13,44 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::errors::IntoPy;
 use crate::guard::guard;
+use crate::keys::{Keys, SigningKey};
 use crate::threads::Threads;
 use crate::write::write_options;
 
+/// The old package's keys, parsed once (its own JWK dialect: standard
+/// base64, `okp` verifying keys), so that `read_legacy` and `migrate` take
+/// parsed keys, not text. Its repr shows how many keys, never a secret.
+#[pyclass(frozen, module = "cryptotensors._core")]
+pub struct LegacyKeyRing {
+    keys: LegacyKeys,
+}
+
+#[pymethods]
+impl LegacyKeyRing {
+    /// Parses a JWK, a JSON list of JWKs or `{"keys": [...]}` of the old package.
+    #[new]
+    fn new(jwks: &str) -> PyResult<LegacyKeyRing> {
+        guard("LegacyKeyRing", || {
+            Ok(LegacyKeyRing {
+                keys: LegacyKeys::parse(jwks).py_err()?,
+            })
+        })
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        guard("LegacyKeyRing.__len__", || Ok(self.keys.len()))
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        guard("LegacyKeyRing.__repr__", || {
+            Ok(format!("LegacyKeyRing({} keys)", self.keys.len()))
+        })
+    }
+}
+
 /// Opens and verifies a legacy file, then reads every tensor (each one's
 /// tags all verified before its bytes are returned). `keys`: the old
-/// package's keys (JSON text); `trusted`: its verifying keys, or `None` to
+/// package's keys; `trusted`: its verifying keys, or `None` to
 /// skip the old signature (the caller's explicit choice). Returns
 /// `{version, algorithm, signature_verified, has_policy, metadata,
 /// tensors: [(name, dtype, shape, encrypted, bytes)]}` in file order.
@@ -27,11 +59,11 @@ use crate::write::write_options;
 pub fn read_legacy<'py>(
     py: Python<'py>,
     path: PathBuf,
-    keys: &str,
-    trusted: Option<&str>,
+    keys: PyRef<'_, LegacyKeyRing>,
+    trusted: Option<PyRef<'_, LegacyKeyRing>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("read_legacy", || {
-        let reader = open_legacy(py, &path, keys, trusted)?;
+        let reader = open_legacy(py, &path, &keys, trusted.as_deref())?;
         let out = PyDict::new(py);
         out.set_item("version", reader.version())?;
         out.set_item("algorithm", reader.algorithm().name())?;
@@ -59,17 +91,16 @@ pub fn read_legacy<'py>(
 fn open_legacy(
     py: Python<'_>,
     path: &PathBuf,
-    keys: &str,
-    trusted: Option<&str>,
+    keys: &LegacyKeyRing,
+    trusted: Option<&LegacyKeyRing>,
 ) -> PyResult<LegacyReader> {
-    let keys = LegacyKeys::parse(keys).py_err()?;
     let verify = match trusted {
-        Some(t) => LegacyVerify::Keys(LegacyKeys::parse(t).py_err()?),
+        Some(t) => LegacyVerify::Keys(t.keys.clone()),
         None => LegacyVerify::Skip,
     };
     py.allow_threads(|| -> cryptotensors::Result<_> {
         let source = Arc::new(PreadFile::new(File::open(path)?)?);
-        LegacyReader::open(source, &keys, &verify)
+        LegacyReader::open(source, &keys.keys, &verify)
     })
     .py_err()
 }
@@ -87,18 +118,18 @@ pub fn migrate<'py>(
     py: Python<'py>,
     src: PathBuf,
     dst: PathBuf,
-    keys: &str,
-    trusted: Option<&str>,
+    keys: PyRef<'_, LegacyKeyRing>,
+    trusted: Option<PyRef<'_, LegacyKeyRing>>,
     encrypt_all: bool,
-    recipients: Option<&str>,
+    recipients: Option<Keys>,
     algorithm: Option<&str>,
     segment_size: usize,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("migrate", || {
-        let reader = open_legacy(py, &src, keys, trusted)?;
+        let reader = open_legacy(py, &src, &keys, trusted.as_deref())?;
         let names = reader.header().tensors().iter().map(|(n, _)| n.clone());
         let encrypted: Option<BTreeSet<String>> =
             (!encrypt_all).then(|| names.filter(|n| reader.is_encrypted(n)).collect());

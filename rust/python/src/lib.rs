@@ -32,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(args::check_device, m)?)?;
     m.add_function(wrap_pyfunction!(args::spec_dtype, m)?)?;
     m.add_class::<keys::KeyRing>()?;
+    m.add_class::<legacy::LegacyKeyRing>()?;
     m.add_function(wrap_pyfunction!(write::serialize, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap_plan, m)?)?;

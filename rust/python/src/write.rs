@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use cryptotensors::keys::{Jwk, Recipient};
+use cryptotensors::keys::Recipient;
 use cryptotensors::reader::read_header;
 use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
 use cryptotensors::transcode_to_file;
@@ -21,17 +21,18 @@ use crate::errors::IntoPy;
 use crate::guard::guard;
 use crate::handle::Handle;
 use crate::identity::{PyProviders, PyWrapper};
-use crate::keys::KeyRing;
+use crate::keys::{KeyRing, Keys, SigningKey};
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
 /// to `path` (then returns `None`). `data` is any C-contiguous buffer
 /// holding the tensor's bytes; its export is held for the whole call.
 ///
-/// Encryption: `recipients` (JWKS JSON text) with the optional `encrypted`
+/// Encryption: `recipients` (a `KeyRing`) with the optional `encrypted`
 /// names, `algorithm` and `segment_size`, and `wrappers`, objects with
 /// `wrap(data_key) -> stanza` that wrap the data key the core draws
-/// elsewhere (an HSM); signing: `sign_with`.
+/// elsewhere (an HSM); signing: `sign_with`, a `KeyRing` of one private
+/// signing key.
 #[pyfunction]
 #[pyo3(signature = (tensors, metadata=None, path=None, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None))]
 #[allow(clippy::too_many_arguments)]
@@ -40,11 +41,11 @@ pub fn serialize<'py>(
     tensors: Vec<(String, String, Vec<usize>, Bound<'py, PyAny>)>,
     metadata: Option<BTreeMap<String, String>>,
     path: Option<PathBuf>,
-    recipients: Option<&str>,
+    recipients: Option<Keys>,
     encrypted: Option<BTreeSet<String>>,
     algorithm: Option<&str>,
     segment_size: usize,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     policy: Option<String>,
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
@@ -108,11 +109,11 @@ pub fn transcode(
     py: Python<'_>,
     handle: &Handle,
     path: PathBuf,
-    recipients: Option<&str>,
+    recipients: Option<Keys>,
     encrypted: Option<BTreeSet<String>>,
     algorithm: Option<&str>,
     segment_size: usize,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     policy: Option<String>,
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
@@ -147,9 +148,9 @@ pub fn rewrap(
     dst: PathBuf,
     keys: Option<PyRef<'_, KeyRing>>,
     trusted: Option<PyRef<'_, KeyRing>>,
-    add: Option<&str>,
+    add: Option<Keys>,
     remove: Vec<String>,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     drop_signature: bool,
     providers: Option<Py<PyAny>>,
     policy: Option<String>,
@@ -193,10 +194,10 @@ pub fn rewrap(
 pub fn rewrap_plan<'py>(
     py: Python<'py>,
     src: PathBuf,
-    add: Option<&str>,
+    add: Option<Keys>,
     add_kids: Vec<String>,
     remove: Vec<String>,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     drop_signature: bool,
     policy: Option<String>,
     remove_policy: bool,
@@ -258,10 +259,10 @@ pub fn rekey(
     dst: PathBuf,
     keys: Option<PyRef<'_, KeyRing>>,
     trusted: Option<PyRef<'_, KeyRing>>,
-    recipients: Option<&str>,
-    add: Option<&str>,
+    recipients: Option<Keys>,
+    add: Option<Keys>,
     remove: Vec<String>,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     drop_signature: bool,
     providers: Option<Py<PyAny>>,
     policy: Option<String>,
@@ -284,7 +285,7 @@ pub fn rekey(
                 remove_policy,
                 policy_input,
             )?,
-            recipients: recipients.map_or(Ok(Vec::new()), Jwk::parse_set).py_err()?,
+            recipients: recipients.map(|Keys(k)| k).unwrap_or_default(),
             wrappers: wrappers
                 .unwrap_or_default()
                 .into_iter()
@@ -300,26 +301,25 @@ pub fn rekey(
 fn rewrap_options(
     keys: Option<PyRef<'_, KeyRing>>,
     trusted: Option<PyRef<'_, KeyRing>>,
-    add: Option<&str>,
+    add: Option<Keys>,
     remove: Vec<String>,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     drop_signature: bool,
     providers: Option<Py<PyAny>>,
     policy: Option<String>,
     remove_policy: bool,
     policy_input: Option<String>,
 ) -> PyResult<RewrapOptions> {
-    let parse = |s: Option<&str>| s.map_or(Ok(Vec::new()), Jwk::parse_set);
     let ring = |r: Option<PyRef<'_, KeyRing>>| r.map(|r| r.keys().to_vec()).unwrap_or_default();
     Ok(RewrapOptions {
         keys: ring(keys),
         providers: providers.map(PyProviders::shared),
         trusted_signers: ring(trusted),
         policy_input,
-        add: parse(add).py_err()?,
+        add: add.map(|Keys(k)| k).unwrap_or_default(),
         remove,
         replace: Vec::new(),
-        sign_with: sign_with.map(Jwk::parse).transpose().py_err()?,
+        sign_with: sign_with.map(|SigningKey(k)| k),
         drop_signature,
         policy: if remove_policy {
             Some(None)
@@ -334,18 +334,18 @@ fn rewrap_options(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn write_options(
     metadata: Option<BTreeMap<String, String>>,
-    recipients: Option<&str>,
+    recipients: Option<Keys>,
     encrypted: Option<BTreeSet<String>>,
     algorithm: Option<&str>,
     segment_size: usize,
-    sign_with: Option<&str>,
+    sign_with: Option<SigningKey>,
     policy: Option<String>,
     wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<WriteOptions> {
     let encrypt = match recipients {
         None => None,
-        Some(json) => Some(EncryptOptions {
-            recipients: Jwk::parse_set(json).py_err()?,
+        Some(Keys(recipients)) => Some(EncryptOptions {
+            recipients,
             tensors: encrypted,
             algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
             wrappers: wrappers
@@ -355,7 +355,7 @@ pub(crate) fn write_options(
                 .collect(),
         }),
     };
-    let sign_with = sign_with.map(Jwk::parse).transpose().py_err()?;
+    let sign_with = sign_with.map(|SigningKey(k)| k);
     let reserve = if encrypt.is_some() || sign_with.is_some() {
         DEFAULT_RESERVE
     } else {
