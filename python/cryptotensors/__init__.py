@@ -151,6 +151,7 @@ def rekey(
     policy_input=None,
     output=None,
     num_threads=None,
+    progress=None,
 ) -> None:
     """Re-encrypts a file under a fresh data key and salt: every encrypted
     tensor is decrypted and verified under the old key and sealed under the
@@ -170,7 +171,10 @@ def rekey(
     removed recipient, or an old header spliced onto it, decrypts nothing.
     What it does NOT do: revoke copies of the old file, nor plaintext
     already loaded. The result replaces `output` (default: `filename`)
-    atomically."""
+    atomically. `progress`, a callable, is called with the bytes of tensor
+    data written so far, as they are (rising, ending at their total); an
+    exception it raises (a KeyboardInterrupt) stops the rekey, leaving the
+    target as it was, and is raised."""
     # Key wrappers among the recipients (objects with wrap(data_key) and a
     # kid, as for encrypt_for=: an HSM, a Vault key) wrap the fresh data key
     # the core draws, for the recipient of their kid.
@@ -182,6 +186,7 @@ def rekey(
         recipients=_json.dumps(_keys._as_list(recipients)) if recipients else None,
         add=_json.dumps(_keys._as_list(add)) if add else None,
         threads=_keys.threads(num_threads),
+        progress=progress,
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
     ))
 
