@@ -9,7 +9,9 @@
 //! makes. Each report waits for the callable's answer, so an exception it
 //! raises stops the write at once: the core abandons the output (its
 //! temporary file is removed, the target untouched) and the exception is
-//! raised to the caller as it was.
+//! raised to the caller as it was. A signal seen after the last report
+//! reaches the write at no further report: the file is then complete, and
+//! the exception is raised once it is in place.
 
 use std::ops::ControlFlow;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
