@@ -732,6 +732,27 @@ def test_progress_bar_escapes_file_names(home, keys, tmp_path):
     assert "\x1b[2J" not in drawing and "a\\x1b[2J" in drawing, drawing
 
 
+@pytest.mark.parametrize("command", ["encrypt", "decrypt", "rekey"])
+def test_progress_moves_within_one_file(home, keys, tmp_path, command):
+    """The bar moves while one file is converted, as the core reports the
+    bytes written (not only when the file is done), and ends at 100% of the
+    same total. tqdm redraws at most every 0.1 s; TQDM_MININTERVAL=0 makes it
+    draw each report."""
+    src = tmp_path / "in.safetensors"
+    tensors = {f"t{i}": np.full(4 << 20, i, np.uint8) for i in range(4)}
+    if command == "encrypt":
+        save_file(tensors, src)
+        args = ["encrypt", src, "-o", tmp_path / "out.safetensors", "-r", keys / "customer.pub.jwk"]
+    else:
+        customer = json.loads((keys / "customer.pub.jwk").read_text())
+        save_file(tensors, src, encrypt_for=customer)
+        args = [command, src, "-o", tmp_path / "out.safetensors", "-k", keys / "customer.jwk"]
+    result, drawing = _on_a_terminal(home, *args, env=_env(home / "no-config", TQDM_MININTERVAL="0"))
+    assert result.returncode == 0, drawing
+    shown = {int(p) for p in re.findall(r"(\d+)%\|", drawing)}
+    assert {25, 50, 75} <= shown and max(shown) == 100, drawing
+    assert "16 MiB/16 MiB" in drawing and "file 1/1" in drawing, drawing
+
 def test_no_progress_when_not_a_terminal(run, model, keys, tmp_path):
     assert ok(run("encrypt", model, "-o", tmp_path / "out", "-r", keys / "customer.pub.jwk")).stderr == ""
 

@@ -155,6 +155,57 @@ def test_rekey_refuses_files_without_a_data_key(tmp_path):
         ct.rekey(path)
 
 
+def _plan(path, keys=None, recipients=(), add=(), remove=(), sign_with=None, drop_signature=False):
+    """_core.rekey_plan with the arguments ct.rekey takes (JWK dicts)."""
+    return ct._core.rekey_plan(
+        os.fspath(path), keys=ct._keys.keyring(keys), **ct._rekey_keys(list(recipients) or None, list(add) or None),
+        remove=list(remove), sign_with=ct._keys.signer(sign_with) if sign_with else None,
+        drop_signature=drop_signature)
+
+
+def test_rekey_plan_and_rekey_refuse_the_same_cases(tmp_path):
+    """The core's rekey plan, asked from the header alone, refuses exactly
+    what rekey refuses, with the same message; what it accepts, rekey does."""
+    opener, holder, oct_holder, stranger, signer = (ct.generate_key("oct"), ct.generate_key("X25519"),
+                                                    ct.generate_key("oct"), ct.generate_key("oct"),
+                                                    ct.generate_key("Ed25519"))
+    path, signed, signed_only = tmp_path / "m.safetensors", tmp_path / "s.safetensors", tmp_path / "p.safetensors"
+    cn.save_file(model(), path, encrypt_for=[opener, ct.public_key(holder), oct_holder])
+    cn.save_file(model(), signed, encrypt_for=opener, sign_with=signer)
+    cn.save_file(model(), signed_only, sign_with=signer)
+    pub = ct.public_key(holder)
+    cases = [
+        ("no_key_for", path, dict(keys=opener, recipients=[oct_holder])),
+        ("not_staying", path, dict(keys=opener, recipients=[pub, oct_holder, stranger])),
+        ("not_staying", path, dict(keys=opener, recipients=[pub, oct_holder], remove=[oct_holder["kid"]])),
+        ("already_recipient", path, dict(keys=opener, recipients=[pub, oct_holder], add=[oct_holder])),
+        ("unknown_kid", path, dict(keys=opener, recipients=[pub, oct_holder], remove=["nope"])),
+        ("no_recipient_left", path, dict(keys=opener, remove=[opener["kid"], holder["kid"], oct_holder["kid"]])),
+        ("signed", signed, dict(keys=opener)),
+        ("no_data_key", signed_only, dict(sign_with=signer)),
+    ]
+    before = {p: p.read_bytes() for p in (path, signed, signed_only)}
+    for code, file, args in cases:
+        refusal = _plan(file, **args)["refusal"]
+        assert refusal is not None and refusal["code"] == code, (code, refusal)
+        kw = dict(args)
+        for name in ("recipients", "add"):
+            kw[name] = kw.get(name) or None
+        with pytest.raises(ct.InvalidArgumentError) as e:
+            ct.rekey(file, **kw)
+        assert str(e.value) == refusal["message"], code
+    assert _plan(path, keys=opener, recipients=[oct_holder])["refusal"]["kids"] == [holder["kid"]]
+    assert {p: p.read_bytes() for p in before} == before, "nothing refused was written"
+
+    accepted = dict(keys=opener, recipients=[pub], remove=[oct_holder["kid"]], add=[stranger])
+    plan = _plan(path, **accepted)
+    assert plan["refusal"] is None
+    assert plan["staying"] == [(opener["kid"], "key"), (holder["kid"], "recipient")]
+    assert plan["added"] == [stranger["kid"]] and plan["removed"] == [oct_holder["kid"]]
+    ct.rekey(path, **accepted)
+    check(path, stranger, model())
+
+
 REKEY_RSS = """
 import json, os, sys, cryptotensors, cryptotensors.numpy
 

@@ -152,6 +152,7 @@ def rekey(
     policy_input=None,
     output=None,
     num_threads=None,
+    progress=None,
 ) -> None:
     """Re-encrypts a file under a fresh data key and salt: every encrypted
     tensor is decrypted and verified under the old key and sealed under the
@@ -171,20 +172,31 @@ def rekey(
     removed recipient, or an old header spliced onto it, decrypts nothing.
     What it does NOT do: revoke copies of the old file, nor plaintext
     already loaded. The result replaces `output` (default: `filename`)
-    atomically."""
-    # Key wrappers among the recipients (objects with wrap(data_key) and a
-    # kid, as for encrypt_for=: an HSM, a Vault key) wrap the fresh data key
-    # the core draws, for the recipient of their kid.
-    items = [] if recipients is None else recipients if isinstance(recipients, (list, tuple)) else [recipients]
-    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
-    recipients = [r for r in items if not callable(getattr(r, "wrap", None))]
+    atomically. `progress`, a callable, is called with the bytes of tensor
+    data written so far, as they are (rising, ending at their total); an
+    exception it raises (a KeyboardInterrupt) stops the rekey, leaving the
+    target as it was, and is raised."""
     _rotate(_core.rekey, "rekey", filename, output, keys, policy_input, dict(
-        wrappers=wrappers or None,
-        recipients=_keys.given(recipients, "recipients") if recipients else None,
-        add=_keys.given(add, "add") if add else None,
+        **_rekey_keys(recipients, add),
         threads=_keys.threads(num_threads),
+        progress=progress,
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
     ))
+
+
+def _rekey_keys(recipients, add) -> dict:
+    """rekey()'s recipients and add= as the core takes them (its plan, too).
+    Key wrappers among the recipients (objects with wrap(data_key) and a
+    kid, as for encrypt_for=: an HSM, a Vault key) wrap the fresh data key
+    the core draws, for the recipient of their kid; the other keys are rings."""
+    items = [] if recipients is None else recipients if isinstance(recipients, (list, tuple)) else [recipients]
+    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
+    jwks = [r for r in items if not callable(getattr(r, "wrap", None))]
+    return dict(
+        wrappers=wrappers or None,
+        recipients=_keys.given(jwks, "recipients") if jwks else None,
+        add=_keys.given(add, "add") if add else None,
+    )
 
 
 def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy) -> dict:

@@ -10,7 +10,7 @@ __all__ = [
     "SafetensorError", "UnsupportedError", "InvalidKeyError", "InvalidArgumentError", "KeyNotFoundError", "LegacyFormatError",
     "IntegrityError",
     "EncryptionRequiredError", "SignatureError", "PolicyDeniedError", "InternalError", "SafetensorOSError",
-    "Handle", "KeyRing", "LegacyKeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "read_legacy", "migrate", "inspect", "protection", "generate_key", "public_key", "key_id",
+    "Handle", "KeyRing", "LegacyKeyRing", "SliceIndex", "load_target", "check_device", "spec_dtype", "serialize", "transcode", "rewrap", "rewrap_plan", "rekey", "rekey_plan", "read_legacy", "migrate", "inspect", "protection", "generate_key", "public_key", "key_id",
     "_check_panic_boundary", "DTYPES",
 ]
 
@@ -125,8 +125,10 @@ def transcode(
     policy: Optional[str] = None,
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
+    progress: Optional[Callable[[int], object]] = None,
 ) -> None:
-    """Writes every tensor of an open file, with its user metadata, to path under serialize's options, streaming."""
+    """Writes every tensor of an open file, with its user metadata, to path under serialize's options, streaming;
+    progress(done) hears the tensor bytes written so far, and an exception it raises stops the write."""
     ...
 def rewrap(
     src: _Path,
@@ -174,7 +176,23 @@ def rekey(
     policy_input: Optional[str] = None,
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
+    progress: Optional[Callable[[int], object]] = None,
 ) -> None: ...
+def rekey_plan(
+    src: _Path,
+    *,
+    keys: Optional[KeyRing] = None,
+    recipients: Optional[KeyRing] = None,
+    add: Optional[KeyRing] = None,
+    remove: list[str] = ...,
+    sign_with: Optional[KeyRing] = None,
+    drop_signature: bool = False,
+    policy: Optional[str] = None,
+    remove_policy: bool = False,
+    wrappers: Optional[list[Any]] = None,
+) -> dict[str, Any]:
+    """What rekey with these options would do, from the header alone, by the rules rekey applies; or its refusal."""
+    ...
 def read_legacy(path: _Path, keys: LegacyKeyRing, trusted: Optional[LegacyKeyRing] = None) -> dict[str, Any]:
     """Reads a cryptotensors 0.2.3 file with its keys and trusted verifying keys; every tag checked."""
     ...

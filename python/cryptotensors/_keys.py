@@ -126,13 +126,6 @@ def _from_call(value: Any, what: str) -> list:
     return keys
 
 
-def keyring_json(keys: Any = None) -> Optional[str]:
-    """The key ring of one load as JSON text. Only cli/rekey.py still reads
-    it (for the kids of its keys): `keyring(keys).kids()` replaces it there."""
-    ring = _from_call(keys, "keys") + _from_env(KEYS_ENV) + _read_jwks_file(os.path.join(_config_dir(), KEYS_FILE))
-    return json.dumps(ring) if ring else None
-
-
 # Key rings (the core's parsed JWKs), so that an open passes parsed keys, not
 # JSON text to parse again. Keyed by a digest of the JWKs' JSON (never the
 # text: no second copy of secrets as dict keys), by path and (mtime, size)

@@ -139,19 +139,20 @@ def _rewrite(job: _Job, target: Path, progress: _Progress, load: dict, save: dic
     """Writes every tensor of a file (opened with `load` options), with its
     metadata, to `target` (with `save` options), atomically. The core
     streams it: each segment is authenticated as it is read, no tensor is
-    whole in memory, and every dtype is written as it is."""
+    whole in memory, and every dtype is written as it is. The bar moves as
+    the core reports the bytes written."""
     with _open(job, **load) as f:
         names = f.offset_keys()
         options = save_options(names, **save)
         progress.set_phase("writing")
         try:
-            _core.transcode(f._handle, os.fspath(target), **options)
+            _core.transcode(f._handle, os.fspath(target), progress=progress.within, **options)
         except OSError as exc:  # the disk, or the directory written to
             raise _cli_error(f"writing {job.rel}", exc) from None
         except SafetensorError as exc:  # the file read: damaged, or a key that does not match
             _name_the_damage(f, job)
             raise _cli_error(job.display, exc) from None
-    progress.advance(job.size)
+    progress.within(job.size)
 
 
 class _Quiet:

@@ -60,6 +60,7 @@ class _Progress:
     def __init__(self, args: argparse.Namespace, verb: str, jobs: Sequence[_Job]):
         self.count, self.total = len(jobs), sum(j.size for j in jobs)
         self.index, self.name, self.phase = 0, "", ""
+        self._base = 0  # bytes of the files before the current one
         self._bar: Optional[_Bar] = None
         if _enabled(args):
             columns, lines = _screen()
@@ -77,7 +78,7 @@ class _Progress:
         """Yields each job, accounting for all its bytes once the caller is done with it."""
         done = 0
         for self.index, job in enumerate(jobs, 1):
-            self.name, self.phase = job.rel, ""
+            self.name, self.phase, self._base = job.rel, "", done
             self._show(done)
             yield job
             done += job.size
@@ -86,6 +87,12 @@ class _Progress:
     def advance(self, nbytes: int) -> None:
         if self._bar is not None:
             self._bar.update(nbytes)
+
+    def within(self, done: int) -> None:
+        """`done` bytes of the current file are done: the core's progress
+        callback, called while a file is converted (never past its size)."""
+        if self._bar is not None:
+            self._bar.update(self._base + done - self._bar.n)
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase

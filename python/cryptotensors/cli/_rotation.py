@@ -24,9 +24,11 @@ from ._progress import _Progress
 _ENVELOPE_CHANGES = (("add", "--add-recipient"), ("remove", "--remove-recipient"), ("policy", "--policy"), ("remove_policy", "--remove-policy"))
 
 
-def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan: dict) -> None:
+def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan: dict, progress: _Progress) -> None:
+    # A rekey rewrites every tensor: the bar moves as the core writes them.
+    extra = {"progress": progress.within} if operation is rekey else {}
     try:
-        operation(job.path, output=target, **load, **plan)
+        operation(job.path, output=target, **load, **plan, **extra)
     except KeyNotFoundError:
         raise _no_key(job) from None
     except (SafetensorError, OSError) as exc:
@@ -65,7 +67,7 @@ def _rotate(args: argparse.Namespace, operation: Callable, plan_of: Callable[[_J
     def convert(job: _Job, target: Path, progress: _Progress) -> None:
         plan = plans[job.rel]
         if plan is not None:
-            _rotate_file(operation, job, target, load, plan)
+            _rotate_file(operation, job, target, load, plan, progress)
         elif not args.in_place:
             with _about(f"copying {job.rel}"):
                 _copy_file(job.path, target)

@@ -3,55 +3,68 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import List, Optional
+from typing import Optional
 
 from .. import (
+    _core,
     _keys,
-    _vault_cli,
+    _rekey_keys,
     rekey,
 )
 from ._args import Command
-from ._errors import EXIT_USAGE, PROG, CliError
+from ._errors import EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _Job
 from ._keys import _load_keys, _recipients
 from ._output import _warn
 from ._rotation import _rotate, _rotation_args, _rotation_changes
-from .rewrap import _rewrap_plan
+from .rewrap import _refusal
 
 
-def _rekey_plan(job: _Job, changes: dict, single: bool, keyring: List[dict]) -> Optional[dict]:
+def _core_plan(job: _Job, changes: dict, keys) -> dict:
+    """The core's plan of this rekey of `job` (from its header), with the
+    arguments rekey() hands the core."""
+    added = [k for k in changes["add"] or () if isinstance(k, dict)]
+    with _about(job.display):
+        return _core.rekey_plan(
+            job.path, keys=keys, **_rekey_keys(changes["recipients"], added), remove=list(changes["remove"]),
+            sign_with=_keys.signer(changes["sign_with"]) if changes["sign_with"] else None,
+            drop_signature=bool(changes["drop_signature"]), policy=changes["policy"],
+            remove_policy=bool(changes["remove_policy"]))
+
+
+def _rekey_plan(job: _Job, changes: dict, single: bool, keys) -> Optional[dict]:
     """The rekey() options for one file, or None to leave it as it is (in a
-    directory: a file that is not encrypted). Like _rewrap_plan, refuses
-    before any file is written what the library would refuse, including a
-    recipient that stays and whose key is not given (found by kid)."""
-    h = job.header
-    if not h.get("algorithm"):
+    directory: a file that is not encrypted). The rules are the core's (its
+    plan, from the header: those of a rewrap, and a key or key wrapper for
+    every recipient that stays, found by kid), checked here for every file
+    before any is written; the CLI only words the refusals."""
+    plan = _core_plan(job, changes, keys)
+    refusal = plan["refusal"]
+    if refusal is None:
+        return changes
+    code, where = refusal["code"], job.display
+    if code == "no_data_key":
         if single:
-            raise CliError(EXIT_USAGE, f"{job.display}: not encrypted: it has no data key to replace (use `{PROG} encrypt`)")
-        _warn(f"{job.display}: not encrypted; left as it is")
+            raise CliError(EXIT_USAGE, f"{where}: not encrypted: it has no data key to replace (use `{PROG} encrypt`)")
+        _warn(f"{where}: not encrypted; left as it is")
         return None
-    plan = _rewrap_plan(job, changes, single)
-    kept = [r["kid"] for r in h.get("recipients") or () if r["kid"] not in changes["remove"]]
-    given = {_vault_cli.kid_of(k) for k in [*(changes["recipients"] or ()), *keyring]}
-    missing = [kid for kid in kept if kid not in given]
-    if missing:
-        raise CliError(EXIT_USAGE, f"{job.display}: the new data key is wrapped for every recipient that stays: "
-                                   f"pass -r KEY.jwk for {', '.join(missing)} (a public key is enough for X25519), "
+    if code == "no_key_for":
+        raise CliError(EXIT_USAGE, f"{where}: the new data key is wrapped for every recipient that stays: "
+                                   f"pass -r KEY.jwk for {', '.join(refusal['kids'])} (a public key is enough for X25519), "
                                    "or --remove-recipient it")
-    for recipient in changes["recipients"] or ():
-        if _vault_cli.kid_of(recipient) not in kept:
-            raise CliError(EXIT_USAGE, f"{job.display}: -r: {_vault_cli.kid_of(recipient)} is not a recipient that stays "
-                                       "(to give it access, use --add-recipient)")
-    return plan
+    if code == "not_staying":
+        raise CliError(EXIT_USAGE, f"{where}: -r: {refusal['kid']} is not a recipient that stays "
+                                   "(to give it access, use --add-recipient)")
+    recipients = [r["kid"] for r in job.header.get("recipients") or ()]
+    raise _refusal(job, refusal, changes, recipients)
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
     changes = _rotation_changes(args)
     recipients = _recipients(args.recipient or ())
     changes["recipients"] = recipients or None
-    keyring = json.loads(_keys.keyring_json(_load_keys(args.key)) or "[]")
-    return _rotate(args, rekey, lambda job, single: _rekey_plan(job, changes, single, keyring))
+    keys = _keys.keyring(_load_keys(args.key))  # the opening keys rekey() is given
+    return _rotate(args, rekey, lambda job, single: _rekey_plan(job, changes, single, keys))
 
 
 _REKEY_EXAMPLES = f"""examples:

@@ -82,6 +82,9 @@ pub enum Error {
     /// service, a Python object) failed; its own error is the source, so
     /// that a binding can hand it back to its caller unchanged.
     KeyProvider(Box<dyn std::error::Error + Send + Sync>),
+    /// The caller's progress hook stopped a write (see
+    /// [`crate::progress::Progress`]); nothing was written.
+    Stopped,
 }
 
 impl fmt::Display for Error {
@@ -154,6 +157,7 @@ impl fmt::Display for Error {
                 "This is a file of cryptotensors 0.2.3 (the paper's reference implementation), not a plain safetensors file: its tensors may be ciphertext. Convert it with `cryptotensors migrate`"
             ),
             KeyProvider(e) => write!(f, "Key provider failed: {e}"),
+            Stopped => write!(f, "Stopped by the progress hook: nothing was written"),
         }
     }
 }

@@ -810,7 +810,7 @@ pub fn migrate_to_file(
             }
         })
         .collect();
-    writer::serialize_filled_to_file(tensors, &fills, opts, dst)
+    writer::serialize_filled_to_file(tensors, &fills, opts, dst, None)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod legacy;
 mod platform;
 mod policy;
+pub mod progress;
 pub mod reader;
 mod rekey;
 pub mod rewrap;
@@ -41,7 +42,10 @@ pub mod writer;
 pub use crypto::{Algorithm, DataKey};
 pub use dtype::Dtype;
 pub use error::{Error, Result, SignatureFailure};
-pub use rekey::{rekey_file, RekeyOptions};
+pub use progress::Progress;
+pub use rekey::{
+    decide as decide_rekey, rekey_file, RekeyOptions, RekeyPlan, RekeyRefusal, Staying, WrappedBy,
+};
 pub use transcode::transcode_to_file;
 
 use std::fs::File;

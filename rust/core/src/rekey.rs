@@ -9,16 +9,20 @@
 //! renamed over the target. Plain tensors of a partly encrypted file are
 //! verified against their digests and copied. The recipient set is kept
 //! (less `remove`, plus `add`); each kept recipient's key must be given,
-//! since the file holds only wrapped copies of the old key.
+//! since the file holds only wrapped copies of the old key. Those rules are
+//! stated once, in [`decide`], which the CLI also asks before it writes.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::crypto::DataKey;
+use crate::envelope::Layout;
 use crate::error::{Error, Result};
+use crate::header::Header;
 use crate::keys::{Jwk, KeyKind, KeyWrapper, Recipient};
-use crate::rewrap::{self, open_for_update, RewrapOptions};
+use crate::progress::Progress;
+use crate::rewrap::{self, open_for_update, Refusal, RewrapOptions, RewrapPlan};
 use crate::transcode::{user_metadata, write_from};
 use crate::writer::{EncryptOptions, WriteOptions, DEFAULT_RESERVE};
 
@@ -40,16 +44,194 @@ pub struct RekeyOptions {
     pub wrappers: Vec<Arc<dyn KeyWrapper>>,
 }
 
+/// How the fresh data key is wrapped for a recipient that stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WrappedBy {
+    /// The key at this index of [`RekeyOptions::recipients`].
+    Recipient(usize),
+    /// The opening key at this index of the rewrap options' `keys`.
+    OpeningKey(usize),
+    /// The key wrapper at this index of [`RekeyOptions::wrappers`].
+    Wrapper(usize),
+}
+
+/// A recipient that stays, and what wraps the new data key for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staying {
+    /// Its kid, as in the file.
+    pub kid: String,
+    /// Its stanza's algorithm, as in the file.
+    pub alg: String,
+    /// What wraps the new data key for it.
+    pub by: WrappedBy,
+}
+
+/// What a rekey with given options does to a file, decided from its header
+/// alone: the one statement of the rules (FORMAT.md §8.2) that a rekey
+/// applies and a caller previewing it (the CLI, before it writes any file
+/// of a model) asks for. The header is not verified here; a rekey verifies
+/// the file before it decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RekeyPlan {
+    /// The rewrap rules' part: recipients kept, added and removed, the
+    /// signature and the policy.
+    pub rewrap: RewrapPlan,
+    /// Every recipient that stays, in the file's order.
+    pub staying: Vec<Staying>,
+}
+
+/// Why a rekey is refused, decided from the header and the options alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RekeyRefusal {
+    /// The file is not encrypted: it has no data key to replace.
+    NotEncrypted,
+    /// What a rewrap with the same changes would refuse.
+    Rewrap(Refusal),
+    /// These recipients stay, but no key or key wrapper given is theirs
+    /// (the file holds only wrapped copies of the old data key).
+    NoKeyFor(Vec<String>),
+    /// A key or key wrapper given for a recipient that stays has this kid,
+    /// which is not one (to give it access is to add it).
+    NotStaying(String),
+    /// A key wrapper names no kid, so it stands for no recipient.
+    WrapperWithoutKid,
+}
+
+impl RekeyRefusal {
+    /// A stable name for the kind of refusal (a rewrap refusal's own).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RekeyRefusal::NotEncrypted => "no_data_key",
+            RekeyRefusal::Rewrap(r) => r.code(),
+            RekeyRefusal::NoKeyFor(_) => "no_key_for",
+            RekeyRefusal::NotStaying(_) => "not_staying",
+            RekeyRefusal::WrapperWithoutKid => "wrapper_without_kid",
+        }
+    }
+
+    /// The kid the refusal is about, if one.
+    pub fn kid(&self) -> Option<&str> {
+        match self {
+            RekeyRefusal::Rewrap(r) => r.kid(),
+            RekeyRefusal::NotStaying(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The kids of the recipients that stay without a key ([`RekeyRefusal::NoKeyFor`]).
+    pub fn kids(&self) -> &[String] {
+        match self {
+            RekeyRefusal::NoKeyFor(kids) => kids,
+            _ => &[],
+        }
+    }
+}
+
+impl From<RekeyRefusal> for Error {
+    fn from(r: RekeyRefusal) -> Error {
+        Error::InvalidArgument(match r {
+            RekeyRefusal::NotEncrypted => {
+                "the file is not encrypted: it has no data key to replace".into()
+            }
+            RekeyRefusal::Rewrap(r) => return r.into(),
+            RekeyRefusal::NoKeyFor(kids) => format!(
+                "the new data key is wrapped for every recipient that stays: pass the key of {} \
+                 (a public key is enough for X25519), or remove it",
+                kids.join(", ")
+            ),
+            RekeyRefusal::NotStaying(kid) => {
+                format!("{kid:?} is not a recipient that stays (to give it access, add it)")
+            }
+            RekeyRefusal::WrapperWithoutKid => {
+                "a key wrapper for a rekey must name its kid (a kid attribute)".into()
+            }
+        })
+    }
+}
+
+/// Where among `keys` is the key that a stanza of kid `kid` and algorithm
+/// `alg` is wrapped for.
+fn key_for(kid: &str, alg: &str, keys: &[Jwk]) -> Option<usize> {
+    keys.iter()
+        .position(|k| k.matches(kid) && k.kind().alg() == alg)
+}
+
+/// The plan of a rekey of the file whose header is `old` under `opts`, or
+/// the refusal; an `Err` for a malformed envelope or policy. Each wrapper's
+/// kid is asked once.
+pub fn decide(
+    old: &Header,
+    opts: &RekeyOptions,
+) -> Result<std::result::Result<RekeyPlan, RekeyRefusal>> {
+    let layout = Layout::from_header(old)?;
+    let Some(enc) = layout.as_ref().and_then(|l| l.envelope.encryption.as_ref()) else {
+        return Ok(Err(RekeyRefusal::NotEncrypted));
+    };
+    let rw = &opts.rewrap;
+    let rewrap = match rewrap::decide(old, rw, &[])? {
+        Ok(plan) => plan,
+        Err(refusal) => return Ok(Err(RekeyRefusal::Rewrap(refusal))),
+    };
+    let mut unmatched: Vec<(usize, Option<String>)> =
+        opts.wrappers.iter().map(|w| w.kid()).enumerate().collect();
+    let mut staying = Vec::new();
+    let mut missing = Vec::new();
+    for r in enc
+        .recipients
+        .iter()
+        .filter(|r| !rw.remove.contains(&r.kid))
+    {
+        let by = if let Some(i) = key_for(&r.kid, &r.alg, &opts.recipients) {
+            WrappedBy::Recipient(i)
+        } else if let Some(i) = key_for(&r.kid, &r.alg, &rw.keys) {
+            WrappedBy::OpeningKey(i)
+        } else if let Some(at) = unmatched
+            .iter()
+            .position(|(_, kid)| kid.as_deref() == Some(r.kid.as_str()))
+        {
+            WrappedBy::Wrapper(unmatched.swap_remove(at).0)
+        } else {
+            missing.push(r.kid.clone());
+            continue;
+        };
+        staying.push(Staying {
+            kid: r.kid.clone(),
+            alg: r.alg.clone(),
+            by,
+        });
+    }
+    if !missing.is_empty() {
+        return Ok(Err(RekeyRefusal::NoKeyFor(missing)));
+    }
+    unmatched.sort_by_key(|(i, _)| *i);
+    if let Some((_, kid)) = unmatched.into_iter().next() {
+        return Ok(Err(match kid {
+            Some(kid) => RekeyRefusal::NotStaying(kid),
+            None => RekeyRefusal::WrapperWithoutKid,
+        }));
+    }
+    if let Some(k) = opts
+        .recipients
+        .iter()
+        .find(|k| !rewrap.kept.iter().any(|kid| k.matches(kid)))
+    {
+        return Ok(Err(RekeyRefusal::NotStaying(k.kid().to_owned())));
+    }
+    Ok(Ok(RekeyPlan { rewrap, staying }))
+}
+
 /// A wrapper standing in for a recipient that stays: what it returns must
 /// be a stanza of that recipient's kid and alg.
 #[derive(Debug)]
-struct Staying {
+struct ForRecipient {
     inner: Arc<dyn KeyWrapper>,
     kid: String,
     alg: String,
 }
 
-impl KeyWrapper for Staying {
+impl KeyWrapper for ForRecipient {
     fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
         let stanza = self.inner.wrap_data_key(key)?;
         if (&stanza.kid, &stanza.alg) != (&self.kid, &self.alg) {
@@ -62,88 +244,48 @@ impl KeyWrapper for Staying {
     }
 }
 
-/// The key that a recipient stanza of kid `kid` and algorithm `alg` is
-/// wrapped for, among `keys` (private X25519 keys give their public half).
-fn recipient_key(kid: &str, alg: &str, keys: &[&Jwk]) -> Result<Option<Jwk>> {
-    match keys
-        .iter()
-        .find(|k| k.matches(kid) && k.kind().alg() == alg)
-    {
-        None => Ok(None),
-        Some(k) if k.kind() == KeyKind::X25519 => Ok(Some(k.public()?)),
-        Some(k) => Ok(Some((*k).clone())),
+/// The key a recipient that stays gets the new data key under (a private
+/// X25519 key gives its public half).
+fn public_part(k: &Jwk) -> Result<Jwk> {
+    match k.kind() {
+        KeyKind::X25519 => k.public(),
+        _ => Ok(k.clone()),
     }
 }
 
-/// Re-encrypts `src` under a fresh data key into `dst` (which may be `src`).
-pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
+/// Re-encrypts `src` under a fresh data key into `dst` (which may be `src`),
+/// reporting the tensor bytes written to `progress`.
+pub fn rekey_file(
+    src: &Path,
+    dst: &Path,
+    opts: &RekeyOptions,
+    progress: Option<&dyn Progress>,
+) -> Result<()> {
     let rw = &opts.rewrap;
     let opened = open_for_update(src, false, rw)?;
     let reader = &opened.reader;
     let header = reader.header();
-    let layout = reader.layout();
-    let Some((params, enc, layout)) =
-        layout.and_then(|l| Some((l.encryption.as_ref()?, l.envelope.encryption.as_ref()?, l)))
+    // Decided on the header just verified: the rules a rewrap follows, then
+    // a rekey's own, about the keys of those that stay.
+    let plan = decide(header, opts)?.map_err(Error::from)?;
+    let Some((params, enc, layout)) = reader
+        .layout()
+        .and_then(|l| Some((l.encryption.as_ref()?, l.envelope.encryption.as_ref()?, l)))
     else {
-        return Err(Error::InvalidArgument(
-            "the file is not encrypted: it has no data key to replace".into(),
-        ));
+        return Err(RekeyRefusal::NotEncrypted.into());
     };
-    // The rules a rewrap follows (signature, recipients removed and added,
-    // policy); then a rekey's own, about the keys of those that stay.
-    rewrap::plan(header, rw)?;
-    let kept: Vec<_> = enc
-        .recipients
-        .iter()
-        .filter(|r| !rw.remove.contains(&r.kid))
-        .collect();
-    let given: Vec<&Jwk> = opts.recipients.iter().chain(&rw.keys).collect();
     let mut recipients = Vec::new();
     let mut wrappers: Vec<Arc<dyn KeyWrapper>> = Vec::new();
-    let mut missing = Vec::new();
-    let mut unmatched: Vec<(Option<String>, &Arc<dyn KeyWrapper>)> =
-        opts.wrappers.iter().map(|w| (w.kid(), w)).collect();
-    for r in &kept {
-        if let Some(k) = recipient_key(&r.kid, &r.alg, &given)? {
-            recipients.push(k);
-        } else if let Some(i) = unmatched
-            .iter()
-            .position(|(kid, _)| kid.as_deref() == Some(r.kid.as_str()))
-        {
-            let (_, w) = unmatched.swap_remove(i);
-            wrappers.push(Arc::new(Staying {
-                inner: w.clone(),
-                kid: r.kid.clone(),
-                alg: r.alg.clone(),
-            }));
-        } else {
-            missing.push(r.kid.as_str());
+    for stay in plan.staying {
+        match stay.by {
+            WrappedBy::Recipient(i) => recipients.push(public_part(&opts.recipients[i])?),
+            WrappedBy::OpeningKey(i) => recipients.push(public_part(&rw.keys[i])?),
+            WrappedBy::Wrapper(i) => wrappers.push(Arc::new(ForRecipient {
+                inner: opts.wrappers[i].clone(),
+                kid: stay.kid,
+                alg: stay.alg,
+            })),
         }
-    }
-    if let Some((kid, _)) = unmatched.first() {
-        return Err(Error::InvalidArgument(match kid {
-            Some(kid) => {
-                format!("{kid:?} is not a recipient that stays (to give it access, add it)")
-            }
-            None => "a key wrapper for a rekey must name its kid (a kid attribute)".into(),
-        }));
-    }
-    if !missing.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "the new data key is wrapped for every recipient that stays: pass the key of {} \
-             (a public key is enough for X25519), or remove it",
-            missing.join(", ")
-        )));
-    }
-    if let Some(k) = opts
-        .recipients
-        .iter()
-        .find(|k| !kept.iter().any(|r| k.matches(&r.kid)))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{:?} is not a recipient that stays (to give it access, add it)",
-            k.kid()
-        )));
     }
     recipients.extend(rw.add.iter().cloned());
 
@@ -165,7 +307,7 @@ pub fn rekey_file(src: &Path, dst: &Path, opts: &RekeyOptions) -> Result<()> {
         fsync: rw.fsync,
     };
     // Written and renamed while the source is locked (see rewrap_file).
-    write_from(reader, &write, dst)?;
+    write_from(reader, &write, dst, progress)?;
     drop(opened);
     Ok(())
 }
@@ -250,7 +392,7 @@ mod tests {
             recipients: Vec::new(),
             wrappers: Vec::new(),
         };
-        rekey_file(&src, &dst, &rk).unwrap();
+        rekey_file(&src, &dst, &rk, None).unwrap();
         let names = ["big", "plain", "e8", "e32"];
         let (old, new) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
         let got = read_all(new.clone(), &key, &names).unwrap();
@@ -266,7 +408,7 @@ mod tests {
         let mut damaged = old.clone();
         damaged[head(&old) + 4096 * 2 + 1] ^= 1; // in "big", which the layout puts first
         std::fs::write(&src, &damaged).unwrap();
-        let err = rekey_file(&src, &dst, &rk).unwrap_err();
+        let err = rekey_file(&src, &dst, &rk, None).unwrap_err();
         assert!(matches!(err, Error::Integrity), "{err:?}");
         assert_eq!(std::fs::read(&dst).unwrap(), new, "the target is untouched");
         let mut left: Vec<_> = std::fs::read_dir(&dir)
@@ -344,6 +486,7 @@ mod tests {
                     recipients: Vec::new(),
                     wrappers,
                 },
+                None,
             )
         };
         assert!(matches!(rekey(vec![]), Err(Error::InvalidArgument(m)) if m.contains("kek")));
@@ -383,6 +526,226 @@ mod tests {
             .iter()
             .any(|r| r.alg == "vault-transit" && r.kid == "kek"));
         assert!(opened(&old_dk).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The header of a file of one U8 tensor "w" of 64 bytes under `opts`.
+    fn header_of(opts: &WriteOptions) -> Header {
+        let data = [1u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        let bytes = crate::writer::serialize(&t, opts).unwrap();
+        crate::reader::read_header(&bytes).unwrap().0
+    }
+
+    fn for_recipients(recipients: Vec<Jwk>, sign_with: Option<Jwk>) -> WriteOptions {
+        WriteOptions {
+            encrypt: Some(EncryptOptions {
+                recipients,
+                tensors: None,
+                algorithm: Algorithm::Aes256Gcm,
+                wrappers: Vec::new(),
+            }),
+            sign_with,
+            ..Default::default()
+        }
+    }
+
+    fn options(keys: &[&Jwk], recipients: &[&Jwk], remove: &[&Jwk]) -> RekeyOptions {
+        RekeyOptions {
+            rewrap: RewrapOptions {
+                keys: keys.iter().map(|k| (*k).clone()).collect(),
+                remove: remove.iter().map(|k| k.kid().to_owned()).collect(),
+                ..Default::default()
+            },
+            recipients: recipients.iter().map(|k| (*k).clone()).collect(),
+            wrappers: Vec::new(),
+        }
+    }
+
+    /// Each refusal of the plan, as its exact variant, decided from headers
+    /// alone; and an accepted plan says what wraps the key for whom.
+    #[test]
+    fn the_plan_names_each_refusal() {
+        let opener = Jwk::generate(KeyKind::Oct).unwrap();
+        let holder = Jwk::generate(KeyKind::X25519).unwrap();
+        let stranger = Jwk::generate(KeyKind::Oct).unwrap();
+        let signer = Jwk::generate(KeyKind::Ed25519).unwrap();
+        let both = header_of(&for_recipients(
+            vec![opener.clone(), holder.public().unwrap()],
+            None,
+        ));
+        let decided = |h: &Header, o: &RekeyOptions| decide(h, o).unwrap();
+
+        let plain = header_of(&WriteOptions::default());
+        let signed_only = header_of(&WriteOptions {
+            sign_with: Some(signer.clone()),
+            ..Default::default()
+        });
+        for h in [&plain, &signed_only] {
+            assert_eq!(
+                decided(h, &options(&[&opener], &[], &[])),
+                Err(RekeyRefusal::NotEncrypted)
+            );
+        }
+        let signed = header_of(&for_recipients(vec![opener.clone()], Some(signer)));
+        assert_eq!(
+            decided(&signed, &options(&[&opener], &[], &[])),
+            Err(RekeyRefusal::Rewrap(Refusal::SignedNeedsChoice))
+        );
+        assert_eq!(
+            decided(&both, &options(&[&opener], &[], &[&stranger])),
+            Err(RekeyRefusal::Rewrap(Refusal::UnknownKid(
+                stranger.kid().into()
+            )))
+        );
+        assert_eq!(
+            decided(&both, &options(&[&opener], &[], &[])),
+            Err(RekeyRefusal::NoKeyFor(vec![holder.kid().into()]))
+        );
+        // A key of the right kid but another kind is not the recipient's key.
+        let mut same_kid = Jwk::parse(&format!(
+            r#"{{"kty":"oct","k":"{}","kid":"{}"}}"#,
+            crate::keys::b64e(&[7u8; 32]),
+            holder.kid()
+        ))
+        .unwrap();
+        assert_eq!(
+            decided(&both, &options(&[&opener], &[&same_kid], &[])),
+            Err(RekeyRefusal::NoKeyFor(vec![holder.kid().into()]))
+        );
+        same_kid = holder.public().unwrap();
+        assert_eq!(
+            decided(&both, &options(&[&opener], &[&same_kid, &stranger], &[])),
+            Err(RekeyRefusal::NotStaying(stranger.kid().into()))
+        );
+        assert_eq!(
+            decided(&both, &options(&[&opener], &[&same_kid], &[&holder])),
+            Err(RekeyRefusal::NotStaying(holder.kid().into())),
+            "the key of a recipient removed"
+        );
+        #[derive(Debug)]
+        struct NoKid;
+        impl KeyWrapper for NoKid {
+            fn wrap_data_key(&self, _: &DataKey) -> Result<Recipient> {
+                unreachable!("a plan wraps nothing")
+            }
+        }
+        let mut o = options(&[&opener], &[&same_kid], &[]);
+        o.wrappers = vec![Arc::new(NoKid)];
+        assert_eq!(decided(&both, &o), Err(RekeyRefusal::WrapperWithoutKid));
+        let e = Error::from(RekeyRefusal::WrapperWithoutKid);
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+
+        let plan = decided(&both, &options(&[&opener, &holder], &[], &[])).unwrap();
+        assert_eq!(
+            plan.staying
+                .iter()
+                .map(|s| (s.kid.as_str(), s.by))
+                .collect::<Vec<_>>(),
+            [
+                (opener.kid(), WrappedBy::OpeningKey(0)),
+                (holder.kid(), WrappedBy::OpeningKey(1))
+            ]
+        );
+        let plan = decided(&both, &options(&[&opener], &[&same_kid], &[])).unwrap();
+        assert_eq!(plan.staying[1].by, WrappedBy::Recipient(0));
+        assert_eq!(plan.rewrap.kept, [opener.kid(), holder.kid()]);
+    }
+
+    /// rekey_file refuses what the plan refuses, with the refusal's error,
+    /// before anything is written.
+    #[test]
+    fn rekey_refuses_what_the_plan_refuses() {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let opener = Jwk::generate(KeyKind::Oct).unwrap();
+        let holder = Jwk::generate(KeyKind::X25519).unwrap();
+        let data = [3u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        let opts = for_recipients(vec![opener.clone(), holder.public().unwrap()], None);
+        serialize_to_file(&t, &opts, &src).unwrap();
+        let o = options(&[&opener], &[], &[]);
+        let header = crate::reader::read_header(&std::fs::read(&src).unwrap())
+            .unwrap()
+            .0;
+        let refusal = decide(&header, &o).unwrap().unwrap_err();
+        let Error::InvalidArgument(expected) = Error::from(refusal) else {
+            unreachable!()
+        };
+        let got = rekey_file(&src, &dst, &o, None).unwrap_err();
+        assert!(
+            matches!(&got, Error::InvalidArgument(m) if *m == expected),
+            "{got:?}"
+        );
+        assert!(!dst.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The progress hook of a rekey hears rising totals that end at the
+    /// tensors' size; a hook that stops it leaves the target as it was and
+    /// no temporary file.
+    #[test]
+    fn rekey_reports_progress_and_can_be_stopped() {
+        use std::ops::ControlFlow;
+        let dir = std::env::temp_dir().join(format!("ct-rekey-progress-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let key = Jwk::generate(KeyKind::Oct).unwrap();
+        let mib = 1 << 20;
+        let (a, b) = (vec![1u8; 5 * mib], vec![2u8; 3 * mib + 7]);
+        let t = [
+            TensorData {
+                name: "a",
+                dtype: Dtype::U8,
+                shape: &[a.len()],
+                data: &a,
+            },
+            TensorData {
+                name: "b",
+                dtype: Dtype::U8,
+                shape: &[b.len()],
+                data: &b,
+            },
+        ];
+        serialize_to_file(&t, &for_recipients(vec![key.clone()], None), &src).unwrap();
+        let o = options(&[&key], &[], &[]);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let hook = |done: u64| {
+            seen.lock().unwrap().push(done);
+            ControlFlow::Continue(())
+        };
+        rekey_file(&src, &dst, &o, Some(&hook)).unwrap();
+        let seen = seen.into_inner().unwrap();
+        assert!(seen.len() >= 2, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(*seen.last().unwrap(), (a.len() + b.len()) as u64);
+
+        let before = std::fs::read(&dst).unwrap();
+        let stop = |_: u64| ControlFlow::Break(());
+        let e = rekey_file(&src, &dst, &o, Some(&stop)).unwrap_err();
+        assert!(matches!(e, Error::Stopped), "{e:?}");
+        assert_eq!(std::fs::read(&dst).unwrap(), before);
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["a.safetensors", "b.safetensors"],
+            "no temporary file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

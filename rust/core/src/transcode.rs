@@ -8,13 +8,16 @@
 //! over. The writer fills each tensor through the reader, which
 //! authenticates every segment before handing its bytes on, so no tensor
 //! is ever whole in memory; the output goes to a temporary file renamed
-//! over the target, so the target may be the source itself.
+//! over the target, so the target may be the source itself. A caller's
+//! [`Progress`] hook hears how many tensor bytes are written as they are,
+//! and may stop the write.
 
 use std::path::Path;
 
 use crate::envelope::RESERVED_PREFIX;
 use crate::error::Result;
 use crate::header::{Header, Metadata};
+use crate::progress::Progress;
 use crate::reader::Reader;
 use crate::writer::{self, WriteOptions};
 
@@ -32,8 +35,14 @@ pub(crate) fn user_metadata(header: &Header) -> Option<Metadata> {
 }
 
 /// Writes every tensor of `reader`'s file, with its user metadata, to `dst`
-/// under `opts` (whose own `metadata` is replaced by the file's).
-pub fn transcode_to_file(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Result<()> {
+/// under `opts` (whose own `metadata` is replaced by the file's), reporting
+/// the tensor bytes written to `progress`.
+pub fn transcode_to_file(
+    reader: &Reader,
+    opts: &WriteOptions,
+    dst: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<()> {
     let header = reader.header();
     let mut opts = opts.clone();
     opts.metadata = user_metadata(header);
@@ -44,14 +53,19 @@ pub fn transcode_to_file(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Re
             opts.segment_size = layout.envelope.segment_size;
         }
     }
-    write_from(reader, &opts, dst)
+    write_from(reader, &opts, dst, progress)
 }
 
 /// Writes every tensor of `reader`'s file to `dst` under `opts` as they
 /// are (a transcode, a rekey). Every segment is authenticated before its
 /// bytes are used: the writer fills each segment through the reader, which
 /// decrypts and verifies it.
-pub(crate) fn write_from(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Result<()> {
+pub(crate) fn write_from(
+    reader: &Reader,
+    opts: &WriteOptions,
+    dst: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<()> {
     let header = reader.header();
     // An empty tensor's one empty segment is checked here, since the writer
     // has no byte of it to ask for.
@@ -67,5 +81,5 @@ pub(crate) fn write_from(reader: &Reader, opts: &WriteOptions, dst: &Path) -> Re
             move |offset: usize, buf: &mut [u8]| reader.read_range_into(name, offset, buf)
         })
         .collect();
-    writer::serialize_filled_to_file(header.tensors(), &fills, opts, dst)
+    writer::serialize_filled_to_file(header.tensors(), &fills, opts, dst, progress)
 }

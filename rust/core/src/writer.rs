@@ -28,6 +28,7 @@ use crate::header::{self, Entry, Metadata, TensorInfo};
 use crate::keys::KeyWrapper;
 use crate::keys::{self, b64e, Jwk};
 use crate::policy::Policy;
+use crate::progress::{Progress, Tracker};
 
 /// One tensor to write; `data` is its raw little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -411,8 +412,9 @@ impl Plan<'_> {
         )
     }
 
-    /// Writes header, data and trailer to `sink`.
-    fn write(&self, sink: &dyn Sink) -> Result<()> {
+    /// Writes header, data and trailer to `sink`, counting tensor bytes
+    /// written in `progress`.
+    fn write(&self, sink: &dyn Sink, progress: &Tracker) -> Result<()> {
         let head = self.header(None)?;
         let Some(p) = &self.protected else {
             sink.write_at(0, &head)?;
@@ -421,10 +423,10 @@ impl Plan<'_> {
                 t.pieces(self.piece, |b| {
                     sink.write_at(pos, b)?;
                     pos += b.len() as u64;
-                    Ok(())
+                    progress.wrote(b.len())
                 })?;
             }
-            return Ok(());
+            return progress.finish();
         };
         let base = head.len() as u64;
         // The trailer is in file order (FORMAT.md §3.3), as the plan is.
@@ -435,7 +437,10 @@ impl Plan<'_> {
             let table = &mut trailer[tpos..tpos + n];
             tpos += n;
             let at = base + info.data_offsets.0 as u64;
-            let emit = |off: usize, bytes: &[u8]| sink.write_at(at + off as u64, bytes);
+            let emit = |off: usize, bytes: &[u8]| {
+                sink.write_at(at + off as u64, bytes)?;
+                progress.wrote(bytes.len())
+            };
             match prot {
                 Protection::Digested => digest_segments(t, p.segment_size, table, emit)?,
                 Protection::Encrypted => {
@@ -453,6 +458,7 @@ impl Plan<'_> {
                 }
             }
         }
+        progress.finish()?;
         sink.write_at(base + self.data_len() as u64, &trailer)?;
         let sha = digest::digest(&digest::SHA256, &trailer);
         let head2 = self.header(Some(sha.as_ref()))?;
@@ -588,24 +594,25 @@ fn seal_segments(
 pub fn serialize(tensors: &[TensorData], opts: &WriteOptions) -> Result<Vec<u8>> {
     let plan = plan(tensors, opts)?;
     let sink = VecSink(std::sync::Mutex::new(vec![0u8; plan.total_len()?]));
-    plan.write(&sink)?;
+    plan.write(&sink, &Tracker::new(None))?;
     Ok(sink.0.into_inner().expect("not poisoned"))
 }
 
 /// Serializes to a file, atomically: readers see the old file or the new
 /// one, and a writer killed midway leaves no file behind ([`AtomicFile`]).
 pub fn serialize_to_file(tensors: &[TensorData], opts: &WriteOptions, path: &Path) -> Result<()> {
-    write_to_file(plan(tensors, opts)?, opts, path)
+    write_to_file(plan(tensors, opts)?, opts, path, None)
 }
 
 /// [`serialize_to_file`] for tensors whose bytes may be filled on demand
-/// ([`Plain::Fill`]).
+/// ([`Plain::Fill`]), reporting the bytes written to `progress`.
 pub(crate) fn serialize_inputs_to_file(
     tensors: Vec<Input>,
     opts: &WriteOptions,
     path: &Path,
+    progress: Option<&dyn Progress>,
 ) -> Result<()> {
-    write_to_file(plan_inputs(tensors, opts)?, opts, path)
+    write_to_file(plan_inputs(tensors, opts)?, opts, path, progress)
 }
 
 /// [`serialize_inputs_to_file`] for the tensors of a header read from
@@ -616,6 +623,7 @@ pub(crate) fn serialize_filled_to_file<F>(
     fills: &[F],
     opts: &WriteOptions,
     path: &Path,
+    progress: Option<&dyn Progress>,
 ) -> Result<()>
 where
     F: Fn(usize, &mut [u8]) -> Result<()> + Sync,
@@ -631,21 +639,33 @@ where
             plain: Plain::Fill(fill),
         })
         .collect();
-    serialize_inputs_to_file(inputs, opts, path)
+    serialize_inputs_to_file(inputs, opts, path, progress)
 }
 
-fn write_to_file(plan: Plan, opts: &WriteOptions, path: &Path) -> Result<()> {
+/// Writes `plan` to a temporary file renamed over `path` once complete: an
+/// error on the way (the progress hook's stop included) drops it unnamed.
+fn write_to_file(
+    plan: Plan,
+    opts: &WriteOptions,
+    path: &Path,
+    progress: Option<&dyn Progress>,
+) -> Result<()> {
+    let progress = Tracker::new(progress);
     let tmp = AtomicFile::create(path)?;
     if plan.protected.is_some() {
         tmp.file.set_len(plan.total_len()? as u64)?;
-        plan.write(&tmp.file)?;
+        plan.write(&tmp.file, &progress)?;
     } else {
         // Plain files stream sequentially, as safetensors does.
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &tmp.file);
         w.write_all(&plan.header(None)?)?;
         for (t, _) in &plan.tensors {
-            t.pieces(plan.piece, |b| Ok(w.write_all(b)?))?;
+            t.pieces(plan.piece, |b| {
+                w.write_all(b)?;
+                progress.wrote(b.len())
+            })?;
         }
+        progress.finish()?;
         w.flush()?;
     }
     tmp.commit(opts.fsync)

@@ -19,6 +19,7 @@ mod identity;
 mod inspect;
 mod keys;
 mod legacy;
+mod progress;
 mod threads;
 mod write;
 
@@ -37,6 +38,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write::rewrap, m)?)?;
     m.add_function(wrap_pyfunction!(write::rewrap_plan, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
+    m.add_function(wrap_pyfunction!(write::rekey_plan, m)?)?;
     m.add_function(wrap_pyfunction!(write::transcode, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(inspect::protection, m)?)?;

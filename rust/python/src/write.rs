@@ -12,7 +12,7 @@ use cryptotensors::Algorithm;
 use cryptotensors::Dtype;
 use cryptotensors::Error;
 use cryptotensors::PreadFile;
-use cryptotensors::{rekey_file, RekeyOptions};
+use cryptotensors::{decide_rekey, rekey_file, RekeyOptions, WrappedBy};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -22,6 +22,7 @@ use crate::guard::guard;
 use crate::handle::Handle;
 use crate::identity::{PyProviders, PyWrapper};
 use crate::keys::{KeyRing, Keys, SigningKey};
+use crate::progress::{with_progress, ProgressCallback};
 use crate::threads::Threads;
 
 /// Serializes `(name, dtype, shape, data)` records to bytes, or atomically
@@ -102,8 +103,10 @@ pub fn serialize<'py>(
 /// segment is authenticated as it is read and written on, no tensor is
 /// whole in memory, and every dtype is carried (see
 /// `cryptotensors::transcode_to_file`). `path` may be the file `handle` reads.
+/// `progress`: a callable given the tensor bytes written so far, as they
+/// are; an exception it raises stops the write (see `crate::progress`).
 #[pyfunction]
-#[pyo3(signature = (handle, path, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None))]
+#[pyo3(signature = (handle, path, *, recipients=None, encrypted=None, algorithm=None, segment_size=0, sign_with=None, policy=None, threads=Threads::default(), wrappers=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn transcode(
     py: Python<'_>,
@@ -117,6 +120,7 @@ pub fn transcode(
     policy: Option<String>,
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
+    progress: Option<ProgressCallback>,
 ) -> PyResult<()> {
     guard("transcode", || {
         let reader = handle.get()?;
@@ -130,8 +134,9 @@ pub fn transcode(
             policy,
             wrappers,
         )?;
-        py.allow_threads(|| threads.run(|| transcode_to_file(&reader, &opts, &path)))
-            .py_err()
+        with_progress(py, progress, |hook| {
+            threads.run(|| transcode_to_file(&reader, &opts, &path, hook))
+        })
     })
 }
 
@@ -231,16 +236,7 @@ pub fn rewrap_plan<'py>(
                 r.set_item("message", Error::from(refusal).to_string())?;
                 out.set_item("refusal", r)?;
             }
-            Ok(plan) => {
-                out.set_item("refusal", py.None())?;
-                out.set_item("encrypted", plan.encrypted)?;
-                out.set_item("signed", plan.signed)?;
-                out.set_item("kept", plan.kept)?;
-                out.set_item("added", plan.added)?;
-                out.set_item("removed", plan.removed)?;
-                out.set_item("signature", plan.signature.name())?;
-                out.set_item("policy", plan.policy.name())?;
-            }
+            Ok(plan) => set_plan(&out, plan)?,
         }
         Ok(out)
     })
@@ -249,9 +245,10 @@ pub fn rewrap_plan<'py>(
 /// Re-encrypts a file under a fresh data key (see `cryptotensors::rekey_file`);
 /// `recipients`: keys of the recipients that stay; `wrappers`: objects with
 /// `wrap(data_key) -> stanza` and a `kid` (an HSM, a key service) for
-/// recipients that stay; the other arguments as for `rewrap`.
+/// recipients that stay; `progress` as for `transcode`; the other arguments
+/// as for `rewrap`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), wrappers=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), wrappers=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
@@ -270,6 +267,7 @@ pub fn rekey(
     policy_input: Option<String>,
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
+    progress: Option<ProgressCallback>,
 ) -> PyResult<()> {
     guard("rekey", || {
         let opts = RekeyOptions {
@@ -292,9 +290,106 @@ pub fn rekey(
                 .map(PyWrapper::shared)
                 .collect(),
         };
-        py.allow_threads(|| threads.run(|| rekey_file(&src, &dst, &opts)))
-            .py_err()
+        with_progress(py, progress, |hook| {
+            threads.run(|| rekey_file(&src, &dst, &opts, hook))
+        })
     })
+}
+
+/// What `rekey` with these options would do to the file at `src`, decided
+/// from its header alone by the rules `rekey` applies (see
+/// `cryptotensors::decide_rekey`; the header is not verified): as
+/// `rewrap_plan`'s answer, plus `staying`, `[(kid, by)]` for each
+/// recipient that stays, `by` one of "recipient", "key" (an opening key)
+/// or "wrapper"; or `{refusal: {code, kid, kids, message}}` (`kids`: the
+/// recipients that stay without a key). The arguments are `rekey`'s (each
+/// wrapper is asked its `kid`, nothing else). Raises for a damaged header
+/// or bad options.
+#[pyfunction]
+#[pyo3(signature = (src, *, keys=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false, wrappers=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn rekey_plan<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    keys: Option<PyRef<'_, KeyRing>>,
+    recipients: Option<Keys>,
+    add: Option<Keys>,
+    remove: Vec<String>,
+    sign_with: Option<SigningKey>,
+    drop_signature: bool,
+    policy: Option<String>,
+    remove_policy: bool,
+    wrappers: Option<Vec<Py<PyAny>>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    guard("rekey_plan", || {
+        let opts = RekeyOptions {
+            rewrap: rewrap_options(
+                keys,
+                None,
+                add,
+                remove,
+                sign_with,
+                drop_signature,
+                None,
+                policy,
+                remove_policy,
+                None,
+            )?,
+            recipients: recipients.map(|Keys(k)| k).unwrap_or_default(),
+            wrappers: wrappers
+                .unwrap_or_default()
+                .into_iter()
+                .map(PyWrapper::shared)
+                .collect(),
+        };
+        let decided = py
+            .allow_threads(|| -> cryptotensors::Result<_> {
+                let source = PreadFile::new(std::fs::File::open(&src)?)?;
+                let (header, _) = read_header(&source)?;
+                decide_rekey(&header, &opts)
+            })
+            .py_err()?;
+        let out = PyDict::new(py);
+        match decided {
+            Err(refusal) => {
+                let r = PyDict::new(py);
+                r.set_item("code", refusal.code())?;
+                r.set_item("kid", refusal.kid())?;
+                r.set_item("kids", refusal.kids())?;
+                r.set_item("message", Error::from(refusal).to_string())?;
+                out.set_item("refusal", r)?;
+            }
+            Ok(plan) => {
+                set_plan(&out, plan.rewrap)?;
+                let staying: Vec<(String, &str)> = plan
+                    .staying
+                    .into_iter()
+                    .map(|s| {
+                        let by = match s.by {
+                            WrappedBy::Recipient(_) => "recipient",
+                            WrappedBy::OpeningKey(_) => "key",
+                            _ => "wrapper",
+                        };
+                        (s.kid, by)
+                    })
+                    .collect();
+                out.set_item("staying", staying)?;
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A plan's answer for Python (`rewrap_plan`, `rekey_plan`).
+fn set_plan(out: &Bound<'_, PyDict>, plan: rewrap_core::RewrapPlan) -> PyResult<()> {
+    out.set_item("refusal", out.py().None())?;
+    out.set_item("encrypted", plan.encrypted)?;
+    out.set_item("signed", plan.signed)?;
+    out.set_item("kept", plan.kept)?;
+    out.set_item("added", plan.added)?;
+    out.set_item("removed", plan.removed)?;
+    out.set_item("signature", plan.signature.name())?;
+    out.set_item("policy", plan.policy.name())
 }
 
 #[allow(clippy::too_many_arguments)]
