@@ -46,6 +46,15 @@ pub fn is_legacy(header: &Header) -> bool {
         .is_some_and(|m| m.contains_key(ENCRYPTION_KEY) || m.contains_key(CRYPTO_KEYS_KEY))
 }
 
+/// The tensors a 0.2.3 header lists as encrypted (the members of its
+/// `__encryption__` map), read without a key, for inspection only; `None`
+/// when that map is missing or is not the old format's.
+pub(crate) fn encrypted_names(header: &Header) -> Option<Vec<String>> {
+    let text = header.metadata_value(ENCRYPTION_KEY)?;
+    let entries: BTreeMap<String, RawEntry> = parse_strict(ENCRYPTION_KEY, text).ok()?;
+    Some(entries.into_keys().collect())
+}
+
 /// The AEAD a legacy file names, for its master key and its data keys alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LegacyAlgorithm {
