@@ -275,9 +275,10 @@ impl Inspection {
         self.damage.as_ref()
     }
 
-    /// The damage, to raise its error.
-    pub fn into_damage(self) -> Option<Damage> {
-        self.damage
+    /// Moves the damage out (to raise its error), leaving the rest of the
+    /// inspection as it was.
+    pub fn take_damage(&mut self) -> Option<Damage> {
+        self.damage.take()
     }
 
     /// Tensors in file order; empty when the header itself is damaged.
