@@ -43,13 +43,19 @@ def _facts(h: Inspection) -> List[Tuple[str, str]]:
     if h.damage:
         facts.append(("damaged", f"{h.damage}; {_looks(h)}"))
     facts.append(("tensors", f"{len(tensors)}, {sum(t['encrypted'] for t in tensors)} encrypted"))
-    facts.append(("algorithm", h.get("algorithm") or "none (not encrypted)"))
+    # Unknown, not "none", where the file is encrypted but its envelope is
+    # not one this build reads.
+    unknown = "unknown (a cryptotensors 0.2.3 file)" if h.legacy else "unknown (its envelope is not understood)"
+    facts.append(("algorithm", h.get("algorithm") or (unknown if h.protection == "encrypted" else "none (not encrypted)")))
     if h.get("segment_size"):
         facts.append(("segment size", f"{_human(h['segment_size'])} ({h['segment_size']} bytes)"))
     for r in h.get("recipients") or ():
         facts.append(("recipient", f"{r['kid']} ({r['alg']})"))
     signer = h.get("signer")
-    facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)" if signer else "none (not signed)"))
+    if signer:
+        facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)"))
+    else:
+        facts.append(("signer", unknown if h.legacy or (h.damage and h.protection != "plain") else "none (not signed)"))
     for k, v in sorted((h.get("metadata") or {}).items()):
         facts.append(("metadata", f"{k}={v}"))
     facts.append(("policy", "Rego, checked on every load:" if h.get("policy") else "none"))

@@ -244,9 +244,14 @@ impl Inspection {
         let signer = metadata
             .get(SIGNATURE_KEY)
             .and_then(|jws| sign::signer_hint(jws));
+        // A 0.2.3 file's own members (wrapped keys, its signature) are not
+        // user metadata either; its migration drops them.
         let metadata = metadata
             .into_iter()
-            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .filter(|(k, _)| {
+                let old_format = legacy && legacy::RESERVED_KEYS.contains(&k.as_str());
+                !(k.starts_with(RESERVED_PREFIX) || old_format)
+            })
             .collect();
         Inspection {
             protection,
@@ -500,6 +505,12 @@ mod tests {
         assert_eq!(i.protection(), FileProtection::Encrypted);
         assert!(i.is_legacy() && i.damage().is_none());
         assert_eq!(flags(&i), [("a", true), ("b", false)]);
+        let user: Metadata = [("k".to_owned(), "v".to_owned())].into();
+        assert_eq!(
+            i.metadata(),
+            &user,
+            "the old format's members are not user metadata"
+        );
         // The list of encrypted tensors unreadable: every tensor may be.
         let i = inspect(&raw(&legacy_json("not json"), &[0; 8]));
         assert_eq!(flags(&i), [("a", true), ("b", true)]);

@@ -256,7 +256,10 @@ impl Inspection {
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(PyList::new(py, self.keys_present())?.as_any().try_iter()?.into_any())
+        Ok(PyList::new(py, self.keys_present())?
+            .as_any()
+            .try_iter()?
+            .into_any())
     }
 
     fn __len__(&self) -> usize {
@@ -272,7 +275,13 @@ impl Inspection {
         } else {
             return Ok(py.NotImplemented());
         };
-        Ok(self.dict(py)?.eq(theirs)?.into_pyobject(py)?.into_bound().into_any().unbind())
+        Ok(self
+            .dict(py)?
+            .eq(theirs)?
+            .into_pyobject(py)?
+            .into_bound()
+            .into_any()
+            .unbind())
     }
 
     /// Counts and public names only.
