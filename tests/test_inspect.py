@@ -248,6 +248,8 @@ def test_cli_inspect_of_a_damaged_file(files, tmp_path):
     r = _cli("inspect", model)
     assert r.returncode == cli.EXIT_INTEGRITY
     assert "protection  plain" in r.stdout and "looks encrypted" in r.stdout
+    assert "tensors     unknown (the header is not understood)" in r.stdout
+    assert "policy      unknown (its envelope is not understood)" in r.stdout
     r = _cli("inspect", model, "--json")
     assert {k: v["protection"] for k, v in json.loads(r.stdout)["files"].items()} == {
         "a.safetensors": "plain", "b.safetensors": "encrypted"}

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .._core import Inspection
 from ._args import Command
@@ -36,36 +36,46 @@ def _looks(h: Inspection) -> str:
     return f"looks {h.protection}" + (", by cryptotensors 0.2.3" if h.legacy else "")
 
 
+def _unknown(h: Inspection) -> Optional[str]:
+    """What stands for a fact of the envelope where the file is protected
+    but its envelope is not one this build reads: unknown, not "none"."""
+    if h.legacy:
+        return "unknown (a cryptotensors 0.2.3 file)"
+    if h.protection != "plain" and "format_version" not in h:
+        return "unknown (its envelope is not understood)"
+    return None
+
+
 def _facts(h: Inspection) -> List[Tuple[str, str]]:
     """The file-level facts of an inspect() result, as (label, text)."""
     tensors = h["tensors"]
+    unknown = _unknown(h)
     facts = [("protection", _protection(h))]
     if h.damage:
         facts.append(("damaged", f"{h.damage}; {_looks(h)}"))
-    facts.append(("tensors", f"{len(tensors)}, {sum(t['encrypted'] for t in tensors)} encrypted"))
-    # Unknown, not "none", where the file is encrypted but its envelope is
-    # not one this build reads.
-    unknown = "unknown (a cryptotensors 0.2.3 file)" if h.legacy else "unknown (its envelope is not understood)"
-    facts.append(("algorithm", h.get("algorithm") or (unknown if h.protection == "encrypted" else "none (not encrypted)")))
+    if tensors or not h.damage:
+        facts.append(("tensors", f"{len(tensors)}, {sum(t['encrypted'] for t in tensors)} encrypted"))
+    else:
+        facts.append(("tensors", "unknown (the header is not understood)"))
+    facts.append(("algorithm", h.get("algorithm") or unknown or "none (not encrypted)"))
     if h.get("segment_size"):
         facts.append(("segment size", f"{_human(h['segment_size'])} ({h['segment_size']} bytes)"))
     for r in h.get("recipients") or ():
         facts.append(("recipient", f"{r['kid']} ({r['alg']})"))
     signer = h.get("signer")
-    if signer:
-        facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)"))
-    else:
-        facts.append(("signer", unknown if h.legacy or (h.damage and h.protection != "plain") else "none (not signed)"))
+    facts.append(("signer", f"{signer} (not verified: use `{PROG} verify`)" if signer else unknown or "none (not signed)"))
     for k, v in sorted((h.get("metadata") or {}).items()):
         facts.append(("metadata", f"{k}={v}"))
-    facts.append(("policy", "Rego, checked on every load:" if h.get("policy") else "none"))
+    facts.append(("policy", "Rego, checked on every load:" if h.get("policy") else unknown or "none"))
     return facts
 
 
 def _render(job: _Job) -> str:
     h = job.header
     rows = [(_shown(t["name"]), _shown(t["dtype"]), _shape(t["shape"]), "yes" if t["encrypted"] else "no") for t in h["tensors"]]
-    lines = [_shown(job.display), *_table(("tensor", "dtype", "shape", "encrypted"), rows)]
+    lines = [_shown(job.display)]
+    if rows or not h.damage:
+        lines += _table(("tensor", "dtype", "shape", "encrypted"), rows)
     facts = [(label, _shown(text)) for label, text in _facts(h)]
     width = max(len(label) for label, _ in facts)
     lines += [f"  {label.ljust(width)}  {text}" for label, text in facts]
