@@ -136,6 +136,14 @@ _CHILD = textwrap.dedent(
         "Handle.from_bytes": lambda: ((enc,), {"keys": ring, "threads": 1}),
         "KeyRing.join": lambda: (([ring, ring],), {}),
         "KeyRing.kids": lambda: ((), {}),
+        "Inspection.check": lambda: ((), {}),
+        "Inspection.to_dict": lambda: ((), {}),
+        "Inspection.keys": lambda: ((), {}),
+        "Inspection.values": lambda: ((), {}),
+        "Inspection.items": lambda: ((), {}),
+        "Inspection.get": lambda: (("tensors",), {}),
+        "Inspection.__getitem__": lambda: (("tensors",), {}),
+        "Inspection.__contains__": lambda: (("tensors",), {}),
         "Handle.share": lambda: ((), {}),
         "Handle.close": lambda: ((), {}),
         "Handle.offset_keys": lambda: ((), {}),
@@ -190,6 +198,19 @@ _CHILD = textwrap.dedent(
                 for m in ("join", "kids"):
                     attr = getattr(obj, m) if m == "join" else (lambda *a, **k: ring.kids(*a, **k))
                     sweep(f"KeyRing.{m}", attr, BASELINE.get(f"KeyRing.{m}"), False)
+                continue
+            if name == "Inspection":  # made by inspect(), holds no file: no closed state
+                insp = _core.inspect("enc.safetensors")
+
+                def item(*a, **k):
+                    try:
+                        return insp.__getitem__(*a, **k)
+                    except KeyError:  # a mapping's answer for a key it lacks
+                        return None
+
+                for m in ("check", "to_dict", "keys", "values", "items", "get", "__getitem__", "__contains__"):
+                    fn = item if m == "__getitem__" else (lambda *a, _m=m, **k: getattr(insp, _m)(*a, **k))
+                    sweep(f"Inspection.{m}", fn, BASELINE.get(f"Inspection.{m}"), False)
                 continue
             for m in sorted(dir(obj)):
                 if m.startswith("__"):

@@ -30,7 +30,9 @@
 //! opened with `Reader::open` and every tensor read with `read_into`; with
 //! the open cache selected (bit 7), it is first opened once by a loader
 //! holding the private keys, so the second open runs on a warm cache.
-//! Never panic; and for the protected fixtures, if the file opens and every
+//! Never panic; inspection of every mutated file never panics either, and
+//! agrees with the reader (undamaged, same protection) on every file that
+//! opens; and for the protected fixtures, if the file opens and every
 //! read succeeds, the header (tensors, metadata) and every tensor's bytes
 //! must equal the original's: no garbage is ever returned. The one
 //! accepted difference is a stripped signature on an encrypted file read
@@ -42,6 +44,7 @@ use std::sync::OnceLock;
 
 use cryptotensors::envelope::SIGNATURE_KEY;
 use cryptotensors::header::PREFIX_LEN;
+use cryptotensors::inspect::{FileProtection, Inspection};
 use cryptotensors::keys::Jwk;
 use cryptotensors::reader::LoadOptions;
 use fuzz_common::{
@@ -377,7 +380,25 @@ fuzz_target!(|data: &[u8]| {
         };
         let _ = open_and_read(file.clone(), &warm);
     }
+    // Inspection never panics on any of these files, and agrees with the
+    // reader on every file that opens: not damaged, and the protection the
+    // reader found.
+    let inspection = Inspection::read(&file);
     let result = open_and_read(file, &opts);
+    if let Ok((reader, _)) = &result {
+        let i = inspection.expect("a file that opens can be inspected");
+        assert!(
+            i.damage().is_none(),
+            "a file that opens is damaged: {:?}",
+            i.damage()
+        );
+        let want = match reader.layout() {
+            Some(l) if l.encryption.is_some() => FileProtection::Encrypted,
+            Some(_) => FileProtection::Signed,
+            None => FileProtection::Plain,
+        };
+        assert_eq!(i.protection(), want, "inspection of a {:?} file", fx.kind);
+    }
     if fx.kind == Kind::Plain {
         return;
     }

@@ -2,7 +2,8 @@
 //!
 //! The input is used twice: as a whole file (prefix, header, data; opened
 //! with `Reader::open` and every tensor read when the layout allows), and
-//! as bare header JSON. Nothing may panic; every header that parses must
+//! as bare header JSON; and inspected, which fails only on the length
+//! prefix (too short, or over the cap). Nothing may panic; every header that parses must
 //! satisfy the layout invariants and survive re-encoding unchanged.
 #![no_main]
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use cryptotensors::envelope::{self, Layout};
 use cryptotensors::header::{self, Header, PREFIX_LEN};
+use cryptotensors::inspect::Inspection;
 use cryptotensors::reader::{LoadOptions, Reader};
 use fuzz_common::check_header;
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +25,11 @@ fn parsed(h: &Header) {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Inspected: it fails only where the length prefix does, else it
+    // describes whatever it read (damaged or not).
+    let inspected = Inspection::read(&data.to_vec());
+    let prefix_ok = data.len() >= PREFIX_LEN && header::read_prefix(data, u64::MAX).is_ok();
+    assert_eq!(inspected.is_ok(), prefix_ok, "{:?}", inspected.err());
     // As a file.
     if let Ok(n) = header::read_prefix(data, data.len() as u64) {
         assert!(PREFIX_LEN + n <= data.len());

@@ -40,11 +40,26 @@ def generate_key(kind: str = "oct") -> dict:
     return _json.loads(_core.generate_key(kind))
 
 
-def inspect(filename) -> dict:
-    """Describes a file from its header alone, with no key: each tensor's
-    dtype, shape and whether it is encrypted; the user metadata; the
-    algorithm, segment size, recipients and the signer the file names (not
-    verified: use safe_open with trusted_signers for that)."""
+def inspect(filename) -> "_core.Inspection":
+    """Describes a file from its header alone, with no key. Nothing is
+    verified or decrypted: it is what the file says about itself (use
+    safe_open with keys= or trusted_signers= to check it).
+
+    The result is a read-only mapping (the keys `protection`, `damage`,
+    `tensors`, `metadata`, `signer`; for a file with an envelope also
+    `format_version`, `segment_size`, `policy`; for an encrypted one also
+    `algorithm` and `recipients`) with the same values as attributes, and
+    `legacy` (a cryptotensors 0.2.3 file). `protection` is "plain",
+    "signed" or "encrypted", decided fail closed: a damaged or unknown
+    envelope still counts as protected, a 0.2.3 file as encrypted.
+
+    A damaged file does not raise: `damage` says why its header, envelope
+    or data length was not understood (None for a file that was), the rest
+    says what could still be learnt, and `check()` raises the error behind
+    it. Raises only for a file that cannot be read, or that is not a
+    safetensors file at all (shorter than its 8-byte length prefix, or
+    declaring a header over the 100 MB cap). `to_dict()` is a plain,
+    JSON-serializable dict."""
     import os
 
     return _core.inspect(os.fspath(filename))

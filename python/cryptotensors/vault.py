@@ -46,7 +46,7 @@ import os
 import re
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ._core import SafetensorError
 from ._keys import KeyConfigError
@@ -598,6 +598,15 @@ def default_provider() -> Optional[VaultProvider]:
         return _default[os.getpid()]
 
 
+def _understood(path: str) -> Any:
+    """inspect() of a file a rewrap rewrites: a damaged one fails, with the error reading it raises."""
+    from . import _core
+
+    header = _core.inspect(path)
+    header.check()
+    return header
+
+
 def rewrap_latest(
     filename,
     *,
@@ -631,7 +640,7 @@ def rewrap_latest(
         total = 0
         for root, _dirs, names in os.walk(src):
             for n in sorted(names):
-                if n.endswith(".safetensors") and _core.inspect(os.path.join(root, n)).get("recipients"):
+                if n.endswith(".safetensors") and _understood(os.path.join(root, n)).get("recipients"):
                     total += rewrap_latest(
                         os.path.join(root, n), provider=provider, keys=keys, trusted_signers=trusted_signers,
                         sign_with=sign_with, drop_signature=drop_signature, policy_input=policy_input,
@@ -639,7 +648,7 @@ def rewrap_latest(
                     )
         return total
     dst = os.fspath(output) if output is not None else src
-    stanzas = list(_core.inspect(src).get("recipients") or [])
+    stanzas = list(_understood(src).get("recipients") or [])
     pairs = provider.rewrapped(stanzas)
     if not pairs and not (add or remove or policy is not None or remove_policy or sign_with or drop_signature):
         # Already at the latest versions: nothing to re-MAC (the file may

@@ -31,7 +31,7 @@ which kind of failure it was:
     2  usage: bad arguments, or the output exists (use --force)
     3  file not found
     4  key missing or wrong: no key given opens the file, or a key file is unusable
-    5  integrity: the file was modified, or the key does not match
+    5  integrity: the file was modified or is damaged, or the key does not match
     6  signature missing, invalid or untrusted
     7  access policy denied
     8  disk full or another operating-system error

@@ -39,7 +39,7 @@ EXIT_CODES = {
     EXIT_USAGE: "usage: bad arguments, or the output exists (use --force)",
     EXIT_NOT_FOUND: "file not found",
     EXIT_KEY: "key missing or wrong: no key given opens the file, or a key file is unusable",
-    EXIT_INTEGRITY: "integrity: the file was modified, or the key does not match",
+    EXIT_INTEGRITY: "integrity: the file was modified or is damaged, or the key does not match",
     EXIT_SIGNATURE: "signature missing, invalid or untrusted",
     EXIT_POLICY: "access policy denied",
     EXIT_OS: "disk full or another operating-system error",

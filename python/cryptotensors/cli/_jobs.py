@@ -15,6 +15,7 @@ from .. import (
     safe_open,
 )
 from .. import inspect as inspect_file
+from .._core import Inspection
 from .._serialize import save_options
 from ._errors import EXIT_KEY, EXIT_NOT_FOUND, EXIT_UNSAFE_PATH, CliError, _about, _cli_error
 from ._progress import _Progress
@@ -26,7 +27,7 @@ class _Job:
 
     path: Path
     rel: str  # path relative to the input directory (the file name for a file input)
-    header: Optional[dict]  # cryptotensors.inspect() of a safetensors file, else None
+    header: Optional[Inspection]  # cryptotensors.inspect() of a safetensors file, else None
     size: int  # bytes of tensor data, or of the file to copy
 
     @property
@@ -34,10 +35,12 @@ class _Job:
         return str(self.path)
 
 
-def _job(path: Path, rel: str) -> _Job:
+def _job(path: Path, rel: str, damaged: bool = False) -> _Job:
     with _about(str(path)):
         if not rel or Path(rel).suffix == ".safetensors":
             header = inspect_file(path)
+            if not damaged:
+                header.check()  # a damaged file fails here, with the error reading it raises
             return _Job(path, rel or path.name, header, sum(t["nbytes"] for t in header["tensors"]))
         return _Job(path, rel, None, path.stat().st_size)
 
@@ -88,13 +91,15 @@ def _walk(root: Path, follow_links: bool) -> Iterator[Tuple[Path, str]]:
             yield real, rel
 
 
-def _collect(src: Path, follow_links: bool = True) -> List[_Job]:
-    """The jobs for a file or a model directory (header-only: fast, no key)."""
+def _collect(src: Path, follow_links: bool = True, damaged: bool = False) -> List[_Job]:
+    """The jobs for a file or a model directory (header-only: fast, no key).
+    A damaged safetensors file fails, unless `damaged` keeps its job (its
+    header says what could be learnt and why the rest could not)."""
     if not src.exists():
         raise CliError(EXIT_NOT_FOUND, f"{src}: No such file or directory")
     if not src.is_dir() and not src.is_file():
         raise _refused(src, "not a regular file")
-    jobs = [_job(p, rel) for p, rel in _walk(src, follow_links)] if src.is_dir() else [_job(src, "")]
+    jobs = [_job(p, rel, damaged) for p, rel in _walk(src, follow_links)] if src.is_dir() else [_job(src, "", damaged)]
     if not any(j.header is not None for j in jobs):
         raise CliError(EXIT_NOT_FOUND, f"{src}: no .safetensors file in it")
     return jobs

@@ -32,7 +32,7 @@ def _legacy_keys(sources: Sequence[str]) -> List[dict]:
 
 
 def _is_legacy(job: _Job) -> bool:
-    return any(k in (job.header.get("metadata") or {}) for k in ("__encryption__", "__crypto_keys__"))
+    return job.header.legacy
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -130,14 +130,7 @@ pub struct Header {
 /// Reads the length prefix and checks it against the file length.
 /// Returns the JSON length `N`.
 pub fn read_prefix(prefix: &[u8], file_len: u64) -> Result<usize> {
-    let Some(bytes) = prefix.get(..PREFIX_LEN) else {
-        return Err(Error::HeaderTooSmall);
-    };
-    let n = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-    let n = usize::try_from(n).map_err(|_| Error::HeaderTooLarge)?;
-    if n > MAX_HEADER_SIZE {
-        return Err(Error::HeaderTooLarge);
-    }
+    let n = declared_len(prefix)?;
     let end = (n as u64)
         .checked_add(PREFIX_LEN as u64)
         .ok_or(Error::InvalidHeaderLength)?;
@@ -147,14 +140,55 @@ pub fn read_prefix(prefix: &[u8], file_len: u64) -> Result<usize> {
     Ok(n)
 }
 
+/// The header length `N` the prefix declares, under the cap, before it
+/// is checked against the file (which [`read_prefix`] does too).
+pub(crate) fn declared_len(prefix: &[u8]) -> Result<usize> {
+    let Some(bytes) = prefix.get(..PREFIX_LEN) else {
+        return Err(Error::HeaderTooSmall);
+    };
+    let n = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+    let n = usize::try_from(n).map_err(|_| Error::HeaderTooLarge)?;
+    if n > MAX_HEADER_SIZE {
+        return Err(Error::HeaderTooLarge);
+    }
+    Ok(n)
+}
+
+/// A header's JSON read as the format's object of tensor entries and
+/// `__metadata__`, before its offsets are validated: what an inspection
+/// of a header with bad offsets can still learn (its metadata).
+pub(crate) struct Unvalidated<'a> {
+    text: &'a str,
+    raw: RawHeader,
+}
+
+impl Unvalidated<'_> {
+    /// The `__metadata__` map, if the JSON has one.
+    pub(crate) fn metadata(&self) -> Option<&Metadata> {
+        self.raw.metadata.as_ref()
+    }
+}
+
 impl Header {
     /// Parses the JSON part of a header and checks that the tensors tile a
     /// buffer with no hole or overlap. The caller checks the buffer length
     /// against [`Header::data_len`].
     pub fn parse(json: &[u8]) -> Result<Header> {
+        Header::validate(Header::parse_json(json)?)
+    }
+
+    /// The first half of [`Header::parse`]: UTF-8, then the JSON object.
+    pub(crate) fn parse_json(json: &[u8]) -> Result<Unvalidated<'_>> {
         let text = std::str::from_utf8(json).map_err(|_| Error::InvalidHeader)?;
         let raw: RawHeader = serde_json::from_str(text)
             .map_err(|e| Error::InvalidHeaderDeserialization(e.to_string()))?;
+        Ok(Unvalidated { text, raw })
+    }
+
+    /// The second half of [`Header::parse`]: offsets, sizes, and repeated
+    /// members of a protected header.
+    pub(crate) fn validate(parsed: Unvalidated<'_>) -> Result<Header> {
+        let Unvalidated { text, raw } = parsed;
         let mut h = Header::from_parts(raw.metadata, raw.tensors.into_iter().collect())?;
         // The parse above notes repeated top-level and metadata keys (which
         // safetensors resolves last-one-wins) and refuses repeated fields of

@@ -31,6 +31,9 @@ pub(crate) const CRYPTO_KEYS_KEY: &str = "__crypto_keys__";
 pub const SIGNATURE_KEY: &str = "__signature__";
 /// Metadata key of the Rego access policy (not carried over).
 pub(crate) const POLICY_KEY: &str = "__policy__";
+/// The metadata keys of the old format, which are not user metadata.
+pub(crate) const RESERVED_KEYS: [&str; 4] =
+    [ENCRYPTION_KEY, CRYPTO_KEYS_KEY, SIGNATURE_KEY, POLICY_KEY];
 /// The chunk size of version 2 when `chunk_size` is absent.
 pub(crate) const DEFAULT_CHUNK_SIZE: usize = 2 * 1024 * 1024;
 const NONCE_LEN: usize = 12;
@@ -44,6 +47,15 @@ pub fn is_legacy(header: &Header) -> bool {
     header
         .metadata()
         .is_some_and(|m| m.contains_key(ENCRYPTION_KEY) || m.contains_key(CRYPTO_KEYS_KEY))
+}
+
+/// The tensors a 0.2.3 header lists as encrypted (the members of its
+/// `__encryption__` map), read without a key, for inspection only; `None`
+/// when that map is missing or is not the old format's.
+pub(crate) fn encrypted_names(header: &Header) -> Option<Vec<String>> {
+    let text = header.metadata_value(ENCRYPTION_KEY)?;
+    let entries: BTreeMap<String, RawEntry> = parse_strict(ENCRYPTION_KEY, text).ok()?;
+    Some(entries.into_keys().collect())
 }
 
 /// The AEAD a legacy file names, for its master key and its data keys alike.
@@ -658,9 +670,7 @@ impl LegacyReader {
             .metadata()
             .into_iter()
             .flatten()
-            .filter(|(k, _)| {
-                ![ENCRYPTION_KEY, CRYPTO_KEYS_KEY, SIGNATURE_KEY, POLICY_KEY].contains(&k.as_str())
-            })
+            .filter(|(k, _)| !RESERVED_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }

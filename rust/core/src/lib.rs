@@ -6,6 +6,7 @@
 //! layout), [`envelope`] (the crypto metadata and trailer), [`keys`] (JWKs,
 //! recipients, and the `Identity` and `KeyWrapper` traits of who opens a file
 //! and whom it is sealed for), [`sign`] (JWS), [`reader`] and [`writer`],
+//! [`inspect`] (what a header says, with no key, even when it is damaged),
 //! [`rewrap`] for key rotation, and [`slice`](mod@slice) for partial reads; [`legacy`]
 //! reads files of cryptotensors 0.2.3 to migrate them. Re-encryption under a
 //! new data key ([`rekey_file`]) and transcoding ([`transcode_to_file`]) are
@@ -26,6 +27,7 @@ mod dtype;
 pub mod envelope;
 mod error;
 pub mod header;
+pub mod inspect;
 pub mod keys;
 pub mod legacy;
 mod platform;

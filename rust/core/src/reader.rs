@@ -148,16 +148,29 @@ pub fn read_header(source: &dyn Source) -> Result<(Header, u64)> {
 }
 
 fn read_header_bytes(source: &dyn Source) -> Result<(Vec<u8>, u64)> {
+    let (json, declared) = read_header_present(source)?;
+    if json.len() != declared {
+        return Err(Error::InvalidHeaderLength);
+    }
+    Ok((json, (PREFIX_LEN + declared) as u64))
+}
+
+/// The header bytes a source holds, at most the declared length `N` (under
+/// the cap, so nothing a file says is allocated beyond it, nor beyond the
+/// file), and `N`: fewer bytes than `N` is a truncated file, which only an
+/// inspection reads on.
+pub(crate) fn read_header_present(source: &dyn Source) -> Result<(Vec<u8>, usize)> {
     let len = source.len();
     let mut prefix = [0u8; PREFIX_LEN];
     if len < PREFIX_LEN as u64 {
         return Err(Error::HeaderTooSmall);
     }
     source.read_at(0, &mut prefix)?;
-    let n = header::read_prefix(&prefix, len)?;
-    let mut json = vec![0u8; n];
+    let declared = header::declared_len(&prefix)?;
+    let present = usize::try_from(len - PREFIX_LEN as u64).unwrap_or(usize::MAX);
+    let mut json = vec![0u8; declared.min(present)];
     source.read_at(PREFIX_LEN as u64, &mut json)?;
-    Ok((json, (PREFIX_LEN + n) as u64))
+    Ok((json, declared))
 }
 
 impl Reader {

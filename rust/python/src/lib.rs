@@ -40,8 +40,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write::rekey, m)?)?;
     m.add_function(wrap_pyfunction!(write::rekey_plan, m)?)?;
     m.add_function(wrap_pyfunction!(write::transcode, m)?)?;
-    m.add_function(wrap_pyfunction!(inspect::inspect, m)?)?;
-    m.add_function(wrap_pyfunction!(inspect::protection, m)?)?;
+    inspect::register(m)?;
     m.add_function(wrap_pyfunction!(legacy::read_legacy, m)?)?;
     m.add_function(wrap_pyfunction!(legacy::migrate, m)?)?;
     m.add_function(wrap_pyfunction!(keys::generate_key, m)?)?;
