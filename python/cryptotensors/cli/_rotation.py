@@ -84,7 +84,8 @@ def _rotation_args(p: argparse.ArgumentParser, verb: str) -> None:
     _key_args(p, "a key that opens the files now (repeatable; CRYPTOTENSORS_KEYS is also used)")
     _claims_arg(p)
     p.add_argument("--add-recipient", action="append", metavar="R.jwk",
-                   help="give this key access: a public X25519 JWK or an oct JWK (repeatable)")
+                   help="give this key access: a public X25519 JWK, an oct JWK, pkcs11:LABEL (a key on the "
+                        "token CRYPTOTENSORS_PKCS11_* configures) or vault:[MOUNT/]KEY (a Transit key; repeatable)")
     p.add_argument("--remove-recipient", action="append", metavar="KID",
                    help="the new files are not wrapped for the recipient with this kid (see `inspect`; repeatable)")
     sign = p.add_mutually_exclusive_group()
