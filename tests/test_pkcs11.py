@@ -486,7 +486,7 @@ def test_command_line_adds_a_token_key_as_a_recipient(hsm, tmp_path, verb):
     before = enc.read_bytes()
     run, base, token = cli_environments(hsm, tmp_path)
     r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], base)
-    assert r.returncode == 4 and "CRYPTOTENSORS_PKCS11_MODULE" in r.stderr, r.stderr
+    assert r.returncode == 4 and f"--add-recipient pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE" in r.stderr, r.stderr
     assert enc.read_bytes() == before
     r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], token)
     assert r.returncode == 0, r.stderr

@@ -40,7 +40,7 @@ def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan:
 
 def _rotation_changes(args: argparse.Namespace) -> dict:
     return {
-        "add": _recipients(args.add_recipient or ()) or None,
+        "add": _recipients(args.add_recipient or (), "--add-recipient") or None,
         "remove": args.remove_recipient or [],
         "sign_with": _signing_key(args.sign_key) if args.sign_key else None,
         "drop_signature": args.drop_signature,
