@@ -488,6 +488,10 @@ def test_command_line_adds_a_token_key_as_a_recipient(hsm, tmp_path, verb):
     r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], base)
     assert r.returncode == 4 and f"--add-recipient pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE" in r.stderr, r.stderr
     assert enc.read_bytes() == before
+    r = run([verb, enc, "-k", key_file, "--add-recipient", "pkcs11:no-such-label", "-q"], token)
+    # the token's own failure, as the CLI words any library error: one line, exit code 1
+    assert r.returncode == 1 and "no-such-label" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert enc.read_bytes() == before
     r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], token)
     assert r.returncode == 0, r.stderr
     assert [x["kid"] for x in ct.inspect(str(enc))["recipients"]] == [key["kid"], label]
