@@ -87,6 +87,15 @@ _CHILD = textwrap.dedent(
     empty = _core.KeyRing.join([])
     SECRETS = (key["k"], sk["d"])
     new_ring = lambda: _core.KeyRing(json.dumps([ct.generate_key("oct")]))  # noqa: E731
+
+    class Wrapper:  # a key service's key wrapper: a stanza of its kid for any data key
+        kid = "service-kek"
+
+        def wrap(self, data_key):
+            return {"kid": self.kid, "alg": "vault-transit", "ciphertext": "vault:v1:QUJD"}
+
+    class Unnamed(Wrapper):
+        kid = None
     from pathlib import Path
 
     LEGACY = Path(os.environ["CRYPTOTENSORS_TEST_LEGACY"])  # the test tree's, whatever copy is installed
@@ -116,11 +125,14 @@ _CHILD = textwrap.dedent(
     BASELINE = {
         "serialize": lambda: ((rec(np.zeros(24, np.uint8)), {"m": "1"}, None),
                               {"recipients": ring, "segment_size": 4096, "sign_with": signer, "threads": 1}),
-        "rewrap": lambda: (("enc.safetensors", "out.safetensors"), {"keys": ring, "add": new_ring(), "sign_with": signer}),
+        "rewrap": lambda: (("enc.safetensors", "out.safetensors"),
+                           {"keys": ring, "add": new_ring(), "add_wrappers": [Wrapper()], "sign_with": signer}),
         "rekey": lambda: (("enc.safetensors", "out.safetensors"),
-                          {"keys": ring, "recipients": ring, "add": new_ring(), "sign_with": signer, "threads": 1}),
-        "rewrap_plan": lambda: (("enc.safetensors",), {"add": new_ring(), "sign_with": signer}),
-        "rekey_plan": lambda: (("enc.safetensors",), {"keys": ring, "recipients": ring, "add": new_ring(), "sign_with": signer}),
+                          {"keys": ring, "recipients": ring, "add": new_ring(), "add_wrappers": [Wrapper()],
+                           "sign_with": signer, "threads": 1}),
+        "rewrap_plan": lambda: (("enc.safetensors",), {"add": new_ring(), "add_wrappers": [Wrapper()], "sign_with": signer}),
+        "rekey_plan": lambda: (("enc.safetensors",), {"keys": ring, "recipients": ring, "add": new_ring(),
+                                                      "add_wrappers": [Wrapper()], "sign_with": signer}),
         "transcode": lambda: ((handle(), "transcoded.safetensors"),
                               {"recipients": ring, "sign_with": signer, "threads": 1, "progress": abs}),
         "inspect": lambda: (("enc.safetensors",), {}),
@@ -281,6 +293,10 @@ _CHILD = textwrap.dedent(
         ("rewrap(sign_with=two keys)", _core.InvalidKeyError, _core.rewrap, ("enc.safetensors", "o.safetensors"),
          {"keys": ring, "sign_with": two_signers}),
         ("rewrap_plan(add=JSON text)", TypeError, _core.rewrap_plan, ("enc.safetensors",), {"add": keys}),
+        ("rewrap(add_wrappers=a wrapper of no kid)", _core.InvalidArgumentError, _core.rewrap,
+         ("enc.safetensors", "o.safetensors"), {"keys": ring, "add_wrappers": [Unnamed()]}),
+        ("rekey(add_wrappers=a wrapper of no kid)", _core.InvalidArgumentError, _core.rekey,
+         ("enc.safetensors", "o.safetensors"), {"keys": ring, "add_wrappers": [Unnamed()]}),
         ("rewrap_plan(sign_with=empty ring)", _core.InvalidKeyError, _core.rewrap_plan, ("enc.safetensors",), {"sign_with": empty}),
         ("rekey(recipients=JSON text)", TypeError, _core.rekey, ("enc.safetensors", "o.safetensors"),
          {"keys": ring, "recipients": keys}),

@@ -428,15 +428,9 @@ def test_a_fresh_process_opens_with_only_the_environment(hsm, model, tmp_path):
     assert_same({k: np.array(v, dtype=tensors[k].dtype) for k, v in out["tensors"].items()}, tensors)
 
 
-@NEEDS_ENTRY_POINT
-def test_command_line_encrypts_for_a_token_key_and_decrypts_with_it(hsm, tmp_path):
-    """`cryptotensors encrypt -r pkcs11:LABEL` and `decrypt` with no key file:
-    the token wraps and unwraps; without the token configured, exit code 4."""
-    label = "cli-token-key"
-    generate_key(label, MODULE, token_label=TOKEN, pin=PIN)
-    src = tmp_path / "plain.safetensors"
-    tensors = {"w": np.arange(20, dtype=np.float32).reshape(4, 5)}
-    cn.save_file(tensors, src)
+def cli_environments(hsm, tmp_path):
+    """(run, base, token): run(args, env) runs the command line; `base` is an
+    environment with no key and no token configured, `token` configures the test token."""
     cli = [os.path.join(os.path.dirname(sys.executable), "cryptotensors")]
     base = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOTENSORS_")}
     (tmp_path / "cfg").mkdir()
@@ -447,6 +441,19 @@ def test_command_line_encrypts_for_a_token_key_and_decrypts_with_it(hsm, tmp_pat
     def run(args, env):
         return subprocess.run(cli + [str(a) for a in args], env=env, capture_output=True, text=True, timeout=120)
 
+    return run, base, token
+
+
+@NEEDS_ENTRY_POINT
+def test_command_line_encrypts_for_a_token_key_and_decrypts_with_it(hsm, tmp_path):
+    """`cryptotensors encrypt -r pkcs11:LABEL` and `decrypt` with no key file:
+    the token wraps and unwraps; without the token configured, exit code 4."""
+    label = "cli-token-key"
+    generate_key(label, MODULE, token_label=TOKEN, pin=PIN)
+    src = tmp_path / "plain.safetensors"
+    tensors = {"w": np.arange(20, dtype=np.float32).reshape(4, 5)}
+    cn.save_file(tensors, src)
+    run, base, token = cli_environments(hsm, tmp_path)
     enc, out = tmp_path / "enc.safetensors", tmp_path / "out.safetensors"
     r = run(["encrypt", src, "-o", enc, "-r", f"pkcs11:{label}", "-q"], base)
     assert r.returncode == 4 and "CRYPTOTENSORS_PKCS11_MODULE" in r.stderr and not enc.exists(), r.stderr
@@ -455,6 +462,41 @@ def test_command_line_encrypts_for_a_token_key_and_decrypts_with_it(hsm, tmp_pat
     assert [x["kid"] for x in ct.inspect(str(enc))["recipients"]] == [label]
     r = run(["decrypt", enc, "-o", out, "-q"], base)
     assert r.returncode == 4 and not out.exists(), r.stderr
+    r = run(["decrypt", enc, "-o", out, "-q"], token)
+    assert r.returncode == 0, r.stderr
+    assert_same(cn.load_file(out), tensors)
+    assert PIN not in r.stderr + r.stdout
+
+
+@NEEDS_ENTRY_POINT
+@pytest.mark.parametrize("verb", ["rewrap", "rekey"])
+def test_command_line_adds_a_token_key_as_a_recipient(hsm, tmp_path, verb):
+    """`cryptotensors rewrap|rekey F -k K --add-recipient pkcs11:LABEL`: the
+    token wraps the data key (rekey: the fresh one) for the key LABEL, and a
+    decrypt through the token alone opens the result; without the token
+    configured, exit code 4 and the file as it was."""
+    label = f"cli-added-{verb}"
+    generate_key(label, MODULE, token_label=TOKEN, pin=PIN)
+    key = ct.generate_key("oct")
+    key_file = tmp_path / "k.jwk"
+    key_file.write_text(json.dumps(key))
+    tensors = {"w": np.arange(30, dtype=np.float32).reshape(5, 6)}
+    enc, out = tmp_path / "enc.safetensors", tmp_path / "out.safetensors"
+    cn.save_file(tensors, enc, encrypt_for=key)
+    before = enc.read_bytes()
+    run, base, token = cli_environments(hsm, tmp_path)
+    r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], base)
+    assert r.returncode == 4 and f"--add-recipient pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE" in r.stderr, r.stderr
+    assert enc.read_bytes() == before
+    r = run([verb, enc, "-k", key_file, "--add-recipient", "pkcs11:no-such-label", "-q"], token)
+    # the token's own failure, as the CLI words any library error: one line, exit code 1
+    assert r.returncode == 1 and "no-such-label" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert enc.read_bytes() == before
+    r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], token)
+    assert r.returncode == 0, r.stderr
+    assert [x["kid"] for x in ct.inspect(str(enc))["recipients"]] == [key["kid"], label]
+    r = run([verb, enc, "-k", key_file, "--add-recipient", f"pkcs11:{label}", "-q"], token)
+    assert r.returncode == 2 and "already a recipient" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run(["decrypt", enc, "-o", out, "-q"], token)
     assert r.returncode == 0, r.stderr
     assert_same(cn.load_file(out), tensors)

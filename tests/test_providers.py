@@ -92,6 +92,17 @@ class CapturingWrapper:
         return {"kid": self.kid, "alg": "A256GCMKW", "iv": _b64e(iv), "tag": _b64e(ct[32:]), "encrypted_key": _b64e(ct[:32])}
 
 
+class Naming(CapturingWrapper):
+    """A key wrapper that names `kid` (None: no kid) while its stanzas carry its key's."""
+
+    def __init__(self, jwk, kid):
+        super().__init__(jwk)
+        self.kid, self._stanza_kid = kid, self.kid
+
+    def wrap(self, data_key):
+        return dict(super().wrap(data_key), kid=self._stanza_kid)
+
+
 def _remac(data, data_key, edit):
     """`data` with its envelope's recipient list edited and the header MAC
     recomputed (FORMAT.md §3.4, §4.2), laid out compactly."""

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from test_providers import CapturingWrapper, Naming, VaultProvider
 
 import cryptotensors as ct
 import cryptotensors.numpy as cn
@@ -183,6 +184,8 @@ def test_rekey_plan_and_rekey_refuse_the_same_cases(tmp_path):
         ("no_recipient_left", path, dict(keys=opener, remove=[opener["kid"], holder["kid"], oct_holder["kid"]])),
         ("signed", signed, dict(keys=opener)),
         ("no_data_key", signed_only, dict(sign_with=signer)),
+        ("already_recipient", path, dict(keys=opener, recipients=[pub, oct_holder], add=[CapturingWrapper(oct_holder)])),
+        ("wrapper_without_kid", path, dict(keys=opener, recipients=[pub, oct_holder], add=[Naming(stranger, None)])),
     ]
     before = {p: p.read_bytes() for p in (path, signed, signed_only)}
     for code, file, args in cases:
@@ -204,6 +207,39 @@ def test_rekey_plan_and_rekey_refuse_the_same_cases(tmp_path):
     assert plan["added"] == [stranger["kid"]] and plan["removed"] == [oct_holder["kid"]]
     ct.rekey(path, **accepted)
     check(path, stranger, model())
+
+
+def test_rekey_adds_key_wrapper_recipients(tmp_path, monkeypatch):
+    """add= takes key wrappers mixed with JWKs: each wraps the fresh data key
+    (not the old one), and what holds its key (a key provider) opens the new
+    file; one whose stanza is not of the kid it names is refused, and
+    nothing is written."""
+    from cryptotensors import _providers
+
+    monkeypatch.setattr(_providers, "_registered", [])
+    monkeypatch.setattr(_providers, "_discovered", [])
+    monkeypatch.delenv("CRYPTOTENSORS_KEYS", raising=False)
+    key, hsm, other = ct.generate_key("oct"), ct.generate_key("oct"), ct.generate_key("oct")
+    path, out = tmp_path / "m.safetensors", tmp_path / "n.safetensors"
+    cn.save_file(model(), path, encrypt_for=key)
+    with pytest.raises(ct.InvalidArgumentError, match="another kid"):
+        ct.rekey(path, keys=key, add=[Naming(hsm, "hsm-label")], output=out)
+    assert not out.exists()
+    wrapper = CapturingWrapper(hsm)
+    old_kids = [r["kid"] for r in envelope(path)["encryption"]["recipients"]]
+    ct.rekey(path, keys=key, add=[other, wrapper], output=out)
+    assert [r["kid"] for r in envelope(out)["encryption"]["recipients"]] == old_kids + [other["kid"], hsm["kid"]]
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(out)
+    ct.register_key_provider(VaultProvider(hsm))
+    check(out, None, model())
+    check(out, other, model())
+    # The wrapper was given the new data key: the old header's key opens nothing of the new data.
+    (old_header, _), (_, new_data) = header_of(path), header_of(out)
+    spliced = tmp_path / "spliced.safetensors"
+    spliced.write_bytes(old_header + new_data)
+    with pytest.raises(ct.IntegrityError):
+        cn.load_file(spliced, keys=key)
 
 
 REKEY_RSS = """

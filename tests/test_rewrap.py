@@ -242,3 +242,50 @@ def test_in_place_with_empty_tensors_of_two_dtypes(tmp_path):
         for name, v in d.items():
             np.testing.assert_array_equal(got[name], v)
             assert got[name].dtype == v.dtype
+
+
+def test_rewrap_adds_key_wrapper_recipients(tmp_path, monkeypatch):
+    """add= mixes JWKs and key wrappers (an HSM, a key service: wrap(data_key)
+    and a kid): the wrapper wraps the file's data key, and what holds its
+    key (here a key provider) opens the result; the plan names the wrapper
+    by its kid. A wrapper whose stanza is not of its kid, of no kid, of a
+    recipient's kid, or for a file that is not encrypted is refused, and
+    nothing is written."""
+    from test_providers import CapturingWrapper, Naming, VaultProvider
+
+    from cryptotensors import _providers
+
+    monkeypatch.setattr(_providers, "_registered", [])
+    monkeypatch.setattr(_providers, "_discovered", [])
+    monkeypatch.delenv("CRYPTOTENSORS_KEYS", raising=False)
+    a, hsm, b = ct.generate_key("oct"), ct.generate_key("oct"), ct.generate_key("X25519")
+    d = {"w": np.arange(3000, dtype=np.float32)}
+    path = tmp_path / "m.safetensors"
+    cn.save_file(d, path, encrypt_for=a)
+    before, data = path.read_bytes(), data_region(path)
+
+    wrapper = CapturingWrapper(hsm)
+    for bad, match in [(Naming(hsm, "hsm-label"), "another kid"), (Naming(hsm, None), "name its kid"),
+                       (CapturingWrapper(a), "already a recipient")]:
+        with pytest.raises(ct.InvalidArgumentError, match=match):
+            ct.rewrap(path, keys=a, add=[bad])
+    assert path.read_bytes() == before
+
+    plan = ct._core.rewrap_plan(os.fspath(path), **ct._added([wrapper, ct.public_key(b)]))
+    assert plan["refusal"] is None and plan["added"] == [b["kid"], hsm["kid"]]
+    ct.rewrap(path, keys=a, add=[wrapper, ct.public_key(b)])
+    assert data_region(path) == data
+    assert [r["kid"] for r in ct.inspect(path)["recipients"]] == [a["kid"], b["kid"], hsm["kid"]]
+    with pytest.raises(ct.KeyNotFoundError):
+        cn.load_file(path)
+    provider = VaultProvider(hsm)
+    ct.register_key_provider(provider)
+    np.testing.assert_array_equal(cn.load_file(path)["w"], d["w"])
+    assert provider.calls == 1
+    np.testing.assert_array_equal(cn.load_file(path, keys=b)["w"], d["w"])
+
+    signed = tmp_path / "s.safetensors"
+    signer = ct.generate_key("Ed25519")
+    cn.save_file(d, signed, sign_with=signer)
+    with pytest.raises(ct.InvalidArgumentError, match="not encrypted"):
+        ct.rewrap(signed, sign_with=signer, add=CapturingWrapper(hsm))

@@ -446,6 +446,36 @@ def test_rekey_with_a_transit_recipient(server, tmp_path, only):
     assert old_header != path.read_bytes()
 
 
+def test_cli_rewrap_and_rekey_add_a_transit_recipient(server, tmp_path, only):
+    """`rewrap|rekey --add-recipient vault:MOUNT/KEY`: the Transit key wraps
+    the data key (rekey: the fresh one) and opens the result through the
+    server alone; with --transit-latest too (vault.rewrap_latest's add=),
+    the stanzas move to the latest version and the added one joins them."""
+    first, second, third = server.key("add-kek-1"), server.key("add-kek-2"), server.key("add-kek-3")
+    jwk = ct.generate_key("oct")
+    (tmp_path / "k.jwk").write_text(json.dumps(jwk))
+    path, dec = tmp_path / "m.safetensors", tmp_path / "dec.safetensors"
+    cn.save_file(TENSORS, path, encrypt_for=jwk)
+    env = server.env()
+    _cli("rewrap", path, "-k", tmp_path / "k.jwk", "--add-recipient", f"vault:transit/{first}", "-q", env=env)
+    assert [s["kid"] for s in _stanzas(path)] == [first]
+    _cli("decrypt", path, "-o", dec, "-q", env=env)
+    _same(cn.load_file(dec))
+    _cli("rekey", path, "-k", tmp_path / "k.jwk", "-r", f"vault:transit/{first}",
+         "--add-recipient", f"vault:transit/{second}", "-q", env=env)
+    assert [s["kid"] for s in _stanzas(path)] == [first, second]
+    p = server.provider()
+    assert p.unwrap(_stanzas(path)[0]) == p.unwrap(_stanzas(path)[1]), "one fresh data key for both"
+    server.bao("write", "-f", f"transit/keys/{first}/rotate")
+    _cli("rewrap", path, "--transit-latest", "--add-recipient", f"vault:transit/{third}", "-q", env=env)
+    stanzas = _stanzas(path)
+    assert [s["kid"] for s in stanzas] == [first, second, third]
+    assert stanzas[0]["ciphertext"].startswith("vault:v2:")
+    assert len({bytes(server.provider().unwrap(s)) for s in stanzas}) == 1
+    only(server.provider())
+    _same(cn.load_file(path))
+
+
 # -- failures ----------------------------------------------------------------------
 
 

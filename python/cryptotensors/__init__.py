@@ -126,7 +126,10 @@ def rewrap(
     output=None,
 ) -> None:
     """Changes recipients, signature or policy without re-encrypting: adds
-    recipients (`add=`, JWKs), removes them (`remove=`, kids), and re-signs
+    recipients (`add=`: JWKs, or key wrappers as for `encrypt_for=`, such
+    as `cryptotensors.pkcs11.Pkcs11Provider.recipient(label)` or
+    `cryptotensors.vault.VaultProvider.recipient(name)`, which wrap the data
+    key themselves and must name their `kid`), removes them (`remove=`, kids), and re-signs
     (`sign_with=`) or drops the signature (`drop_signature=True`; a signed
     file must do one or the other), and sets (`policy=`, Rego text) or
     removes (`remove_policy=True`) the access policy.
@@ -147,7 +150,7 @@ def rewrap(
     advisory lock on it. The result replaces `output` (default: `filename`)
     atomically: a crash leaves the old file or the new one."""
     _rotate(_core.rewrap, "rewrap", filename, output, keys, policy_input, dict(
-        add=_keys.given(add, "add") if add else None,
+        **_added(add),
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),
     ))
 
@@ -174,7 +177,8 @@ def rekey(
     new one, streaming (a few batches of segments in memory, never a whole
     tensor), in parallel.
 
-    The recipients stay (less `remove=`, plus `add=`, as for `rewrap`); the
+    The recipients stay (less `remove=`, plus `add=`, JWKs or key wrappers
+    as for `rewrap`, which wrap the new data key); the
     file holds only wrapped copies of the old key, so each recipient that
     stays needs its key: an opening key of `keys=`, or `recipients=` (JWKs:
     a public X25519 key is enough, an oct key is its secret; or key wrappers
@@ -199,19 +203,32 @@ def rekey(
     ))
 
 
+def _split(keys, what: str) -> tuple:
+    """(ring, wrappers) of a call's keys: key wrappers (objects with a
+    callable wrap(data_key) -> stanza and a kid, as for encrypt_for=: an
+    HSM, a Vault key) apart, the other keys as a ring; each None when there
+    are none. The one split of rewrap(), rekey() and the CLI's plans."""
+    items = [] if keys is None else keys if isinstance(keys, (list, tuple)) else [keys]
+    wrappers = [k for k in items if callable(getattr(k, "wrap", None))]
+    if not wrappers:  # any form of keys _keys.given takes (JSON text, a JWKS, a ring)
+        return (_keys.given(keys, what) if keys else None), None
+    jwks = [k for k in items if not callable(getattr(k, "wrap", None))]
+    return (_keys.given(jwks, what) if jwks else None), wrappers
+
+
+def _added(add) -> dict:
+    """rewrap()'s and rekey()'s add= as the core takes them (its plans, too):
+    the key wrappers among them wrap the data key for the recipient of their kid."""
+    ring, wrappers = _split(add, "add")
+    return dict(add=ring, add_wrappers=wrappers)
+
+
 def _rekey_keys(recipients, add) -> dict:
     """rekey()'s recipients and add= as the core takes them (its plan, too).
-    Key wrappers among the recipients (objects with wrap(data_key) and a
-    kid, as for encrypt_for=: an HSM, a Vault key) wrap the fresh data key
-    the core draws, for the recipient of their kid; the other keys are rings."""
-    items = [] if recipients is None else recipients if isinstance(recipients, (list, tuple)) else [recipients]
-    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
-    jwks = [r for r in items if not callable(getattr(r, "wrap", None))]
-    return dict(
-        wrappers=wrappers or None,
-        recipients=_keys.given(jwks, "recipients") if jwks else None,
-        add=_keys.given(add, "add") if add else None,
-    )
+    Key wrappers among the recipients wrap the fresh data key the core
+    draws, for the recipient that stays of their kid."""
+    ring, wrappers = _split(recipients, "recipients")
+    return dict(wrappers=wrappers, recipients=ring, **_added(add))
 
 
 def _changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy) -> dict:

@@ -146,17 +146,18 @@ def rewrap(
     remove_policy: bool = False,
     policy_input: Optional[str] = None,
     replace: Optional[str] = None,
+    add_wrappers: Optional[list[Any]] = None,
 ) -> None: ...
 def rewrap_plan(
     src: _Path,
     *,
     add: Optional[KeyRing] = None,
-    add_kids: list[str] = ...,
     remove: list[str] = ...,
     sign_with: Optional[KeyRing] = None,
     drop_signature: bool = False,
     policy: Optional[str] = None,
     remove_policy: bool = False,
+    add_wrappers: Optional[list[Any]] = None,
 ) -> dict[str, Any]:
     """What rewrap with these options would change, from the header alone; raises what it would refuse."""
     ...
@@ -178,6 +179,7 @@ def rekey(
     threads: int = ...,
     wrappers: Optional[list[Any]] = None,
     progress: Optional[Callable[[int], object]] = None,
+    add_wrappers: Optional[list[Any]] = None,
 ) -> None: ...
 def rekey_plan(
     src: _Path,
@@ -191,6 +193,7 @@ def rekey_plan(
     policy: Optional[str] = None,
     remove_policy: bool = False,
     wrappers: Optional[list[Any]] = None,
+    add_wrappers: Optional[list[Any]] = None,
 ) -> dict[str, Any]:
     """What rekey with these options would do, from the header alone, by the rules rekey applies; or its refusal."""
     ...

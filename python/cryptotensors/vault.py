@@ -628,7 +628,7 @@ def rewrap_latest(
     verifies, atomic; a signed file must be re-signed or its signature
     dropped). Other changes of ``cryptotensors.rewrap`` may go along.
     Returns the number of stanzas moved."""
-    from . import _changes, _core, _keys, _policy
+    from . import _added, _changes, _core, _keys, _policy
 
     provider = provider or default_provider()
     if provider is None:
@@ -672,7 +672,7 @@ def rewrap_latest(
     _core.rewrap(
         src, dst,
         keys=_keys.keyring(keys), providers=lambda: [provider],
-        add=_keys.given(add, "add") if add else None,
+        **_added(add),  # JWKs and key wrappers (an HSM, a Transit key), as for rewrap()
         replace=json.dumps([[o, n] for o, n in pairs]) if pairs else None,
         policy_input=_policy.input_json("rewrap", "cpu", policy_input, True),
         **_changes(remove, sign_with, drop_signature, trusted_signers, policy, remove_policy),

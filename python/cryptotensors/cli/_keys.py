@@ -68,7 +68,7 @@ def _check_save_keys(source: str, **options) -> None:
         _dry_run(**options)
 
 
-def _token_recipient(label: str):
+def _token_recipient(label: str, flag: str):
     """`pkcs11:LABEL`: the key LABEL on the PKCS#11 token that the environment
     configures (CRYPTOTENSORS_PKCS11_*), which wraps each file's data key."""
     from .. import pkcs11
@@ -78,20 +78,21 @@ def _token_recipient(label: str):
     except ImportError as e:
         raise CliError(EXIT_KEY, str(e)) from None
     if provider is None:
-        raise CliError(EXIT_KEY, f"-r pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE (and _TOKEN, _PIN) first")
+        raise CliError(EXIT_KEY, f"{flag} pkcs11:{label}: set CRYPTOTENSORS_PKCS11_MODULE (and _TOKEN, _PIN) first")
     if not label:
-        raise CliError(EXIT_USAGE, "-r pkcs11:LABEL needs the label of a key on the token")
+        raise CliError(EXIT_USAGE, f"{flag} pkcs11:LABEL needs the label of a key on the token")
     return provider.recipient(label)
 
 
-def _recipients(sources: Sequence[str]) -> list:
+def _recipients(sources: Sequence[str], flag: str = "-r") -> list:
+    """The recipients that `flag`'s arguments name: JWK files, pkcs11:LABEL, vault:[MOUNT/]KEY."""
     recipients: list = []
     for source in sources:
         if source.startswith("pkcs11:"):
-            recipients.append(_token_recipient(source[len("pkcs11:") :]))
+            recipients.append(_token_recipient(source[len("pkcs11:") :], flag))
             continue
         if _vault_cli.is_spec(source):
-            with _about(f"-r {source}"):
+            with _about(f"{flag} {source}"):
                 recipients.append(_vault_cli.recipient(source))
             continue
         keys = _read_jwks(source)

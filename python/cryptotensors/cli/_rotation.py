@@ -40,7 +40,7 @@ def _rotate_file(operation: Callable, job: _Job, target: Path, load: dict, plan:
 
 def _rotation_changes(args: argparse.Namespace) -> dict:
     return {
-        "add": _recipients(args.add_recipient or ()) or None,
+        "add": _recipients(args.add_recipient or (), "--add-recipient") or None,
         "remove": args.remove_recipient or [],
         "sign_with": _signing_key(args.sign_key) if args.sign_key else None,
         "drop_signature": args.drop_signature,
@@ -84,7 +84,8 @@ def _rotation_args(p: argparse.ArgumentParser, verb: str) -> None:
     _key_args(p, "a key that opens the files now (repeatable; CRYPTOTENSORS_KEYS is also used)")
     _claims_arg(p)
     p.add_argument("--add-recipient", action="append", metavar="R.jwk",
-                   help="give this key access: a public X25519 JWK or an oct JWK (repeatable)")
+                   help="give this key access: a public X25519 JWK, an oct JWK, pkcs11:LABEL (a key on the "
+                        "token CRYPTOTENSORS_PKCS11_* configures) or vault:[MOUNT/]KEY (a Transit key; repeatable)")
     p.add_argument("--remove-recipient", action="append", metavar="KID",
                    help="the new files are not wrapped for the recipient with this kid (see `inspect`; repeatable)")
     sign = p.add_mutually_exclusive_group()

@@ -23,10 +23,9 @@ from .rewrap import _refusal
 def _core_plan(job: _Job, changes: dict, keys) -> dict:
     """The core's plan of this rekey of `job` (from its header), with the
     arguments rekey() hands the core."""
-    added = [k for k in changes["add"] or () if isinstance(k, dict)]
     with _about(job.display):
         return _core.rekey_plan(
-            job.path, keys=keys, **_rekey_keys(changes["recipients"], added), remove=list(changes["remove"]),
+            job.path, keys=keys, **_rekey_keys(changes["recipients"], changes["add"]), remove=list(changes["remove"]),
             sign_with=_keys.signer(changes["sign_with"]) if changes["sign_with"] else None,
             drop_signature=bool(changes["drop_signature"]), policy=changes["policy"],
             remove_policy=bool(changes["remove_policy"]))

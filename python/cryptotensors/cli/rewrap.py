@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from .. import _core, _keys, _vault_cli
+from .. import _added, _core, _keys, _vault_cli
 from ._args import Command
 from ._errors import EXIT_USAGE, PROG, CliError, _about
 from ._jobs import _Job
@@ -32,12 +32,9 @@ def _refusal(job: _Job, refusal: dict, changes: dict, recipients: Sequence[str])
 
 def _core_plan(job: _Job, options: dict) -> dict:
     """The core's plan of this rewrap of `job` (from its header), or the CliError that refuses it."""
-    added = options.get("add") or ()
-    jwks = [k for k in added if isinstance(k, dict)]
     with _about(job.display):
         plan = _core.rewrap_plan(
-            job.path, add=_keys.given(jwks, "add") if jwks else None,
-            add_kids=[k.kid for k in added if not isinstance(k, dict)],  # token recipients: only their kids
+            job.path, **_added(options.get("add")),  # a key wrapper is asked only its kid
             remove=list(options.get("remove") or ()),
             sign_with=_keys.signer(options["sign_with"]) if options.get("sign_with") else None,
             drop_signature=bool(options.get("drop_signature")), policy=options.get("policy"),

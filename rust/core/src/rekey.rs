@@ -16,11 +16,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::crypto::DataKey;
 use crate::envelope::Layout;
 use crate::error::{Error, Result};
 use crate::header::Header;
-use crate::keys::{Jwk, KeyKind, KeyWrapper, Recipient};
+use crate::keys::{Jwk, KeyKind, KeyWrapper, Pinned};
 use crate::progress::Progress;
 use crate::rewrap::{self, open_for_update, Refusal, RewrapOptions, RewrapPlan};
 use crate::transcode::{user_metadata, write_from};
@@ -170,7 +169,7 @@ pub fn decide(
         return Ok(Err(RekeyRefusal::NotEncrypted));
     };
     let rw = &opts.rewrap;
-    let rewrap = match rewrap::decide(old, rw, &[])? {
+    let rewrap = match rewrap::decide(old, rw)? {
         Ok(plan) => plan,
         Err(refusal) => return Ok(Err(RekeyRefusal::Rewrap(refusal))),
     };
@@ -222,28 +221,6 @@ pub fn decide(
     Ok(Ok(RekeyPlan { rewrap, staying }))
 }
 
-/// A wrapper standing in for a recipient that stays: what it returns must
-/// be a stanza of that recipient's kid and alg.
-#[derive(Debug)]
-struct ForRecipient {
-    inner: Arc<dyn KeyWrapper>,
-    kid: String,
-    alg: String,
-}
-
-impl KeyWrapper for ForRecipient {
-    fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
-        let stanza = self.inner.wrap_data_key(key)?;
-        if (&stanza.kid, &stanza.alg) != (&self.kid, &self.alg) {
-            return Err(Error::InvalidArgument(format!(
-                "the key wrapper for recipient {:?} returned a stanza of another kid or alg",
-                self.kid
-            )));
-        }
-        Ok(stanza)
-    }
-}
-
 /// The key a recipient that stays gets the new data key under (a private
 /// X25519 key gives its public half).
 fn public_part(k: &Jwk) -> Result<Jwk> {
@@ -280,14 +257,16 @@ pub fn rekey_file(
         match stay.by {
             WrappedBy::Recipient(i) => recipients.push(public_part(&opts.recipients[i])?),
             WrappedBy::OpeningKey(i) => recipients.push(public_part(&rw.keys[i])?),
-            WrappedBy::Wrapper(i) => wrappers.push(Arc::new(ForRecipient {
+            // Held to the stanza it stands in for: its kid and alg.
+            WrappedBy::Wrapper(i) => wrappers.push(Arc::new(Pinned {
                 inner: opts.wrappers[i].clone(),
                 kid: stay.kid,
-                alg: stay.alg,
+                alg: Some(stay.alg),
             })),
         }
     }
     recipients.extend(rw.add.iter().cloned());
+    wrappers.extend(rewrap::pinned_to_plan(rw, &plan.rewrap)?);
 
     let write = WriteOptions {
         metadata: user_metadata(header),
@@ -316,7 +295,10 @@ pub fn rekey_file(
 mod tests {
     use super::*;
     use crate::crypto::Algorithm;
+    use crate::crypto::DataKey;
+    use crate::keys::Recipient;
     use crate::reader::{LoadOptions, Reader};
+    use crate::rewrap::tests::WrapsWith;
     use crate::writer::{serialize_to_file, TensorData};
     use crate::Dtype;
     use std::sync::Arc;
@@ -526,6 +508,63 @@ mod tests {
             .iter()
             .any(|r| r.alg == "vault-transit" && r.kid == "kek"));
         assert!(opened(&old_dk).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A recipient added by a key wrapper gets the fresh data key as the
+    /// wrapper wraps it: the key behind the wrapper opens the new file, and
+    /// the old data key does not. A wrapper whose stanza is not of the kid
+    /// it names, or of a recipient's kid, is refused before anything is written.
+    #[test]
+    fn rekey_adds_a_key_wrapper_recipient() {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-add-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let (key, hsm) = (
+            Jwk::generate(KeyKind::Oct).unwrap(),
+            Jwk::generate(KeyKind::Oct).unwrap(),
+        );
+        let data = [6u8; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        serialize_to_file(&t, &for_recipients(vec![key.clone()], None), &src).unwrap();
+        let rekey = |w: WrapsWith| {
+            let mut o = options(&[&key], &[], &[]);
+            o.rewrap.add_wrappers = vec![Arc::new(w)];
+            rekey_file(&src, &dst, &o, None)
+        };
+        let mislabelled = WrapsWith {
+            key: hsm.clone(),
+            kid: Some("hsm-label".into()),
+        };
+        let e = rekey(mislabelled).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("hsm-label")),
+            "{e:?}"
+        );
+        let e = rekey(WrapsWith::as_itself(&key)).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("already a recipient")),
+            "{e:?}"
+        );
+        assert!(!dst.exists());
+
+        rekey(WrapsWith::as_itself(&hsm)).unwrap();
+        let bytes = std::fs::read(&dst).unwrap();
+        assert_eq!(
+            read_all(bytes.clone(), &hsm, &["w"]).unwrap(),
+            [data.to_vec()]
+        );
+        assert_eq!(read_all(bytes, &key, &["w"]).unwrap(), [data.to_vec()]);
+        let old = std::fs::read(&src).unwrap();
+        let head = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let new = std::fs::read(&dst).unwrap();
+        let spliced = [&old[..head(&old)], &new[head(&new)..]].concat();
+        assert!(read_all(spliced, &key, &["w"]).is_err(), "a fresh data key");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -29,12 +29,11 @@ use crate::crypto::DataKey;
 use crate::envelope::{self, Layout, MAC_KEY, SIGNATURE_KEY};
 use crate::error::{Error, Result};
 use crate::header::{self, Header};
-use crate::keys::Providers;
-use crate::keys::{self, Jwk};
+use crate::keys::{self, Jwk, KeyWrapper, Pinned, Providers};
 use crate::platform;
 use crate::policy::Policy;
 use crate::reader::{LoadOptions, Reader};
-use crate::writer::{AtomicFile, DEFAULT_RESERVE};
+use crate::writer::{self, AtomicFile, DEFAULT_RESERVE};
 use crate::{PreadFile, Source};
 
 /// What to change.
@@ -50,8 +49,13 @@ pub struct RewrapOptions {
     /// The input document of the file's access policy (JSON text), which
     /// must allow the rewrap as it would a load; `None`: an empty object.
     pub policy_input: Option<String>,
-    /// Recipients to add.
+    /// Recipients to add, by key.
     pub add: Vec<Jwk>,
+    /// Recipients to add whose stanza a key wrapper makes from the data
+    /// key (an HSM, a key service), after `add`. Each must name its kid
+    /// ([`KeyWrapper::kid`]), the kid the plan adds, and return a stanza of
+    /// that kid.
+    pub add_wrappers: Vec<Arc<dyn KeyWrapper>>,
     /// Kids of recipients to remove.
     pub remove: Vec<String>,
     /// Stanzas to replace, each `(old, new)`: `old` (exactly as in the
@@ -213,6 +217,8 @@ pub enum Refusal {
     AlreadyRecipient(String),
     /// Every recipient would be removed.
     NoRecipientLeft,
+    /// A key wrapper to add names no kid, so the plan cannot say whom it adds.
+    WrapperWithoutKid,
 }
 
 impl Refusal {
@@ -227,6 +233,7 @@ impl Refusal {
             Refusal::UnknownKid(_) => "unknown_kid",
             Refusal::AlreadyRecipient(_) => "already_recipient",
             Refusal::NoRecipientLeft => "no_recipient_left",
+            Refusal::WrapperWithoutKid => "wrapper_without_kid",
         }
     }
 
@@ -258,6 +265,9 @@ impl From<Refusal> for Error {
             Refusal::NoRecipientLeft => {
                 "removing every recipient would make the file unreadable".into()
             }
+            Refusal::WrapperWithoutKid => {
+                "a key wrapper to add must name its kid (a kid attribute)".into()
+            }
         })
     }
 }
@@ -265,17 +275,15 @@ impl From<Refusal> for Error {
 /// The plan of a rewrap of the file whose header is `old` under `opts`,
 /// or the refusal (as an `InvalidArgument`).
 pub fn plan(old: &Header, opts: &RewrapOptions) -> Result<RewrapPlan> {
-    decide(old, opts, &[])?.map_err(Error::from)
+    decide(old, opts)?.map_err(Error::from)
 }
 
 /// [`plan`], with a refusal kept apart from an error in the header or the
-/// options (a malformed envelope, a policy that does not compile).
-/// `wrapped_elsewhere`: kids of further recipients to add whose stanzas a
-/// key provider (a token) wraps, so that only their kids are known.
+/// options (a malformed envelope, a policy that does not compile). Each
+/// wrapper of `add_wrappers` is asked its kid once, and nothing else.
 pub fn decide(
     old: &Header,
     opts: &RewrapOptions,
-    wrapped_elsewhere: &[String],
 ) -> Result<std::result::Result<RewrapPlan, Refusal>> {
     let signed = old.metadata_value(SIGNATURE_KEY).is_some();
     if signed && opts.sign_with.is_none() && !opts.drop_signature {
@@ -285,7 +293,11 @@ pub fn decide(
         return Ok(Err(Refusal::Unprotected));
     };
     let Some(enc) = layout.envelope.encryption.as_ref() else {
-        if !opts.add.is_empty() || !opts.remove.is_empty() || !opts.replace.is_empty() {
+        if !opts.add.is_empty()
+            || !opts.add_wrappers.is_empty()
+            || !opts.remove.is_empty()
+            || !opts.replace.is_empty()
+        {
             return Ok(Err(Refusal::NotEncrypted));
         }
         if matches!(opts.policy, Some(Some(_))) {
@@ -324,11 +336,18 @@ pub fn decide(
     {
         return Ok(Err(Refusal::AlreadyRecipient(k.kid().to_owned())));
     }
-    if let Some(kid) = wrapped_elsewhere.iter().find(|k| kept.contains(k)) {
-        return Ok(Err(Refusal::AlreadyRecipient(kid.clone())));
-    }
     let mut added: Vec<String> = opts.add.iter().map(|k| k.kid().to_owned()).collect();
-    added.extend(wrapped_elsewhere.iter().cloned());
+    for w in &opts.add_wrappers {
+        let Some(kid) = w.kid() else {
+            return Ok(Err(Refusal::WrapperWithoutKid));
+        };
+        // Wrappers' stanzas are found by kid: one already there, or added
+        // twice, would make two stanzas of one kid.
+        if kept.contains(&kid) || added.contains(&kid) {
+            return Ok(Err(Refusal::AlreadyRecipient(kid)));
+        }
+        added.push(kid);
+    }
     if kept.is_empty() && added.is_empty() {
         return Ok(Err(Refusal::NoRecipientLeft));
     }
@@ -447,6 +466,32 @@ fn in_place_slot(old_json: &[u8], old: &Header, new: &Header) -> Result<Option<V
     Ok(Some(bytes[..slot].to_vec()))
 }
 
+/// The key wrappers to add, each held to the kid the plan adds it under
+/// (`plan.added`: the kids of `opts.add`, then the wrappers', in order).
+pub(crate) fn pinned_to_plan(
+    opts: &RewrapOptions,
+    plan: &RewrapPlan,
+) -> Result<Vec<Arc<dyn KeyWrapper>>> {
+    let kids = plan.added.get(opts.add.len()..).unwrap_or_default();
+    if kids.len() != opts.add_wrappers.len() {
+        return Err(Error::InvalidArgument(
+            "the rewrap plan does not list the key wrappers to add".into(),
+        ));
+    }
+    Ok(opts
+        .add_wrappers
+        .iter()
+        .zip(kids)
+        .map(|(w, kid)| {
+            Arc::new(Pinned {
+                inner: w.clone(),
+                kid: kid.clone(),
+                alg: None,
+            }) as Arc<dyn KeyWrapper>
+        })
+        .collect())
+}
+
 fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
     h.tensors().iter().map(|(n, i)| (n.as_str(), i))
 }
@@ -456,7 +501,7 @@ fn infos(h: &Header) -> impl Iterator<Item = (&str, &header::TensorInfo)> {
 /// replaced. Everything else (tensors, user metadata, salt, commitment,
 /// trailer digest) is carried over unchanged.
 fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions) -> Result<Header> {
-    plan(old, opts)?;
+    let planned = plan(old, opts)?;
     let layout = Layout::from_header(old)?
         .ok_or_else(|| Error::InvalidArgument("the file is neither encrypted nor signed".into()))?;
     let mut envelope = layout.envelope.clone();
@@ -488,8 +533,8 @@ fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions)
         for k in &opts.add {
             enc.recipients.push(keys::wrap(dk, k)?);
         }
-        // Readers refuse more stanzas than this; never write such a file.
-        envelope::check_recipients(&enc.recipients)?;
+        let wrappers = pinned_to_plan(opts, &planned)?;
+        writer::wrap_for(&wrappers, dk, &mut enc.recipients)?;
     }
     if let Some(policy) = &opts.policy {
         envelope.policy = policy.clone();
@@ -508,7 +553,7 @@ fn rewrap_header(old: &Header, data_key: Option<&DataKey>, opts: &RewrapOptions)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::KeyKind;
     use crate::reader::{LoadOptions, Reader};
@@ -603,7 +648,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let refusal = |h: &Header, o: RewrapOptions| decide(h, &o, &[]).unwrap().unwrap_err();
+        let refusal = |h: &Header, o: RewrapOptions| decide(h, &o).unwrap().unwrap_err();
         let resign = || RewrapOptions {
             sign_with: Some(signer.clone()),
             ..Default::default()
@@ -644,11 +689,38 @@ mod tests {
             refusal(&enc, again),
             Refusal::AlreadyRecipient(key.kid().into())
         );
-        let token_again = decide(&enc, &RewrapOptions::default(), &[key.kid().into()]).unwrap();
+        let wrapper = |w: WrapsWith| RewrapOptions {
+            add_wrappers: vec![Arc::new(w)],
+            ..Default::default()
+        };
         assert_eq!(
-            token_again.unwrap_err(),
-            Refusal::AlreadyRecipient(key.kid().into())
+            refusal(&enc, wrapper(WrapsWith::as_itself(&key))),
+            Refusal::AlreadyRecipient(key.kid().into()),
+            "a key wrapper of a recipient's kid"
         );
+        let twice = RewrapOptions {
+            add: vec![other.clone()],
+            ..wrapper(WrapsWith::as_itself(&other))
+        };
+        assert_eq!(
+            refusal(&enc, twice),
+            Refusal::AlreadyRecipient(other.kid().into()),
+            "a key and a key wrapper of one kid"
+        );
+        let unnamed = WrapsWith {
+            key: other.clone(),
+            kid: None,
+        };
+        assert_eq!(refusal(&enc, wrapper(unnamed)), Refusal::WrapperWithoutKid);
+        assert!(matches!(
+            Error::from(Refusal::WrapperWithoutKid),
+            Error::InvalidArgument(_)
+        ));
+        let to_plain = RewrapOptions {
+            sign_with: Some(signer.clone()),
+            ..wrapper(WrapsWith::as_itself(&other))
+        };
+        assert_eq!(refusal(&signed_plain, to_plain), Refusal::NotEncrypted);
         let none_left = RewrapOptions {
             remove: vec![key.kid().into()],
             ..Default::default()
@@ -788,6 +860,96 @@ mod tests {
             r#"{{"kid":"model-kek","alg":"vault-transit","ciphertext":"{ciphertext}"}}"#
         ))
         .unwrap()
+    }
+
+    /// A key wrapper that wraps with `key` (so that `key` opens what it
+    /// adds), naming `kid`, which may not be the kid its stanzas carry.
+    #[derive(Debug)]
+    pub(crate) struct WrapsWith {
+        pub(crate) key: Jwk,
+        pub(crate) kid: Option<String>,
+    }
+
+    impl WrapsWith {
+        pub(crate) fn as_itself(key: &Jwk) -> WrapsWith {
+            WrapsWith {
+                key: key.clone(),
+                kid: Some(key.kid().into()),
+            }
+        }
+    }
+
+    impl crate::keys::KeyWrapper for WrapsWith {
+        fn wrap_data_key(&self, dk: &DataKey) -> Result<keys::Recipient> {
+            keys::wrap(dk, &self.key)
+        }
+
+        fn kid(&self) -> Option<String> {
+            self.kid.clone()
+        }
+    }
+
+    /// A recipient added by a key wrapper gets the data key as the wrapper
+    /// wraps it: the key behind the wrapper opens the rewrapped file. A
+    /// wrapper whose stanza is not of the kid it names, two wrappers of one
+    /// kid, and a wrapper of no kid are refused, and leave the file as it was.
+    #[test]
+    fn add_a_key_wrapper_recipient() {
+        let dir = std::env::temp_dir().join(format!("ct-rewrap-wrapper-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.safetensors");
+        let (a, hsm, c) = (
+            Jwk::generate(KeyKind::Oct).unwrap(),
+            Jwk::generate(KeyKind::Oct).unwrap(),
+            Jwk::generate(KeyKind::Oct).unwrap(),
+        );
+        let data: Vec<u8> = (0..4096 * 3).map(|i| (i % 241) as u8).collect();
+        save_for(&path, &a, &data, None, 4096);
+        let before = std::fs::read(&path).unwrap();
+        let with = |wrappers: Vec<WrapsWith>| RewrapOptions {
+            keys: vec![a.clone()],
+            add_wrappers: wrappers
+                .into_iter()
+                .map(|w| Arc::new(w) as Arc<dyn crate::keys::KeyWrapper>)
+                .collect(),
+            ..Default::default()
+        };
+        let mislabelled = WrapsWith {
+            key: c.clone(),
+            kid: Some("hsm-label".into()),
+        };
+        let e = rewrap_file(&path, &path, &with(vec![mislabelled])).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("hsm-label") && m.contains("another kid")),
+            "{e:?}"
+        );
+        let twice = vec![WrapsWith::as_itself(&c), WrapsWith::as_itself(&c)];
+        let e = rewrap_file(&path, &path, &with(twice)).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("already a recipient")),
+            "{e:?}"
+        );
+        let unnamed = WrapsWith {
+            key: c.clone(),
+            kid: None,
+        };
+        let e = rewrap_file(&path, &path, &with(vec![unnamed])).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("kid")),
+            "{e:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+        assert!(matches!(open(&path, &hsm), Err(Error::KeyNotFound { .. })));
+
+        rewrap_file(&path, &path, &with(vec![WrapsWith::as_itself(&hsm)])).unwrap();
+        assert_eq!(open(&path, &hsm).unwrap(), data);
+        assert_eq!(open(&path, &a).unwrap(), data);
+        let kids: Vec<String> = recipients_of(&path, &a)
+            .into_iter()
+            .map(|r| r.kid)
+            .collect();
+        assert_eq!(kids, [a.kid(), hsm.kid()]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A key service as a key wrapper: it answers with a fixed stanza.

@@ -59,6 +59,30 @@ pub struct EncryptOptions {
     pub wrappers: Vec<Arc<dyn KeyWrapper>>,
 }
 
+/// Appends to `recipients` the stanza each of `wrappers` makes of
+/// `data_key`, each checked ([`crate::keys::Recipient::check`]) and of a kid
+/// no other stanza has, then checks the whole list as a reader would: the
+/// one way a save, a rewrap and a rekey accept a key wrapper's answer.
+pub(crate) fn wrap_for(
+    wrappers: &[Arc<dyn KeyWrapper>],
+    data_key: &DataKey,
+    recipients: &mut Vec<crate::keys::Recipient>,
+) -> Result<()> {
+    for wrapper in wrappers {
+        let stanza = wrapper.wrap_data_key(data_key)?;
+        stanza.check()?;
+        if recipients.iter().any(|r| r.kid == stanza.kid) {
+            return Err(Error::InvalidArgument(format!(
+                "two recipients have kid {:?}",
+                stanza.kid
+            )));
+        }
+        recipients.push(stanza);
+    }
+    // Readers refuse more stanzas than this; never write such a file.
+    envelope::check_recipients(recipients)
+}
+
 /// Options of a save.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
@@ -302,19 +326,7 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 .iter()
                 .map(|r| keys::wrap(&data_key, r))
                 .collect::<Result<Vec<_>>>()?;
-            for wrapper in &enc.wrappers {
-                let stanza = wrapper.wrap_data_key(&data_key)?;
-                stanza.check()?;
-                if recipients.iter().any(|r| r.kid == stanza.kid) {
-                    return Err(Error::InvalidArgument(format!(
-                        "two recipients have kid {:?}",
-                        stanza.kid
-                    )));
-                }
-                recipients.push(stanza);
-            }
-            // Readers refuse more stanzas than this; never write such a file.
-            envelope::check_recipients(&recipients)?;
+            wrap_for(&enc.wrappers, &data_key, &mut recipients)?;
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
                 salt: b64e(&salt),

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use cryptotensors::keys::Recipient;
+use cryptotensors::keys::{KeyWrapper, Recipient};
 use cryptotensors::reader::read_header;
 use cryptotensors::rewrap::{self as rewrap_core, rewrap_file, RewrapOptions};
 use cryptotensors::transcode_to_file;
@@ -144,8 +145,10 @@ pub fn transcode(
 /// tensor bytes and the data key stay unchanged (see `cryptotensors::rewrap`).
 /// `replace`: JSON `[[old, new], ...]`, recipient stanzas replaced in place
 /// by ones wrapping the same data key (a key service's rewrap).
+/// `add_wrappers`: recipients to add as objects with `wrap(data_key) ->
+/// stanza` and a `kid` (an HSM, a key service), as for `serialize`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, replace=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, replace=None, add_wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap(
     py: Python<'_>,
@@ -162,12 +165,14 @@ pub fn rewrap(
     remove_policy: bool,
     policy_input: Option<String>,
     replace: Option<&str>,
+    add_wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<()> {
     guard("rewrap", || {
         let mut opts = rewrap_options(
             keys,
             trusted,
             add,
+            add_wrappers,
             remove,
             sign_with,
             drop_signature,
@@ -186,32 +191,32 @@ pub fn rewrap(
 }
 
 /// What `rewrap` with these options would change in the file at `src`
-/// (`add_kids`: recipients to add that a token wraps, by kid),
-/// decided from its header alone (see `cryptotensors::rewrap::plan`; the
+/// (each of `add_wrappers` is asked its `kid`, nothing else), decided from its header alone (see `cryptotensors::rewrap::plan`; the
 /// header is not verified): `{refusal: None, encrypted, signed, kept,
 /// added, removed, signature, policy}`, the kids of recipients kept, added
 /// and removed, and for the signature and the policy one of "absent",
 /// "kept", "set" or "removed"; or `{refusal: {code, kid, message}}` when
 /// the rewrap would be refused. Raises for a damaged header or bad options.
 #[pyfunction]
-#[pyo3(signature = (src, *, add=None, add_kids=Vec::new(), remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false))]
+#[pyo3(signature = (src, *, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false, add_wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rewrap_plan<'py>(
     py: Python<'py>,
     src: PathBuf,
     add: Option<Keys>,
-    add_kids: Vec<String>,
     remove: Vec<String>,
     sign_with: Option<SigningKey>,
     drop_signature: bool,
     policy: Option<String>,
     remove_policy: bool,
+    add_wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("rewrap_plan", || {
         let opts = rewrap_options(
             None,
             None,
             add,
+            add_wrappers,
             remove,
             sign_with,
             drop_signature,
@@ -224,7 +229,7 @@ pub fn rewrap_plan<'py>(
             .allow_threads(|| -> cryptotensors::Result<_> {
                 let source = PreadFile::new(std::fs::File::open(&src)?)?;
                 let (header, _) = read_header(&source)?;
-                rewrap_core::decide(&header, &opts, &add_kids)
+                rewrap_core::decide(&header, &opts)
             })
             .py_err()?;
         let out = PyDict::new(py);
@@ -246,9 +251,9 @@ pub fn rewrap_plan<'py>(
 /// `recipients`: keys of the recipients that stay; `wrappers`: objects with
 /// `wrap(data_key) -> stanza` and a `kid` (an HSM, a key service) for
 /// recipients that stay; `progress` as for `transcode`; the other arguments
-/// as for `rewrap`.
+/// (`add_wrappers`: recipients to add) as for `rewrap`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), wrappers=None, progress=None))]
+#[pyo3(signature = (src, dst, *, keys=None, trusted=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, providers=None, policy=None, remove_policy=false, policy_input=None, threads=Threads::default(), wrappers=None, progress=None, add_wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey(
     py: Python<'_>,
@@ -268,6 +273,7 @@ pub fn rekey(
     threads: Threads,
     wrappers: Option<Vec<Py<PyAny>>>,
     progress: Option<ProgressCallback>,
+    add_wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<()> {
     guard("rekey", || {
         let opts = RekeyOptions {
@@ -275,6 +281,7 @@ pub fn rekey(
                 keys,
                 trusted,
                 add,
+                add_wrappers,
                 remove,
                 sign_with,
                 drop_signature,
@@ -284,11 +291,7 @@ pub fn rekey(
                 policy_input,
             )?,
             recipients: recipients.map(|Keys(k)| k).unwrap_or_default(),
-            wrappers: wrappers
-                .unwrap_or_default()
-                .into_iter()
-                .map(PyWrapper::shared)
-                .collect(),
+            wrappers: wrapped(wrappers),
         };
         with_progress(py, progress, |hook| {
             threads.run(|| rekey_file(&src, &dst, &opts, hook))
@@ -306,7 +309,7 @@ pub fn rekey(
 /// wrapper is asked its `kid`, nothing else). Raises for a damaged header
 /// or bad options.
 #[pyfunction]
-#[pyo3(signature = (src, *, keys=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false, wrappers=None))]
+#[pyo3(signature = (src, *, keys=None, recipients=None, add=None, remove=Vec::new(), sign_with=None, drop_signature=false, policy=None, remove_policy=false, wrappers=None, add_wrappers=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn rekey_plan<'py>(
     py: Python<'py>,
@@ -320,6 +323,7 @@ pub fn rekey_plan<'py>(
     policy: Option<String>,
     remove_policy: bool,
     wrappers: Option<Vec<Py<PyAny>>>,
+    add_wrappers: Option<Vec<Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     guard("rekey_plan", || {
         let opts = RekeyOptions {
@@ -327,6 +331,7 @@ pub fn rekey_plan<'py>(
                 keys,
                 None,
                 add,
+                add_wrappers,
                 remove,
                 sign_with,
                 drop_signature,
@@ -336,11 +341,7 @@ pub fn rekey_plan<'py>(
                 None,
             )?,
             recipients: recipients.map(|Keys(k)| k).unwrap_or_default(),
-            wrappers: wrappers
-                .unwrap_or_default()
-                .into_iter()
-                .map(PyWrapper::shared)
-                .collect(),
+            wrappers: wrapped(wrappers),
         };
         let decided = py
             .allow_threads(|| -> cryptotensors::Result<_> {
@@ -397,6 +398,7 @@ fn rewrap_options(
     keys: Option<PyRef<'_, KeyRing>>,
     trusted: Option<PyRef<'_, KeyRing>>,
     add: Option<Keys>,
+    add_wrappers: Option<Vec<Py<PyAny>>>,
     remove: Vec<String>,
     sign_with: Option<SigningKey>,
     drop_signature: bool,
@@ -412,6 +414,7 @@ fn rewrap_options(
         trusted_signers: ring(trusted),
         policy_input,
         add: add.map(|Keys(k)| k).unwrap_or_default(),
+        add_wrappers: wrapped(add_wrappers),
         remove,
         replace: Vec::new(),
         sign_with: sign_with.map(|SigningKey(k)| k),
@@ -443,11 +446,7 @@ pub(crate) fn write_options(
             recipients,
             tensors: encrypted,
             algorithm: Algorithm::parse(algorithm.unwrap_or("AES-256-GCM")).py_err()?,
-            wrappers: wrappers
-                .unwrap_or_default()
-                .into_iter()
-                .map(PyWrapper::shared)
-                .collect(),
+            wrappers: wrapped(wrappers),
         }),
     };
     let sign_with = sign_with.map(|SigningKey(k)| k);
@@ -465,6 +464,16 @@ pub(crate) fn write_options(
         reserve,
         fsync: fsync_requested(),
     })
+}
+
+/// Python key wrappers (objects with `wrap(data_key) -> stanza`, and a
+/// `kid` where a plan needs one) as the core's.
+fn wrapped(wrappers: Option<Vec<Py<PyAny>>>) -> Vec<Arc<dyn KeyWrapper>> {
+    wrappers
+        .unwrap_or_default()
+        .into_iter()
+        .map(PyWrapper::shared)
+        .collect()
 }
 
 /// `CRYPTOTENSORS_FSYNC=1`: flush saves and rewraps to disk before they return.

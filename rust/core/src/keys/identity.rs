@@ -38,6 +38,35 @@ pub trait KeyWrapper: Send + Sync + fmt::Debug {
     }
 }
 
+/// A key wrapper held to the stanza it stands for: what it returns must
+/// carry `kid` (and `alg`, when given), else the write is refused. A rewrap
+/// or rekey plans by the kid a wrapper names ([`KeyWrapper::kid`]); this
+/// keeps the stanza written the one the plan was made for.
+#[derive(Debug)]
+pub(crate) struct Pinned {
+    pub(crate) inner: Arc<dyn KeyWrapper>,
+    pub(crate) kid: String,
+    pub(crate) alg: Option<String>,
+}
+
+impl KeyWrapper for Pinned {
+    fn wrap_data_key(&self, key: &DataKey) -> Result<Recipient> {
+        let stanza = self.inner.wrap_data_key(key)?;
+        let alg_ok = self.alg.as_ref().is_none_or(|alg| *alg == stanza.alg);
+        if stanza.kid != self.kid || !alg_ok {
+            return Err(Error::InvalidArgument(format!(
+                "the key wrapper of kid {:?} returned a stanza of another kid or alg",
+                self.kid
+            )));
+        }
+        Ok(stanza)
+    }
+
+    fn kid(&self) -> Option<String> {
+        Some(self.kid.clone())
+    }
+}
+
 /// Key providers: identities asked after the loader's key ring, and only
 /// when the ring opens nothing. They are listed only then, because listing
 /// them may load plugins.

@@ -22,6 +22,7 @@ mod jwk;
 mod stanza;
 mod x25519;
 
+pub(crate) use identity::Pinned;
 pub use identity::{provided_key, Identity, KeyWrapper, Providers};
 
 pub(crate) use jwk::p256_key_pair;
