@@ -203,23 +203,10 @@ def rekey(
     ))
 
 
-def _split(keys, what: str) -> tuple:
-    """(ring, wrappers) of a call's keys: key wrappers (objects with a
-    callable wrap(data_key) -> stanza and a kid, as for encrypt_for=: an
-    HSM, a Vault key) apart, the other keys as a ring; each None when there
-    are none. The one split of rewrap(), rekey() and the CLI's plans."""
-    items = [] if keys is None else keys if isinstance(keys, (list, tuple)) else [keys]
-    wrappers = [k for k in items if callable(getattr(k, "wrap", None))]
-    if not wrappers:  # any form of keys _keys.given takes (JSON text, a JWKS, a ring)
-        return (_keys.given(keys, what) if keys else None), None
-    jwks = [k for k in items if not callable(getattr(k, "wrap", None))]
-    return (_keys.given(jwks, what) if jwks else None), wrappers
-
-
 def _added(add) -> dict:
     """rewrap()'s and rekey()'s add= as the core takes them (its plans, too):
     the key wrappers among them wrap the data key for the recipient of their kid."""
-    ring, wrappers = _split(add, "add")
+    ring, wrappers = _keys.split(add, "add")
     return dict(add=ring, add_wrappers=wrappers)
 
 
@@ -227,7 +214,7 @@ def _rekey_keys(recipients, add) -> dict:
     """rekey()'s recipients and add= as the core takes them (its plan, too).
     Key wrappers among the recipients wrap the fresh data key the core
     draws, for the recipient that stays of their kid."""
-    ring, wrappers = _split(recipients, "recipients")
+    ring, wrappers = _keys.split(recipients, "recipients")
     return dict(wrappers=wrappers, recipients=ring, **_added(add))
 
 

@@ -222,6 +222,19 @@ def given(value: Any, what: str) -> Optional[KeyRing]:
     return _ring_of_call(value, what)
 
 
+def split(keys, what: str) -> tuple:
+    """(ring, wrappers) of a call's keys: key wrappers (objects with a
+    callable wrap(data_key) -> stanza and a kid, as for encrypt_for=: an
+    HSM, a Vault key) apart, the other keys as a ring; each None when there
+    are none. The one split of saves (encrypt_for=), rewrap(), rekey() and the CLI's plans."""
+    items = [] if keys is None else keys if isinstance(keys, (list, tuple)) else [keys]
+    wrappers = [k for k in items if callable(getattr(k, "wrap", None))]
+    if not wrappers:  # any form of keys given takes (JSON text, a JWKS, a ring)
+        return (given(keys, what) if keys else None), None
+    jwks = [k for k in items if not callable(getattr(k, "wrap", None))]
+    return (given(jwks, what) if jwks else None), wrappers
+
+
 # An empty ring: the recipients of a save whose every recipient is a key
 # wrapper, and the sign_with of a call that names no key (which the binding
 # refuses rather than leave the file unsigned).

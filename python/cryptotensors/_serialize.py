@@ -93,16 +93,12 @@ def save_options(
     # cryptotensors.pkcs11.Pkcs11Recipient) wrap with a key that never leaves
     # them; everything else is JWKs. The core draws the data key and hands
     # it to each wrapper (as a Python bytes object, which cannot be wiped).
-    items = encrypt_for if isinstance(encrypt_for, (list, tuple)) else [encrypt_for]
-    wrappers = [r for r in items if callable(getattr(r, "wrap", None))]
+    recipients, wrappers = _keys.split(encrypt_for, "encrypt_for")
     if wrappers:
-        jwks = [r for r in items if not callable(getattr(r, "wrap", None))]
-        recipients = _keys.given(jwks, "encrypt_for") or _keys.EMPTY
         opts["wrappers"] = wrappers
-    else:
-        recipients = _keys.given(encrypt_for, "encrypt_for")
-        if recipients is None:
-            raise SafetensorError("encrypt_for lists no recipient key")
+        recipients = recipients or _keys.EMPTY
+    elif recipients is None:
+        raise SafetensorError("encrypt_for lists no recipient key")
     opts["recipients"] = recipients
     opts["algorithm"] = algorithm or "AES-256-GCM"
     if encrypted_tensors is not None:
