@@ -289,3 +289,21 @@ def test_rewrap_adds_key_wrapper_recipients(tmp_path, monkeypatch):
     cn.save_file(d, signed, sign_with=signer)
     with pytest.raises(ct.InvalidArgumentError, match="not encrypted"):
         ct.rewrap(signed, sign_with=signer, add=CapturingWrapper(hsm))
+
+
+def test_no_file_gets_two_stanzas_of_one_kid(tmp_path):
+    """FORMAT.md §8.1: a writer never writes two stanzas of one kid. A key
+    given twice to a save, a rewrap or a rekey is refused, and the file is
+    left as it was (or not written)."""
+    opener, other = ct.generate_key("oct"), ct.generate_key("oct")
+    path = tmp_path / "m.safetensors"
+    cn.save_file({"w": np.arange(4.0)}, path, encrypt_for=[opener])
+    before = path.read_bytes()
+    with pytest.raises(ct.InvalidArgumentError, match="two recipients have kid"):
+        cn.save_file({"w": np.arange(4.0)}, tmp_path / "twice.safetensors", encrypt_for=[other, other])
+    assert not (tmp_path / "twice.safetensors").exists()
+    for rotate in (ct.rewrap, ct.rekey):
+        with pytest.raises(ct.InvalidArgumentError, match="already a recipient"):
+            rotate(path, keys=opener, add=[other, other])
+        assert path.read_bytes() == before
+    assert [r["kid"] for r in ct.inspect(path)["recipients"]] == [opener["kid"]]

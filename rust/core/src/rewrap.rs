@@ -329,14 +329,15 @@ pub fn decide(
         .map(|r| r.kid.clone())
         .filter(|kid| !opts.remove.contains(kid))
         .collect();
-    if let Some(k) = opts
-        .add
-        .iter()
-        .find(|k| kept.iter().any(|kid| k.matches(kid)))
-    {
-        return Ok(Err(Refusal::AlreadyRecipient(k.kid().to_owned())));
+    // A key already a recipient, or given twice, would make two stanzas of
+    // one kid (FORMAT.md §8.1).
+    let mut added: Vec<String> = Vec::new();
+    for k in &opts.add {
+        if kept.iter().chain(&added).any(|kid| k.matches(kid)) {
+            return Ok(Err(Refusal::AlreadyRecipient(k.kid().to_owned())));
+        }
+        added.push(k.kid().to_owned());
     }
-    let mut added: Vec<String> = opts.add.iter().map(|k| k.kid().to_owned()).collect();
     for w in &opts.add_wrappers {
         let Some(kid) = w.kid() else {
             return Ok(Err(Refusal::WrapperWithoutKid));
@@ -697,6 +698,15 @@ pub(crate) mod tests {
             refusal(&enc, wrapper(WrapsWith::as_itself(&key))),
             Refusal::AlreadyRecipient(key.kid().into()),
             "a key wrapper of a recipient's kid"
+        );
+        let same_key_twice = RewrapOptions {
+            add: vec![other.clone(), other.clone()],
+            ..Default::default()
+        };
+        assert_eq!(
+            refusal(&enc, same_key_twice),
+            Refusal::AlreadyRecipient(other.kid().into()),
+            "one key added twice"
         );
         let twice = RewrapOptions {
             add: vec![other.clone()],

@@ -68,15 +68,25 @@ pub(crate) fn wrap_for(
     data_key: &DataKey,
     recipients: &mut Vec<crate::keys::Recipient>,
 ) -> Result<()> {
+    // Stanzas are found by kid: a file never holds two of one kid, whether
+    // the same key was given twice or two keys claim one kid.
+    let mut kids = BTreeSet::new();
+    let mut distinct = |kid: &str| {
+        if kids.insert(kid.to_owned()) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "two recipients have kid {kid:?}"
+            )))
+        }
+    };
+    for r in recipients.iter() {
+        distinct(&r.kid)?;
+    }
     for wrapper in wrappers {
         let stanza = wrapper.wrap_data_key(data_key)?;
         stanza.check()?;
-        if recipients.iter().any(|r| r.kid == stanza.kid) {
-            return Err(Error::InvalidArgument(format!(
-                "two recipients have kid {:?}",
-                stanza.kid
-            )));
-        }
+        distinct(&stanza.kid)?;
         recipients.push(stanza);
     }
     // Readers refuse more stanzas than this; never write such a file.
@@ -844,6 +854,27 @@ mod tests {
             matches!(&e, Error::InvalidArgument(m) if m.contains("two recipients")),
             "{e:?}"
         );
+    }
+
+    /// One key given twice, or two keys that claim one kid, would make two
+    /// stanzas of one kid: refused, with nothing written.
+    #[test]
+    fn recipients_cannot_repeat_a_kid() {
+        let key = oct();
+        let mut other: serde_json::Value =
+            serde_json::from_str(&oct().to_json(true).unwrap()).unwrap();
+        other["kid"] = key.kid().into();
+        let claims_its_kid = Jwk::parse(&other.to_string()).unwrap();
+        for twice in [
+            vec![key.clone(), key.clone()],
+            vec![key.clone(), claims_its_kid],
+        ] {
+            let e = refusal(&[W], &encrypted_for(twice));
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains("two recipients have kid")),
+                "{e:?}"
+            );
+        }
     }
 
     /// Zero-size tensors are written: no data bytes, but one (empty)
