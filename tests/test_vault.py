@@ -664,3 +664,22 @@ def test_a_clear_error_when_hvac_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "hvac", None)  # import hvac raises ImportError
     with pytest.raises(ImportError, match=r"cryptotensors\[vault\]"):
         vault.from_env()
+
+
+def test_cli_names_the_flag_of_an_unusable_vault_recipient_once(tmp_path):
+    """`vault:` given to -r or --add-recipient with no server configured:
+    exit 4 (key), one line that names the flag that gave it, once."""
+    key = ct.generate_key("oct")
+    (tmp_path / "k.jwk").write_text(json.dumps(key))
+    cn.save_file(TENSORS, tmp_path / "m.safetensors", encrypt_for=[key])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    for args, flag in (
+        (["encrypt", tmp_path / "m.safetensors", "-o", tmp_path / "e.safetensors", "-r", "vault:transit/k"], "-r"),
+        (["rewrap", tmp_path / "m.safetensors", "-k", tmp_path / "k.jwk", "--add-recipient", "vault:transit/k"],
+         "--add-recipient"),
+    ):
+        r = _cli(*args, env=env, check=False)
+        assert r.returncode == 4, r.stderr
+        line = r.stderr.strip()
+        assert "\n" not in line and line.count("vault:transit/k") == 1, line
+        assert f"{flag} vault:transit/k: set VAULT_ADDR" in line, line

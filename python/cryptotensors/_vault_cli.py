@@ -24,10 +24,10 @@ def recipient(source: str):
     mount: Optional[str]
     mount, _, key = spec.rpartition("/")
     if not key:
-        raise KeyConfigError(f"-r {source}: name a Transit key, as vault:transit/KEY")
+        raise KeyConfigError("name a Transit key, as vault:transit/KEY")
     provider = vault.default_provider()
     if provider is None:
-        raise KeyConfigError(f"-r {source}: set VAULT_ADDR (or BAO_ADDR) and VAULT_TOKEN (or AppRole) first")
+        raise KeyConfigError("set VAULT_ADDR (or BAO_ADDR) and VAULT_TOKEN (or AppRole) first")
     return provider.recipient(key, mount or None)
 
 
