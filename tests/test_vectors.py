@@ -136,6 +136,22 @@ def test_a_rewrap_past_the_recipient_cap_is_refused(tmp_path):
     assert copy.read_bytes() == open(path, "rb").read()
 
 
+def test_a_rekey_of_repeated_stanzas_writes_one_per_recipient(tmp_path):
+    """aes_oct_repeated_stanza repeats one recipient's stanza 64 times
+    (readable, FORMAT.md §6.3); a rekey re-wraps the new data key once for
+    that recipient, since a writer never writes two stanzas of one kid."""
+    meta, path = _load("aes_oct_repeated_stanza")
+    kids = [r["kid"] for r in ct.inspect(path)["recipients"]]
+    assert len(kids) == 64 and len(set(kids)) == 1
+    out = tmp_path / "rekeyed.safetensors"
+    ct.rekey(path, keys=meta["keys"]["keys"], output=out)
+    assert [r["kid"] for r in ct.inspect(out)["recipients"]] == kids[:1]
+    with ct.safe_open(path, "np", keys=meta["keys"]["keys"]) as a, ct.safe_open(out, "np", keys=meta["keys"]["keys"]) as b:
+        assert list(a.keys()) == list(b.keys())
+        for name in a.keys():
+            assert (a.get_tensor(name) == b.get_tensor(name)).all()
+
+
 def test_invalid_loader_keys_are_invalid_key_errors():
     """FORMAT.md §6 "Loader keys", §10: a malformed loader key or a trusted
     signer that cannot sign is `invalid_key`, whatever the file."""

@@ -182,6 +182,11 @@ pub fn decide(
         .iter()
         .filter(|r| !rw.remove.contains(&r.kid))
     {
+        // A file may repeat a stanza (FORMAT.md §6.3); the new one holds
+        // one stanza per recipient that stays.
+        if staying.iter().any(|s: &Staying| s.kid == r.kid) {
+            continue;
+        }
         let by = if let Some(i) = key_for(&r.kid, &r.alg, &opts.recipients) {
             WrappedBy::Recipient(i)
         } else if let Some(i) = key_for(&r.kid, &r.alg, &rw.keys) {

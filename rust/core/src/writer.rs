@@ -59,6 +59,10 @@ pub struct EncryptOptions {
     pub wrappers: Vec<Arc<dyn KeyWrapper>>,
 }
 
+fn two_of(kid: &str) -> Error {
+    Error::InvalidArgument(format!("two recipients have kid {kid:?}"))
+}
+
 /// Appends to `recipients` the stanza each of `wrappers` makes of
 /// `data_key`, each checked ([`crate::keys::Recipient::check`]) and of a kid
 /// no other stanza has, then checks the whole list as a reader would: the
@@ -68,25 +72,15 @@ pub(crate) fn wrap_for(
     data_key: &DataKey,
     recipients: &mut Vec<crate::keys::Recipient>,
 ) -> Result<()> {
-    // Stanzas are found by kid: a file never holds two of one kid, whether
-    // the same key was given twice or two keys claim one kid.
-    let mut kids = BTreeSet::new();
-    let mut distinct = |kid: &str| {
-        if kids.insert(kid.to_owned()) {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(format!(
-                "two recipients have kid {kid:?}"
-            )))
-        }
-    };
-    for r in recipients.iter() {
-        distinct(&r.kid)?;
-    }
+    // Stanzas are found by kid: a wrapper's may not take one already there
+    // (the stanzas a rewrap keeps are the file's own, as they are).
+    let mut kids: BTreeSet<String> = recipients.iter().map(|r| r.kid.clone()).collect();
     for wrapper in wrappers {
         let stanza = wrapper.wrap_data_key(data_key)?;
         stanza.check()?;
-        distinct(&stanza.kid)?;
+        if !kids.insert(stanza.kid.clone()) {
+            return Err(two_of(&stanza.kid));
+        }
         recipients.push(stanza);
     }
     // Readers refuse more stanzas than this; never write such a file.
@@ -336,6 +330,12 @@ fn plan_inputs<'a>(tensors: Vec<Input<'a>>, opts: &WriteOptions) -> Result<Plan<
                 .iter()
                 .map(|r| keys::wrap(&data_key, r))
                 .collect::<Result<Vec<_>>>()?;
+            // One key given twice, or two keys that claim one kid, would
+            // make two stanzas of one kid, which a writer never writes.
+            let mut kids = BTreeSet::new();
+            if let Some(r) = recipients.iter().find(|r| !kids.insert(r.kid.as_str())) {
+                return Err(two_of(&r.kid));
+            }
             wrap_for(&enc.wrappers, &data_key, &mut recipients)?;
             let section = Encryption {
                 algorithm: enc.algorithm.name().into(),
