@@ -306,6 +306,7 @@ mod tests {
     use crate::rewrap::tests::WrapsWith;
     use crate::writer::{serialize_to_file, TensorData};
     use crate::Dtype;
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     fn read_all(bytes: Vec<u8>, key: &Jwk, names: &[&str]) -> Result<Vec<Vec<u8>>> {
@@ -437,17 +438,7 @@ mod tests {
     /// the file; a wrapper for a recipient that does not stay is refused.
     #[test]
     fn rekey_with_a_key_service_recipient() {
-        let dir = std::env::temp_dir().join(format!("ct-rekey-ext-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
         let key = Jwk::generate(KeyKind::Oct).unwrap();
-        let data = [5u8; 64];
-        let t = [TensorData {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &data,
-        }];
         let first = Arc::new(Service("kek", Default::default()));
         let opts = WriteOptions {
             encrypt: Some(EncryptOptions {
@@ -459,7 +450,7 @@ mod tests {
             reserve: DEFAULT_RESERVE,
             ..Default::default()
         };
-        serialize_to_file(&t, &opts, &src).unwrap();
+        let (dir, src, dst) = one_tensor_file("ext", 5, &opts);
         let old_dk = first.1.lock().unwrap().clone().unwrap();
         let rekey = |wrappers: Vec<Arc<dyn KeyWrapper>>| {
             rekey_file(
@@ -489,7 +480,7 @@ mod tests {
         let bytes = std::fs::read(&dst).unwrap();
         assert_eq!(
             read_all(bytes.clone(), &key, &["w"]).unwrap(),
-            [data.to_vec()]
+            [vec![5u8; 64]]
         );
         let opened = |dk: &DataKey| {
             #[derive(Debug)]
@@ -522,21 +513,11 @@ mod tests {
     /// it names, or of a recipient's kid, is refused before anything is written.
     #[test]
     fn rekey_adds_a_key_wrapper_recipient() {
-        let dir = std::env::temp_dir().join(format!("ct-rekey-add-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
         let (key, hsm) = (
             Jwk::generate(KeyKind::Oct).unwrap(),
             Jwk::generate(KeyKind::Oct).unwrap(),
         );
-        let data = [6u8; 64];
-        let t = [TensorData {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &data,
-        }];
-        serialize_to_file(&t, &for_recipients(vec![key.clone()], None), &src).unwrap();
+        let (dir, src, dst) = one_tensor_file("add", 6, &for_recipients(vec![key.clone()], None));
         let rekey = |w: WrapsWith| {
             let mut o = options(&[&key], &[], &[]);
             o.rewrap.add_wrappers = vec![Arc::new(w)];
@@ -562,9 +543,9 @@ mod tests {
         let bytes = std::fs::read(&dst).unwrap();
         assert_eq!(
             read_all(bytes.clone(), &hsm, &["w"]).unwrap(),
-            [data.to_vec()]
+            [vec![6u8; 64]]
         );
-        assert_eq!(read_all(bytes, &key, &["w"]).unwrap(), [data.to_vec()]);
+        assert_eq!(read_all(bytes, &key, &["w"]).unwrap(), [vec![6u8; 64]]);
         let old = std::fs::read(&src).unwrap();
         let head = |b: &[u8]| 8 + u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
         let new = std::fs::read(&dst).unwrap();
@@ -574,6 +555,24 @@ mod tests {
     }
 
     /// The header of a file of one U8 tensor "w" of 64 bytes under `opts`.
+    /// A temporary directory holding `a.safetensors`: one 64-byte tensor
+    /// "w" of `byte`s, saved under `opts`; and the path `b.safetensors`
+    /// beside it, for a rekey's output.
+    fn one_tensor_file(tag: &str, byte: u8, opts: &WriteOptions) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ct-rekey-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        let data = [byte; 64];
+        let t = [TensorData {
+            name: "w",
+            dtype: Dtype::U8,
+            shape: &[64],
+            data: &data,
+        }];
+        serialize_to_file(&t, opts, &src).unwrap();
+        (dir, src, dst)
+    }
+
     fn header_of(opts: &WriteOptions) -> Header {
         let data = [1u8; 64];
         let t = [TensorData {
@@ -705,20 +704,10 @@ mod tests {
     /// before anything is written.
     #[test]
     fn rekey_refuses_what_the_plan_refuses() {
-        let dir = std::env::temp_dir().join(format!("ct-rekey-plan-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (src, dst) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
         let opener = Jwk::generate(KeyKind::Oct).unwrap();
         let holder = Jwk::generate(KeyKind::X25519).unwrap();
-        let data = [3u8; 64];
-        let t = [TensorData {
-            name: "w",
-            dtype: Dtype::U8,
-            shape: &[64],
-            data: &data,
-        }];
         let opts = for_recipients(vec![opener.clone(), holder.public().unwrap()], None);
-        serialize_to_file(&t, &opts, &src).unwrap();
+        let (dir, src, dst) = one_tensor_file("plan", 3, &opts);
         let o = options(&[&opener], &[], &[]);
         let header = crate::reader::read_header(&std::fs::read(&src).unwrap())
             .unwrap()
